@@ -1,0 +1,677 @@
+"""Datasets for the assignments: CIFAR-10, Fashion-MNIST, HW2P2 face folders and pairs files,
+and dataset statistics (per-channel mean/std over all pixels).
+
+Everything here hands images on as uint8 arrays, (N, H, W, C) RGB or (N, H, W, 1) gray, so
+that the augmentation paths (albumentations per sample, or batched on the GPU) start from the
+same pixels. The face datasets load one image at a time (7000 identities do not fit in memory).
+
+    train = load_dataset("cifar10", root="data", train=True, download=True)   # Colab
+    mean, std = dataset_stats("cifar10")
+    small = train.subset(5000)                                                  # --subset 5000
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "DATASETS",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD",
+    "FASHION_MNIST_SYSTEM_DIR",
+    "FaceFolder",
+    "ImageArrays",
+    "ImageFiles",
+    "Pair",
+    "compute_mean_std",
+    "dataset_stats",
+    "load_cifar10",
+    "load_dataset",
+    "load_fashion_mnist",
+    "load_image",
+    "read_idx",
+    "read_pairs",
+]
+
+# ----------------------------------------------------------------------------------------------
+# Constants
+# ----------------------------------------------------------------------------------------------
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+
+# Per-channel mean/std in [0, 1] units over every pixel of the 50k training images (population std,
+# ddof=0). Not the mean of per-image stds (0.2023, 0.1994, 0.2010), a value that circulates widely.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+# Fashion-MNIST train split at its native 28x28, measured with compute_mean_std on Debian's files.
+# At 32x32 the statistics differ (2 px of zero padding lowers both): use dataset_stats(name, size).
+FASHION_MNIST_MEAN = (0.2860,)
+FASHION_MNIST_STD = (0.3530,)
+
+# Train-split stats of the 32x32 variants (measured the same way); other sizes are computed on demand.
+_FASHION_MNIST_STATS = {
+    (28, "pad"): (FASHION_MNIST_MEAN, FASHION_MNIST_STD),
+    (32, "pad"): ((0.2190,), (0.3318,)),
+    (32, "resize"): ((0.2854,), (0.3384,)),
+}
+
+# Where Debian/Ubuntu's `apt-get install dataset-fashion-mnist` puts the IDX .gz files.
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+DATASETS = ("cifar10", "fashion_mnist")
+
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+# ----------------------------------------------------------------------------------------------
+# In-memory image arrays
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class ImageArrays:
+    """A whole small dataset in memory: uint8 images (N, H, W, C), int64 labels (N,), class names."""
+
+    images: np.ndarray  # (N, H, W, C) uint8, RGB (C=3) or gray (C=1)
+    labels: np.ndarray  # (N,) int64 class indices into `classes`
+    classes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.images = np.asarray(self.images)
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if self.images.ndim != 4:
+            raise ValueError(f"ImageArrays.images must be (N, H, W, C), got shape {self.images.shape}")
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (from `classes`, else from the largest label)."""
+        return len(self.classes) if self.classes else int(self.labels.max(initial=-1)) + 1
+
+    def subset(self, n: int, seed: int = 0) -> ImageArrays:
+        """A stratified random subset of `n` images (class proportions kept), in the original order.
+
+        Each class gets n * (its share) images, rounded by largest remainder (ties broken at random),
+        so `subset(1000)` of a balanced 10-class set has exactly 100 per class. Same seed, same subset.
+        """
+        total = len(self)
+        if not 0 <= int(n) <= total:
+            raise ValueError(f"subset({n}): this dataset has only {total} images; ask for 0..{total}")
+        n = int(n)
+        rng = np.random.default_rng(seed)
+        values, inverse, counts = np.unique(self.labels, return_inverse=True, return_counts=True)
+        quota = counts * n / total
+        take = np.floor(quota).astype(np.int64)
+        short = n - int(take.sum())
+        if short:
+            # Largest fractional part first; a random key breaks ties so no class is always favoured.
+            order = np.lexsort((rng.random(len(values)), -(quota - take)))
+            take[order[:short]] += 1
+        picked = [
+            rng.choice(np.flatnonzero(inverse == k), size=int(take[k]), replace=False)
+            for k in range(len(values))
+        ]
+        idx = np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+        return ImageArrays(self.images[idx], self.labels[idx], list(self.classes))
+
+
+# ----------------------------------------------------------------------------------------------
+# CIFAR-10 (torchvision)
+# ----------------------------------------------------------------------------------------------
+
+_CIFAR_FOLDER = "cifar-10-batches-py"
+_CIFAR_TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+_CIFAR_TEST_FILES = ["test_batch"]
+_CIFAR_META = "batches.meta"
+
+
+def _cifar10_reader() -> type:
+    """torchvision's CIFAR10 with the md5 checks off, so any folder in the real pickled layout loads
+    (a re-packed or test copy has other checksums); download=True still verifies the archive."""
+    from torchvision.datasets import CIFAR10
+
+    class _LocalCIFAR10(CIFAR10):
+        train_list = [[name, None] for name, _ in CIFAR10.train_list]
+        test_list = [[name, None] for name, _ in CIFAR10.test_list]
+        meta = {**CIFAR10.meta, "md5": None}
+
+    return _LocalCIFAR10
+
+
+def load_cifar10(root: str | os.PathLike = "data", train: bool = True, download: bool = False) -> ImageArrays:
+    """CIFAR-10 from root/cifar-10-batches-py (torchvision's layout) as uint8 (N, 32, 32, 3) RGB.
+
+    download=True fetches and verifies it with torchvision (needs internet, e.g. on Colab);
+    download=False reads a local folder and says where it looked when it is not there.
+    """
+    from torchvision.datasets import CIFAR10
+
+    root = Path(root).expanduser()
+    folder = root / _CIFAR_FOLDER
+    if download:
+        # Fetches the archive (md5-checked) unless the batches already match their checksums.
+        ds = CIFAR10(str(root), train=train, download=True)
+        return _cifar_arrays(ds, folder)
+    needed = (_CIFAR_TRAIN_FILES if train else _CIFAR_TEST_FILES) + [_CIFAR_META]
+    missing = [name for name in needed if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"CIFAR-10 not found: looked in {folder.resolve()} and it lacks {', '.join(missing)}. "
+            f"Pass download=True (on Colab, or any machine with internet) to fetch it into {root.resolve()}, "
+            f"or extract cifar-10-python.tar.gz there so that {_CIFAR_FOLDER}/ sits inside root."
+        )
+    try:
+        ds = _cifar10_reader()(str(root), train=train, download=False)
+    except Exception as e:  # a truncated or foreign pickle: name the folder, suggest a fresh copy
+        raise RuntimeError(
+            f"could not read CIFAR-10 batches in {folder.resolve()}: {type(e).__name__}: {e}. "
+            f"Delete the folder and load again with download=True."
+        ) from e
+    return _cifar_arrays(ds, folder)
+
+
+def _cifar_arrays(ds: Any, folder: Path) -> ImageArrays:
+    """ImageArrays from a loaded torchvision CIFAR10, after a sanity check of its contents."""
+    images = np.ascontiguousarray(ds.data, dtype=np.uint8)  # (N, 32, 32, 3): torchvision already made it HWC
+    labels = np.asarray(ds.targets, dtype=np.int64)
+    if len(images) != len(labels) or (len(labels) and not 0 <= labels.min() <= labels.max() < 10):
+        raise RuntimeError(f"CIFAR-10 batches in {folder.resolve()} are inconsistent: "
+                           f"{len(images)} images, {len(labels)} labels in range "
+                           f"{labels.min(initial=0)}..{labels.max(initial=0)} (expected 0..9)")
+    return ImageArrays(images, labels, list(ds.classes))
+
+
+# ----------------------------------------------------------------------------------------------
+# Fashion-MNIST (IDX files)
+# ----------------------------------------------------------------------------------------------
+
+# IDX type codes (the third byte of the magic number); every multi-byte value is big-endian.
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one IDX file (gzip-compressed or raw; detected from the bytes, not the name) into numpy.
+
+    Raises ValueError naming the file when the magic number, the dimensions or the length are wrong.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise ValueError(f"{path}: the gzip stream is truncated or corrupt ({e}); "
+                             f"delete the file and get it again") from e
+    if len(raw) < 4:
+        raise ValueError(f"{path}: only {len(raw)} bytes, too short for an IDX header")
+    zero, code, ndim = raw[:2], raw[2], raw[3]
+    if zero != b"\x00\x00" or code not in _IDX_DTYPES or ndim == 0:
+        raise ValueError(f"{path}: not an IDX file (magic number {raw[:4].hex()}, expected 0000 + a type "
+                         f"code in {sorted(hex(c) for c in _IDX_DTYPES)} + the number of dimensions)")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated header ({len(raw)} bytes, {ndim} dimensions need {header})")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[code])
+    expected = math.prod(dims) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise ValueError(f"{path}: header says shape {dims} ({expected} bytes of data) but the file holds "
+                         f"{len(raw) - header}: it is truncated or corrupt; delete it and get it again")
+    data = np.frombuffer(raw, dtype=dtype, count=math.prod(dims), offset=header).reshape(dims)
+    return data.astype(dtype.newbyteorder("="), copy=True)  # native order, writable
+
+
+def _idx_file(folder: Path, prefix: str, kind: str) -> Path | None:
+    """The first usual spelling of e.g. train-images-idx3-ubyte present in `folder` (.gz or raw;
+    some copies write train-images.idx3-ubyte)."""
+    what, idx = kind.split("-")  # "images", "idx3"
+    for sep in ("-", "."):
+        for suffix in (".gz", ""):
+            candidate = folder / f"{prefix}-{what}{sep}{idx}-ubyte{suffix}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _find_fashion_mnist(root: Path | None, train: bool, download: bool) -> tuple[Path, Path]:
+    """Paths of the images and labels IDX files of one split; a clear error if nowhere."""
+    prefix = "train" if train else "t10k"
+    folders: list[Path] = []
+    if root is not None:
+        folders += [root, root / "FashionMNIST" / "raw"]  # the second is torchvision's download layout
+    folders.append(Path(FASHION_MNIST_SYSTEM_DIR))
+    notes = []
+    for folder in folders:
+        images = _idx_file(folder, prefix, "images-idx3")
+        labels = _idx_file(folder, prefix, "labels-idx1")
+        if images and labels:
+            return images, labels
+        if images or labels:
+            notes.append(f"{folder} has {(images or labels).name} but not its "
+                         f"{'labels' if images else 'images'} file")
+    if download:
+        from torchvision.datasets import FashionMNIST
+
+        target = root if root is not None else Path("data")
+        FashionMNIST(str(target), train=train, download=True)
+        raw = target / "FashionMNIST" / "raw"
+        images, labels = _idx_file(raw, prefix, "images-idx3"), _idx_file(raw, prefix, "labels-idx1")
+        if images and labels:
+            return images, labels
+        folders.append(raw)
+    looked = "\n  ".join(str(f.resolve()) for f in folders)
+    extra = ("\n" + "\n".join(notes)) if notes else ""
+    raise FileNotFoundError(
+        f"Fashion-MNIST ({prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz]) not found. "
+        f"Looked in:\n  {looked}{extra}\n"
+        f"Get it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu, into "
+        f"{FASHION_MNIST_SYSTEM_DIR}), or pass download=True (needs internet; torchvision saves it under "
+        f"<root>/FashionMNIST/raw), or pass root= the folder that holds the four IDX files."
+    )
+
+
+def _resize_bilinear(images: np.ndarray, size: int, chunk: int = 8192) -> np.ndarray:
+    """(N, H, W) uint8 -> (N, size, size) uint8 by bilinear interpolation (torch), in chunks."""
+    out = np.empty((len(images), size, size), dtype=np.uint8)
+    for start in range(0, len(images), chunk):
+        x = torch.from_numpy(images[start:start + chunk]).unsqueeze(1).float()  # (B, 1, H, W)
+        y = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        out[start:start + chunk] = y.squeeze(1).round().clamp_(0, 255).to(torch.uint8).numpy()
+    return out
+
+
+def load_fashion_mnist(
+    root: str | os.PathLike | None = None,
+    train: bool = True,
+    size: int = 28,
+    channels: int = 1,
+    resize: str = "pad",
+    download: bool = False,
+) -> ImageArrays:
+    """Fashion-MNIST as uint8 (N, size, size, channels) from its IDX files.
+
+    Looks in `root` (and root/FashionMNIST/raw), then Debian's /usr/share/datasets/fashion-mnist,
+    then downloads with torchvision (only if download=True). size 32 with resize="pad" adds 2 px of
+    zeros on each side (the 28x28 centre is untouched); resize="resize" interpolates bilinearly.
+    channels=3 repeats the gray channel for RGB models.
+    """
+    if resize not in ("pad", "resize"):
+        raise ValueError(f"resize must be 'pad' or 'resize', got {resize!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    images_path, labels_path = _find_fashion_mnist(
+        Path(root).expanduser() if root is not None else None, train, download)
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+        raise ValueError(f"{images_path}: expected uint8 images of shape (N, 28, 28), got "
+                         f"{images.dtype} {images.shape}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise ValueError(f"{labels_path}: expected {len(images)} labels (one per image in "
+                         f"{images_path.name}), got shape {labels.shape}")
+    if len(labels) and labels.max() > 9:
+        raise ValueError(f"{labels_path}: labels must be 0..9, found {int(labels.max())}")
+    if size != 28:
+        if resize == "pad":
+            if size < 28:
+                raise ValueError(f"size={size} is smaller than 28: padding cannot shrink; use resize='resize'")
+            before = (size - 28) // 2
+            after = size - 28 - before
+            images = np.pad(images, ((0, 0), (before, after), (before, after)))  # zeros = background
+        else:
+            images = _resize_bilinear(images, size)
+    images = images[..., None]  # (N, H, W, 1)
+    if channels == 3:
+        images = np.repeat(images, 3, axis=-1)  # (N, H, W, 3): same gray in R, G, B
+    return ImageArrays(np.ascontiguousarray(images), labels.astype(np.int64), list(FASHION_MNIST_CLASSES))
+
+
+# ----------------------------------------------------------------------------------------------
+# One entry point and the statistics that go with it
+# ----------------------------------------------------------------------------------------------
+
+def _canonical_name(name: str) -> str:
+    key = str(name).lower().replace("-", "_")
+    key = {"cifar_10": "cifar10", "fashionmnist": "fashion_mnist", "fmnist": "fashion_mnist"}.get(key, key)
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    return key
+
+
+def load_dataset(
+    name: str,
+    root: str | os.PathLike | None = None,
+    train: bool = True,
+    download: bool = False,
+    size: int = 32,
+    channels: int | None = None,
+    resize: str = "pad",
+) -> ImageArrays:
+    """Load "cifar10" or "fashion_mnist" as ImageArrays at `size` (default 32, the recipes' input).
+
+    channels=None keeps the natural count (3 for CIFAR-10, 1 for Fashion-MNIST); Fashion-MNIST
+    can be repeated to 3. CIFAR-10 root defaults to "data"; Fashion-MNIST searches (see
+    load_fashion_mnist). Use `dataset_stats` with the same name/size/channels/resize.
+    """
+    key = _canonical_name(name)
+    if key == "cifar10":
+        if size != 32:
+            raise ValueError(f"CIFAR-10 images are 32x32; size={size} is not supported")
+        if channels not in (None, 3):
+            raise ValueError(f"CIFAR-10 is RGB: channels must be 3 (or None), got {channels}")
+        return load_cifar10(root if root is not None else "data", train=train, download=download)
+    return load_fashion_mnist(root, train=train, size=size, channels=channels or 1, resize=resize,
+                              download=download)
+
+
+def dataset_stats(
+    name: str,
+    size: int = 32,
+    channels: int | None = None,
+    resize: str = "pad",
+    root: str | os.PathLike | None = None,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel in [0, 1] units of the train split, as `load_dataset` gives it.
+
+    Defaults match load_dataset's: size 32, so Fashion-MNIST means 28x28 padded to 32x32, mean
+    0.2190 / std 0.3318, not the 28x28 constants 0.2860 / 0.3530. Stored for 28, 32-pad and
+    32-resize; other Fashion-MNIST sizes are computed from the data (found as load_fashion_mnist does).
+    """
+    key = _canonical_name(name)
+    if key == "cifar10":
+        if size != 32 or channels not in (None, 3):
+            raise ValueError("CIFAR-10 statistics exist for 32x32 RGB only")
+        return CIFAR10_MEAN, CIFAR10_STD
+    if resize not in ("pad", "resize"):
+        raise ValueError(f"resize must be 'pad' or 'resize', got {resize!r}")
+    stored = _FASHION_MNIST_STATS.get((size, "pad" if size == 28 else resize))
+    if stored is None:
+        mean, std = compute_mean_std(load_fashion_mnist(root, train=True, size=size, resize=resize).images)
+        stored = (tuple(round(m, 4) for m in mean), tuple(round(s, 4) for s in std))
+    mean, std = stored
+    repeat = channels or 1
+    if repeat not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    return mean * repeat, std * repeat
+
+
+def compute_mean_std(
+    images: np.ndarray | Iterable[Any],
+    max_chunk_bytes: int = 64 * 2**20,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std over ALL pixels, in [0, 1] units.
+
+    `images` is an (N, H, W, C) or (N, H, W) array, or any iterable of HWC images or
+    (image, label) pairs (e.g. a FaceFolder). uint8 is divided by 255; floats are taken as already
+    in [0, 1]. Accumulates in float64, chunk by chunk (Chan et al.'s pairwise merge of means and
+    squared deviations), so 60k images never become one float64 copy. This is not the mean of
+    per-image stds, which leaves out how much image means differ from each other.
+    """
+    count, mean, m2 = 0, None, None
+
+    def merge(block: np.ndarray) -> None:
+        nonlocal count, mean, m2
+        if block.dtype == np.uint8:
+            x = block.reshape(-1, block.shape[-1]).astype(np.float64) / 255.0  # (pixels, C)
+        elif np.issubdtype(block.dtype, np.floating):
+            x = block.reshape(-1, block.shape[-1]).astype(np.float64)
+        else:
+            raise TypeError(f"images must be uint8 (0..255) or float (0..1), got {block.dtype}")
+        n_b = len(x)
+        if n_b == 0:
+            return
+        mean_b = x.mean(axis=0)
+        m2_b = ((x - mean_b) ** 2).sum(axis=0)
+        if mean is None:
+            count, mean, m2 = n_b, mean_b, m2_b
+            return
+        if len(mean_b) != len(mean):
+            raise ValueError(f"images have different channel counts: {len(mean)} and {len(mean_b)}")
+        delta = mean_b - mean
+        total = count + n_b
+        mean = mean + delta * (n_b / total)
+        m2 = m2 + m2_b + delta**2 * (count * n_b / total)
+        count = total
+
+    if isinstance(images, np.ndarray):
+        arr = images[..., None] if images.ndim == 3 else images  # (N, H, W) gray -> (N, H, W, 1)
+        if arr.ndim != 4:
+            raise ValueError(f"expected images of shape (N, H, W, C) or (N, H, W), got {images.shape}")
+        per_image = max(1, math.prod(arr.shape[1:]) * 8)  # float64 bytes of one image
+        step = max(1, max_chunk_bytes // per_image)
+        for start in range(0, len(arr), step):
+            merge(arr[start:start + step])
+    else:
+        for item in images:
+            if isinstance(item, (tuple, list)):
+                item = item[0]  # (image, label) from a Dataset
+            img = np.asarray(item)
+            if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
+                raise ValueError(f"got an image of shape {img.shape}, which looks CHW; pass HWC images "
+                                 f"(e.g. a FaceFolder without transform)")
+            merge(img[..., None] if img.ndim == 2 else img)
+    if mean is None:
+        raise ValueError("compute_mean_std got no pixels")
+    std = np.sqrt(m2 / count)
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+# ----------------------------------------------------------------------------------------------
+# Face folders (HW2P2) and verification pairs
+# ----------------------------------------------------------------------------------------------
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in _IMAGE_EXTENSIONS
+
+
+def load_image(path: str | os.PathLike, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    """One image file as uint8 (H, W, 3) RGB; errors name the file (and the expected (H, W))."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            img = np.asarray(im.convert("RGB"))  # gray/RGBA/palette -> RGB
+    except FileNotFoundError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise OSError(f"cannot read image {path}: {type(e).__name__}: {e}; the file is corrupt or "
+                      f"not an image") from e
+    if expected_size is not None and img.shape[:2] != tuple(expected_size):
+        raise ValueError(f"{path}: image is {img.shape[0]}x{img.shape[1]} (HxW), expected "
+                         f"{expected_size[0]}x{expected_size[1]}")
+    return img
+
+
+def _apply(transform: Callable | None, img: np.ndarray) -> Any:
+    """Run `transform` on an HWC uint8 RGB image in the form its library expects."""
+    if transform is None:
+        return img
+    module = type(transform).__module__ or ""
+    if module.startswith("albumentations"):
+        return transform(image=img)["image"]
+    if module.startswith("torchvision"):
+        # A PIL image suits both v1 (ToTensor) and v2 (ToImage) pipelines, as ImageFolder does;
+        # v2 would pass a bare numpy array through most transforms untouched.
+        from PIL import Image
+
+        return transform(Image.fromarray(img))
+    return transform(img)
+
+
+class FaceFolder(Dataset):
+    """HW2P2 classification folders: root/<split>/<identity>/*.jpg -> (image, label).
+
+    The image is uint8 (H, W, 3) RGB, or whatever `transform` makes of it (albumentations gets
+    image=ndarray, torchvision a PIL image, any other callable the ndarray). A flat split
+    (root/test/*.jpg) gets label -1. Labels index `classes`, which for dev/test default to the
+    identities of root/train so that they match the classifier's outputs; `ids` are the paths
+    relative to the split folder (file names for a flat test/, as the Kaggle CSV wants).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        transform: Callable | None = None,
+        expected_size: tuple[int, int] | None = None,
+        classes: Sequence[str] | None = None,
+    ) -> None:
+        self.root = Path(root).expanduser()
+        self.split = split
+        self.transform = transform
+        self.expected_size = tuple(expected_size) if expected_size is not None else None
+        folder = self.root / split
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"face split folder not found: {folder.resolve()}. Download the HW2P2 classification data "
+                f"(Kaggle) and unzip it so that {self.root.resolve()}/{split}/<identity>/*.jpg exists "
+                f"(a flat {split}/*.jpg is fine for the unlabelled test split)."
+            )
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        subdirs = [e.name for e in entries if e.is_dir()]
+        files = [Path(e.path) for e in entries if e.is_file() and Path(e.name).suffix.lower() in _IMAGE_EXTENSIONS]
+        if subdirs and files:
+            raise ValueError(f"{folder}: has both identity folders ({subdirs[0]}, ...) and loose images "
+                             f"({files[0].name}, ...); use one layout per split")
+
+        if classes is None:
+            train_dir = self.root / "train"
+            if split != "train" and train_dir.is_dir():
+                classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir())
+            else:
+                classes = subdirs
+        self.classes: list[str] = list(classes)
+        self.class_to_idx: dict[str, int] = {c: i for i, c in enumerate(self.classes)}
+
+        self.samples: list[tuple[Path, int]] = []
+        if subdirs:
+            unknown = [d for d in subdirs if d not in self.class_to_idx]
+            if unknown:
+                raise ValueError(f"{folder}: identities not among the {len(self.classes)} classes "
+                                 f"(of {self.root / 'train'} or `classes`): {', '.join(unknown[:5])}"
+                                 f"{' ...' if len(unknown) > 5 else ''}")
+            for name in subdirs:
+                label = self.class_to_idx[name]
+                for e in sorted(os.scandir(folder / name), key=lambda e: e.name):
+                    if e.is_file() and Path(e.name).suffix.lower() in _IMAGE_EXTENSIONS:
+                        self.samples.append((Path(e.path), label))
+        else:
+            self.samples = [(p, -1) for p in files]
+        if not self.samples:
+            raise FileNotFoundError(f"no images ({', '.join(_IMAGE_EXTENSIONS)}) found under {folder.resolve()}")
+        self.targets: list[int] = [label for _, label in self.samples]
+        self.ids: list[str] = [p.relative_to(folder).as_posix() for p, _ in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        return _apply(self.transform, load_image(path, self.expected_size)), label
+
+
+class ImageFiles(Dataset):
+    """A list of image files -> (image, index): for embedding each unique image of a pairs file once."""
+
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        transform: Callable | None = None,
+        expected_size: tuple[int, int] | None = None,
+    ) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.transform = transform
+        self.expected_size = tuple(expected_size) if expected_size is not None else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return _apply(self.transform, load_image(self.paths[index], self.expected_size)), index
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One verification pair: two image paths (under the root), a 0/1 label or None (test)."""
+
+    a: Path
+    b: Path
+    label: int | None = None
+    pair_id: str = ""  # the two paths exactly as written in the file, space-separated (Kaggle Id)
+
+
+def read_pairs(
+    path: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    labelled: bool | None = None,
+    check_exists: bool = True,
+) -> list[Pair]:
+    """Parse a verification pairs file: `a b label` (dev) or `a b` (test) per line, whitespace-separated.
+
+    Paths are relative to `root` (default: the pairs file's folder). labelled=None infers it from
+    the first line. Blank lines and lines starting with # are skipped. Raises ValueError naming the
+    file and line for a wrong column count or a label other than 0/1, and FileNotFoundError for a
+    missing file or (check_exists) image paths that are not under root, listing the first few.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"pairs file not found: {path.resolve()}. It comes with the HW2P2 "
+                                f"verification data (e.g. verification_pairs_val.txt next to the images).")
+    base = Path(root).expanduser() if root is not None else path.parent
+    pairs: list[Pair] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            parts = line.split()
+            if not parts or parts[0].startswith("#"):
+                continue
+            if labelled is None:
+                if len(parts) not in (2, 3):
+                    raise ValueError(f"{path}, line {lineno}: {len(parts)} columns; expected 'a b label' "
+                                     f"(3, labelled) or 'a b' (2, unlabelled): {line.strip()!r}")
+                labelled = len(parts) == 3
+            want = 3 if labelled else 2
+            if len(parts) != want:
+                form = "'a b label'" if labelled else "'a b'"
+                raise ValueError(f"{path}, line {lineno}: {len(parts)} columns, expected {want} ({form}, "
+                                 f"as the first line): {line.strip()!r}")
+            label = None
+            if labelled:
+                if parts[2] not in ("0", "1"):
+                    raise ValueError(f"{path}, line {lineno}: label {parts[2]!r} is not 0 or 1")
+                label = int(parts[2])
+            pairs.append(Pair(base / parts[0], base / parts[1], label, f"{parts[0]} {parts[1]}"))
+    if check_exists:
+        seen: set[Path] = set()
+        missing: list[Path] = []
+        for pair in pairs:
+            for p in (pair.a, pair.b):
+                if p not in seen:
+                    seen.add(p)
+                    if not p.is_file():
+                        missing.append(p)
+        if missing:
+            shown = "\n  ".join(str(p) for p in missing[:5])
+            raise FileNotFoundError(
+                f"{path}: {len(missing)} of {len(seen)} images are missing under root {base.resolve()}, "
+                f"e.g.:\n  {shown}\nPass root= the folder the paths are relative to.")
+    return pairs
