@@ -1,0 +1,425 @@
+"""Augmentation recipes for the assignments, described once and built two ways.
+
+`AugmentSpec` is the one description of a recipe (pad-and-crop, flip, cutout). The albumentations
+2.x pipeline here (per image, in DataLoader workers) and `era_utils.gpu_loader.GPULoader` (batched,
+on the device) are both built from it, so the two paths cannot drift apart:
+
+    S7   RandomCrop 32 after padding 4, CutOut 16x16                         (seed 003)
+    S10  RandomCrop 32 after padding 4, FlipLR, CutOut 8x8 filled with mean  (seeds 002, 004)
+    test normalise only
+
+HW2P2 (face classification, seed 001) uses torchvision.transforms.v2 instead: flip, rotation 12,
+grayscale p=0.1, colour jitter 0.2, normalise with the dataset's own statistics, random erasing.
+
+albumentations is imported lazily, so `AugmentSpec` and the GPU loader work without it.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+if TYPE_CHECKING:  # only for type hints; the real import is lazy (see _albumentations)
+    import albumentations as A
+
+__all__ = [
+    "AugmentSpec",
+    "S7_AUGMENT",
+    "S10_AUGMENT",
+    "NO_AUGMENT",
+    "albumentations_transform",
+    "eval_transform",
+    "hw2p2_train_transform",
+    "hw2p2_test_transform",
+    "AlbumentationsDataset",
+    "seed_transform",
+    "worker_init_fn",
+    "make_loader",
+    "check_images",
+    "check_mean_std",
+]
+
+Fill = Union[str, float, Sequence[float]]
+
+
+# ---------------------------------------------------------------------------------------------
+#  The recipe
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """One augmentation recipe, applied in this order: pad-and-crop, flip, cutout, normalise.
+
+    Both `albumentations_transform` and `GPULoader` read it, so they apply the same recipe.
+    """
+
+    crop_padding: int = 4  # pixels of black (0) padding on every side before a random crop back
+    # to the original size; the crop offset is uniform in [0, 2 * crop_padding] per axis
+    flip: bool = False  # horizontal flip with p=0.5 per image
+    cutout_size: int = 0  # side of the square hole in pixels; 0 = no cutout. The hole always lies
+    # fully inside the image, like albumentations 2.x CoarseDropout (top-left uniform in [0, H-s])
+    cutout_fill: Fill = "mean"  # "mean" (the dataset mean) or pixel values in 0..255 (e.g. 0 = black)
+    cutout_p: float = 1.0  # probability of a hole per image (CutOut paper: always; seed 002 used 0.5)
+
+    def __post_init__(self) -> None:
+        if int(self.crop_padding) != self.crop_padding or self.crop_padding < 0:
+            raise ValueError(f"crop_padding must be an int >= 0 (pixels), got {self.crop_padding!r}")
+        if int(self.cutout_size) != self.cutout_size or self.cutout_size < 0:
+            raise ValueError(f"cutout_size must be an int >= 0 (pixels), got {self.cutout_size!r}")
+        if not 0.0 <= float(self.cutout_p) <= 1.0:
+            raise ValueError(f"cutout_p must be a probability in [0, 1], got {self.cutout_p!r}")
+        fill = self.cutout_fill
+        if isinstance(fill, str):
+            if fill != "mean":
+                raise ValueError(f"cutout_fill must be 'mean' or pixel values in 0..255, got {fill!r}")
+        else:
+            values = np.atleast_1d(np.asarray(fill, dtype=np.float64))
+            if values.ndim != 1 or values.size == 0 or values.min() < 0 or values.max() > 255:
+                raise ValueError(f"cutout_fill must be 'mean' or pixel values in 0..255, got {fill!r}")
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the recipe only normalises (the test-time transform)."""
+        return self.crop_padding == 0 and not self.flip and (self.cutout_size == 0 or self.cutout_p == 0)
+
+    def check_image_size(self, height: int, width: int) -> None:
+        """Raise a ValueError when the cutout hole does not fit in a (height, width) image."""
+        if self.cutout_size > min(height, width):
+            raise ValueError(
+                f"cutout_size={self.cutout_size} is larger than the {height}x{width} images; "
+                f"use a hole of at most {min(height, width)} pixels (S10 uses 8, S7 uses 16 on 32x32)"
+            )
+
+    def fill_pixels(self, mean: Sequence[float]) -> tuple[int, ...]:
+        """The cutout fill in uint8 pixel units, one value per channel of `mean` ([0, 1] units).
+
+        Rounded to the nearest integer because uint8 images cannot hold fractions (albumentations
+        would truncate a float fill); after normalisation a "mean" hole is within 0.5/255/std of 0.
+        """
+        channels = len(mean)
+        if isinstance(self.cutout_fill, str):  # "mean"
+            values = np.asarray(mean, dtype=np.float64) * 255.0
+        else:
+            values = np.atleast_1d(np.asarray(self.cutout_fill, dtype=np.float64))
+            if values.size == 1:
+                values = np.repeat(values, channels)
+            if values.size != channels:
+                raise ValueError(
+                    f"cutout_fill has {values.size} values but the images have {channels} channels"
+                )
+        return tuple(int(v) for v in np.clip(np.rint(values), 0, 255))
+
+
+S7_AUGMENT = AugmentSpec(crop_padding=4, flip=False, cutout_size=16)  # seed 003
+S10_AUGMENT = AugmentSpec(crop_padding=4, flip=True, cutout_size=8, cutout_fill="mean")  # seeds 002/004
+NO_AUGMENT = AugmentSpec(crop_padding=0, flip=False, cutout_size=0)  # test time: normalise only
+
+
+# ---------------------------------------------------------------------------------------------
+#  Input checks shared by both paths
+# ---------------------------------------------------------------------------------------------
+
+def check_images(images: Any, name: str = "images") -> np.ndarray | torch.Tensor:
+    """Return `images` as (N, H, W, C) uint8 (a (N, H, W) gray stack gains C=1); raise otherwise."""
+    if not isinstance(images, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"{name} must be a numpy array or torch tensor of uint8 pixels, got {type(images).__name__}")
+    is_uint8 = images.dtype == torch.uint8 if isinstance(images, torch.Tensor) else images.dtype == np.uint8
+    if not is_uint8:
+        raise TypeError(
+            f"{name} must be uint8 pixels (0..255) shaped (N, H, W, C), got dtype {images.dtype}; "
+            "convert with (x * 255).round().astype(np.uint8) if they are floats in [0, 1]"
+        )
+    if images.ndim == 3:  # (N, H, W) gray, e.g. raw Fashion-MNIST
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"{name} must be shaped (N, H, W, C) with C = 1 (gray) or 3 (RGB), got {tuple(images.shape)}"
+        )
+    return images
+
+
+def check_mean_std(mean: Sequence[float], std: Sequence[float], channels: int | None = None
+                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Return (mean, std) as float tuples in [0, 1] units; check lengths against `channels`."""
+    mean_t = tuple(float(m) for m in np.atleast_1d(np.asarray(mean, dtype=np.float64)))
+    std_t = tuple(float(s) for s in np.atleast_1d(np.asarray(std, dtype=np.float64)))
+    if len(mean_t) != len(std_t):
+        raise ValueError(f"mean has {len(mean_t)} values but std has {len(std_t)}; give one per channel")
+    if channels is not None and len(mean_t) != channels:
+        raise ValueError(
+            f"mean/std have {len(mean_t)} values but the images have {channels} channel(s); "
+            "give one value per channel (Fashion-MNIST: 1, CIFAR-10: 3)"
+        )
+    if min(std_t) <= 0:
+        raise ValueError(f"std must be > 0 for every channel, got {std_t}")
+    if max(mean_t) > 1.0 or max(std_t) > 1.0:
+        raise ValueError(
+            f"mean/std must be in [0, 1] units (e.g. CIFAR-10 mean 0.49), got mean={mean_t} std={std_t}; "
+            "divide pixel-unit statistics by 255"
+        )
+    return mean_t, std_t
+
+
+# ---------------------------------------------------------------------------------------------
+#  albumentations 2.x recipes
+# ---------------------------------------------------------------------------------------------
+
+def _albumentations():
+    """Import albumentations (and its torch bridge) on first use, with an actionable error."""
+    try:
+        import albumentations as A
+        from albumentations.pytorch import ToTensorV2
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise ImportError(
+            "albumentations is needed for the per-image CPU pipeline: pip install 'albumentations>=2.0.8,<2.1' "
+            "(or use era_utils.gpu_loader.GPULoader, which does not need it)"
+        ) from exc
+    return A, ToTensorV2
+
+
+def _size_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    height, width = size
+    return int(height), int(width)
+
+
+def albumentations_transform(spec: AugmentSpec, mean: Sequence[float], std: Sequence[float], *,
+                             size: int | Sequence[int] = 32, seed: int | None = None) -> "A.Compose":
+    """Build the albumentations 2.x pipeline for `spec` on uint8 HWC images of `size` (side or (H, W)).
+
+    Pad (black) + RandomCrop back to `size` -> HorizontalFlip -> CoarseDropout (one s x s hole,
+    fill in pixel units) -> Normalize(mean, std) -> ToTensorV2: returns a CHW float32 tensor.
+    `mean`/`std` are per channel in [0, 1] units; `seed` makes the Compose reproducible.
+    """
+    A, ToTensorV2 = _albumentations()
+    height, width = _size_hw(size)
+    mean_t, std_t = check_mean_std(mean, std)
+    spec.check_image_size(height, width)
+
+    steps: list[Any] = []
+    if spec.crop_padding > 0:
+        pad = spec.crop_padding
+        # position="center" pads exactly `pad` pixels on every side: torchvision's RandomCrop(32, padding=4)
+        steps.append(A.PadIfNeeded(min_height=height + 2 * pad, min_width=width + 2 * pad,
+                                   position="center", border_mode=0, fill=0))  # 0 = cv2.BORDER_CONSTANT
+        steps.append(A.RandomCrop(height=height, width=width))
+    if spec.flip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    if spec.cutout_size > 0 and spec.cutout_p > 0:
+        s = spec.cutout_size
+        steps.append(A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(s, s), hole_width_range=(s, s),
+                                     fill=spec.fill_pixels(mean_t), p=float(spec.cutout_p)))
+    steps.append(A.Normalize(mean=mean_t, std=std_t, max_pixel_value=255.0))
+    steps.append(ToTensorV2())
+    transform = A.Compose(steps, strict=True)
+    if seed is not None:
+        seed_transform(transform, seed)
+    return transform
+
+
+def eval_transform(mean: Sequence[float], std: Sequence[float]) -> "A.Compose":
+    """Test-time albumentations pipeline: normalise only, returns a CHW float32 tensor."""
+    return albumentations_transform(NO_AUGMENT, mean, std)
+
+
+def seed_transform(transform: Any, seed: int) -> None:
+    """Reseed an albumentations Compose so its augmentations are reproducible from `seed`.
+
+    Compose keeps its own RNG (global seeds do not reach it). `set_random_seed` gives every child
+    transform an identical copy of one stream, which couples their draws (the crop offset of image k
+    decides the flip of image 3k+1), so the children are then pointed at one shared stream instead.
+    """
+    seed = int(seed) % 2**32
+    transform.set_random_seed(seed)
+    if hasattr(transform, "set_random_state"):
+        transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
+# ---------------------------------------------------------------------------------------------
+#  HW2P2: torchvision v2 (faces, 224 x 224)
+# ---------------------------------------------------------------------------------------------
+
+def hw2p2_train_transform(mean: Sequence[float], std: Sequence[float], size: int | None = 224, *,
+                          rotation: float = 12.0, grayscale_p: float = 0.1, jitter: float = 0.2,
+                          erasing_p: float = 0.5, erasing_scale: tuple[float, float] = (0.1, 0.1)
+                          ) -> Callable[[Any], torch.Tensor]:
+    """HW2P2 training augmentation (seed 001): uint8 HWC numpy or PIL in, CHW float32 tensor out.
+
+    Flip (p=0.5), rotation (+-`rotation` degrees, black corners), grayscale (p=`grayscale_p`),
+    colour jitter (brightness/contrast/saturation `jitter`), normalise with the dataset's own
+    `mean`/`std` ([0, 1] units), then random erasing (fraction `erasing_scale` of the area, filled
+    with 0 = the mean after normalising). `size=None` keeps the input size.
+    """
+    from torchvision.transforms import v2
+
+    mean_t, std_t = check_mean_std(mean, std)
+    steps: list[Any] = [v2.ToImage()]  # numpy HWC or PIL -> uint8 CHW tensor
+    if size is not None:
+        steps.append(v2.Resize(_size_hw(size), antialias=True))
+    steps += [
+        v2.RandomHorizontalFlip(p=0.5),
+        v2.RandomRotation(rotation),
+        v2.RandomGrayscale(p=grayscale_p),
+        v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter),
+        v2.ToDtype(torch.float32, scale=True),  # uint8 0..255 -> float 0..1
+        v2.Normalize(mean=list(mean_t), std=list(std_t)),
+        v2.RandomErasing(p=erasing_p, scale=erasing_scale, value=0),
+        v2.ToPureTensor(),  # plain torch.Tensor, not a tv_tensors.Image
+    ]
+    return v2.Compose(steps)
+
+
+def hw2p2_test_transform(mean: Sequence[float], std: Sequence[float], size: int | None = 224
+                         ) -> Callable[[Any], torch.Tensor]:
+    """HW2P2 evaluation transform: resize (if `size`), normalise; CHW float32 tensor out."""
+    from torchvision.transforms import v2
+
+    mean_t, std_t = check_mean_std(mean, std)
+    steps: list[Any] = [v2.ToImage()]
+    if size is not None:
+        steps.append(v2.Resize(_size_hw(size), antialias=True))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean_t), std=list(std_t)),
+              v2.ToPureTensor()]
+    return v2.Compose(steps)
+
+
+# ---------------------------------------------------------------------------------------------
+#  Dataset wrapper and DataLoader (the per-image CPU path)
+# ---------------------------------------------------------------------------------------------
+
+def _find_step(transform: Any, name: str) -> Any:
+    """The first step of class `name` inside an albumentations pipeline (nested ones too), or None."""
+    for step in getattr(transform, "transforms", []):
+        if type(step).__name__ == name:
+            return step
+        inner = _find_step(step, name)
+        if inner is not None:
+            return inner
+    return None
+
+
+def _check_transform_fits(transform: Any, images: np.ndarray) -> None:
+    """Catch a recipe built for other images: channels to normalise, crop size."""
+    normalize = _find_step(transform, "Normalize")
+    mean = getattr(normalize, "mean", None)
+    if mean is not None and np.ndim(mean) == 1 and len(mean) != images.shape[-1]:
+        raise ValueError(
+            f"the transform normalises {len(mean)} channel(s) but the images have {images.shape[-1]}; "
+            "build it with one mean/std value per channel"
+        )
+    crop = _find_step(transform, "RandomCrop")
+    if crop is not None and (crop.height, crop.width) != tuple(images.shape[1:3]):
+        raise ValueError(
+            f"the transform crops {crop.height}x{crop.width} but the images are "
+            f"{images.shape[1]}x{images.shape[2]}; build it with size={images.shape[1]}"
+        )
+
+
+class AlbumentationsDataset(Dataset):
+    """Apply an albumentations pipeline (or any callable image -> CHW tensor, e.g. the HW2P2 torchvision
+    v2 pipeline) to uint8 (N, H, W, C) images: yields (CHW float32 tensor, int label).
+
+    Use it through `make_loader` (which installs `worker_init_fn`), or pass
+    `worker_init_fn=worker_init_fn` to your own DataLoader: without it every worker starts from the
+    same Compose RNG state and the workers repeat each other's augmentations.
+    """
+
+    def __init__(self, images: np.ndarray, labels: Sequence[int] | np.ndarray, transform: Any,
+                 seed: int | None = None) -> None:
+        images = check_images(images)
+        if isinstance(images, torch.Tensor):
+            images = images.cpu().numpy()
+        labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
+        if labels.shape != (len(images),):
+            raise ValueError(f"labels must be shaped ({len(images)},) to match the images, got {labels.shape}")
+        _check_transform_fits(transform, images)
+        self.images = images  # (N, H, W, C) uint8
+        self.labels = labels  # (N,) int64
+        self.transform = transform
+        # albumentations pipelines take image=...; anything else (torchvision v2) is called plainly.
+        self._albumentations = hasattr(transform, "set_random_seed")
+        if seed is not None:
+            seed_transform(transform, seed)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index]  # (H, W, C) uint8
+        if self._albumentations:
+            out = self.transform(image=image)["image"]
+        else:  # a plain callable, e.g. the HW2P2 torchvision v2 pipeline
+            out = self.transform(image)
+        if not isinstance(out, torch.Tensor):  # a pipeline without ToTensorV2: HWC ndarray
+            array = np.ascontiguousarray(np.asarray(out).transpose(2, 0, 1))
+            out = torch.from_numpy(array)
+        if not out.is_floating_point():  # un-normalised uint8: scale to [0, 1] like ToTensor
+            out = out.float().div_(255.0)
+        return out.float(), int(self.labels[index])
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader worker set-up: reseed python, numpy, torch and the dataset's albumentations Compose.
+
+    The seed is torch's per-worker seed (the loader's base seed + worker_id), so workers differ from
+    each other and a DataLoader `generator` seeded the same way gives the same augmentations.
+    """
+    info = torch.utils.data.get_worker_info()
+    if info is None:  # called outside a worker: nothing to reseed
+        return
+    seed = info.seed % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    dataset = info.dataset
+    while dataset is not None:  # look through Subset/wrappers for the transform
+        transform = getattr(dataset, "transform", None)
+        if transform is not None and hasattr(transform, "set_random_seed"):
+            seed_transform(transform, seed)
+            break
+        dataset = getattr(dataset, "dataset", None)
+
+
+def make_loader(arrays: Any, spec: AugmentSpec | Any, mean: Sequence[float], std: Sequence[float],
+                batch_size: int, shuffle: bool = True, num_workers: int = 2, seed: int | None = None,
+                pin_memory: bool | None = None, *, drop_last: bool = False) -> DataLoader:
+    """DataLoader over `arrays` (anything with .images (N,H,W,C) uint8 and .labels, or an (images, labels)
+    pair) applying `spec` with albumentations per image.
+
+    `spec` may also be a ready albumentations Compose. Workers are persistent and reseeded
+    (`worker_init_fn`); `seed` fixes shuffling and augmentation; `pin_memory=None` pins when CUDA
+    is available. Use `NO_AUGMENT` with shuffle=False for the test loader.
+    """
+    if hasattr(arrays, "images") and hasattr(arrays, "labels"):
+        images, labels = arrays.images, arrays.labels
+    elif isinstance(arrays, (tuple, list)) and len(arrays) == 2:
+        images, labels = arrays
+    else:
+        raise TypeError("arrays must have .images and .labels (an ImageArrays) or be an (images, labels) pair")
+    images = check_images(images)
+    channels = images.shape[-1]
+    mean_t, std_t = check_mean_std(mean, std, channels)
+    if isinstance(spec, AugmentSpec):
+        transform = albumentations_transform(spec, mean_t, std_t, size=tuple(images.shape[1:3]))
+    else:
+        transform = spec  # a ready albumentations pipeline
+    dataset = AlbumentationsDataset(images, labels, transform, seed=seed)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        worker_init_fn=worker_init_fn,
+        generator=generator,  # draws the shuffle order and the workers' base seed
+        persistent_workers=num_workers > 0,  # keep worker start-up (and RNG state) across epochs
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+    )
