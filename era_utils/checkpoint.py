@@ -1,0 +1,233 @@
+"""Checkpoints that let a dead Colab session carry on exactly where it stopped.
+
+One file holds the model, optimizer, scheduler, GradScaler, the number of finished epochs, the
+History so far (as a plain dict) and every RNG the next epoch draws from: torch (CPU and CUDA),
+numpy, python's `random`, and the loader's own generator when it has one. Restoring all of them
+makes a resumed run repeat an unbroken one (bit for bit on the CPU).
+
+Files are written atomically (a temporary file in the same folder, then `os.replace`), so a
+session killed mid-save leaves the previous checkpoint intact. Everything stored is plain
+tensors, numbers, strings, lists and dicts, so `torch.load(weights_only=True)` reads it.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "unwrap_model",
+    "save_checkpoint",
+    "read_checkpoint",
+    "restore_checkpoint",
+    "load_checkpoint",
+    "rng_state",
+    "set_rng_state",
+]
+
+CHECKPOINT_FORMAT = "era_utils.checkpoint/1"
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module under a torch.compile wrapper (its `_orig_mod`), else the model itself."""
+    return getattr(model, "_orig_mod", model)
+
+
+def _loader_generator(loader: Any) -> torch.Generator | None:
+    """The torch.Generator a loader shuffles with, if it exposes one (DataLoader(generator=g), GPULoader)."""
+    for owner in (loader, getattr(loader, "sampler", None)):
+        gen = getattr(owner, "generator", None)
+        if isinstance(gen, torch.Generator):
+            return gen
+    return None
+
+
+def rng_state(loader: Any = None) -> dict[str, Any]:
+    """Every RNG state the next epoch depends on, as weights_only-safe objects."""
+    np_state = np.random.get_state()  # ('MT19937', uint32[624], pos, has_gauss, cached_gaussian)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": str(np_state[0]),
+            "keys": [int(k) for k in np_state[1]],
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "loader": None,
+    }
+    if loader is not None:
+        if callable(getattr(loader, "state_dict", None)) and callable(
+            getattr(loader, "load_state_dict", None)
+        ):
+            state["loader"] = {"kind": "state_dict", "state": loader.state_dict()}
+        else:
+            gen = _loader_generator(loader)
+            if gen is not None:
+                state["loader"] = {"kind": "generator", "state": gen.get_state()}
+    return state
+
+
+def set_rng_state(state: dict[str, Any], loader: Any = None) -> None:
+    """Restore what `rng_state` captured (CUDA states only when the same number of GPUs is present)."""
+    random.setstate(_as_tuple(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            np_state["bit_generator"],
+            np.asarray(np_state["keys"], dtype=np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+    saved = state.get("loader")
+    if loader is None or saved is None:
+        return
+    if saved["kind"] == "state_dict" and callable(getattr(loader, "load_state_dict", None)):
+        loader.load_state_dict(saved["state"])
+    elif saved["kind"] == "generator":
+        gen = _loader_generator(loader)
+        if gen is not None:
+            gen.set_state(saved["state"].cpu())  # a ByteTensor on the CPU, whatever the generator's device
+
+
+def _as_tuple(obj: Any) -> Any:
+    """python's random state is nested tuples; keep them tuples whatever the loader turned them into."""
+    if isinstance(obj, (list, tuple)):
+        return tuple(_as_tuple(o) for o in obj)
+    return obj
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    scheduler: Any = None,
+    scaler: Any = None,
+    epoch: int = 0,
+    history: Any = None,
+    loader: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically; `epoch` is the number of finished epochs.
+
+    `history` may be a History (its `to_dict()` is stored) or a dict. A torch.compile'd model is
+    unwrapped, so the keys load into a plain model. Returns the path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if history is not None and hasattr(history, "to_dict"):
+        history = history.to_dict()
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": int(epoch),
+        "model": unwrap_model(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "history": history,
+        "rng": rng_state(loader),
+        "torch_version": str(torch.__version__),
+        "extra": extra or {},
+    }
+    # Temp file in the same folder so os.replace is an atomic rename on the same filesystem.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def read_checkpoint(
+    path: str | os.PathLike,
+    *,
+    map_location: str | torch.device = "cpu",
+    weights_only: bool = True,
+) -> dict[str, Any]:
+    """Read a checkpoint file into its dict without restoring anything."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path.resolve()}.")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as err:
+        raise RuntimeError(
+            f"Could not read checkpoint {path}: {err}. If you trust the file and it holds "
+            "non-tensor objects, pass weights_only=False."
+        ) from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} is not an era_utils checkpoint (expected format {CHECKPOINT_FORMAT!r}); "
+            "for a bare state_dict use model.load_state_dict(torch.load(path))."
+        )
+    return ckpt
+
+
+def restore_checkpoint(
+    ckpt: dict[str, Any],
+    model: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    scheduler: Any = None,
+    scaler: Any = None,
+    loader: Any = None,
+    restore_rng: bool = True,
+) -> None:
+    """Load a checkpoint dict (from `read_checkpoint`) into whatever objects are given."""
+    if model is not None:
+        unwrap_model(model).load_state_dict(ckpt["model"])
+    # The optimizer before the scheduler: the optimizer's param_groups carry the LRs the
+    # scheduler's state refers to (initial_lr, max_lr, ...).
+    if optimizer is not None and ckpt.get("optimizer") is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    if restore_rng and ckpt.get("rng") is not None:
+        set_rng_state(ckpt["rng"], loader)
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    scheduler: Any = None,
+    scaler: Any = None,
+    loader: Any = None,
+    restore_rng: bool = True,
+    map_location: str | torch.device = "cpu",
+    weights_only: bool = True,
+) -> dict[str, Any]:
+    """Load a checkpoint into whatever objects are given and return the raw dict.
+
+    The dict has "epoch" (finished epochs), "history" (a dict; `History.from_dict` rebuilds it),
+    "extra" and the state dicts. Only the objects passed are restored, so
+    `load_checkpoint(path, model)` just loads weights. `restore_rng` also resets python, numpy,
+    torch (and the loader's generator) to their state at save time.
+    """
+    ckpt = read_checkpoint(path, map_location=map_location, weights_only=weights_only)
+    restore_checkpoint(ckpt, model, optimizer, scheduler=scheduler, scaler=scaler,
+                       loader=loader, restore_rng=restore_rng)
+    return ckpt

@@ -1,0 +1,610 @@
+"""The training engine every notebook uses: train_one_epoch, evaluate, fit -> History.
+
+Built for speed on a GPU without changing what is computed:
+- mixed precision (bf16 where the GPU has it, else fp16 with a GradScaler; off on the CPU),
+  channels_last on CUDA, optional torch.compile;
+- no host-device sync per batch: loss sum, correct count, label range and "first NaN step" are
+  accumulated as device tensors and read every `sync_every` steps (progress bar, NaN check) and
+  once at the end of the epoch;
+- any loader yielding (images, labels): a DataLoader (copied with non_blocking=True) or the
+  GPU-resident loader (tensors already on the device, the copies are no-ops).
+Every scheduler is stepped once per batch, after optimizer.step(). Checkpoints (one per epoch,
+written atomically) let `fit(..., checkpoint_path=..., resume=True)` carry on after a crash.
+Optimisers, the loss and the LR schedules live in `era_utils.schedules`, checkpoint files in
+`era_utils.checkpoint`; both are re-exported here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from era_utils.checkpoint import (
+    load_checkpoint,
+    read_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+    unwrap_model,
+)
+from era_utils.schedules import (
+    cosine_warm_restarts,
+    make_criterion,
+    make_optimizer,
+    one_cycle,
+)
+from era_utils.utils import get_device
+
+__all__ = [
+    "AMP_MODES",
+    "History",
+    "resolve_amp",
+    "train_one_epoch",
+    "evaluate",
+    "fit",
+    "make_optimizer",
+    "make_criterion",
+    "one_cycle",
+    "cosine_warm_restarts",
+    "save_checkpoint",
+    "load_checkpoint",
+    "unwrap_model",
+]
+
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+# Steps between device reads (progress-bar postfix, NaN and label checks). Each read waits for
+# the GPU queue to drain; once per 50 steps costs ~1-2% on a small model, once per step ~10-30%.
+DEFAULT_SYNC_EVERY = 50
+
+
+# ----------------------------------------------------------------------------- History
+
+
+@dataclass
+class History:
+    """What fit() measured: per-epoch loss/accuracy (accuracy in %), per-step LR, epoch times.
+
+    `test_loss`/`test_acc` stay empty when fit ran without a test loader.
+    """
+
+    train_loss: list[float] = field(default_factory=list)  # mean over samples, per epoch
+    train_acc: list[float] = field(default_factory=list)  # %, per epoch
+    test_loss: list[float] = field(default_factory=list)  # mean over samples, per epoch
+    test_acc: list[float] = field(default_factory=list)  # %, per epoch
+    lrs: list[float] = field(default_factory=list)  # LR of param group 0 used at each optimizer step
+    epoch_times: list[float] = field(default_factory=list)  # s, wall time of train + evaluate
+
+    @property
+    def epochs(self) -> int:
+        """Number of finished epochs."""
+        return len(self.train_loss)
+
+    @property
+    def best_test_acc(self) -> float | None:
+        """Highest test accuracy (%) over the epochs, None without test metrics."""
+        return max(self.test_acc) if self.test_acc else None
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """Plain lists of floats, ready for JSON."""
+        return {f.name: [float(v) for v in getattr(self, f.name)] for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "History":
+        """Rebuild from `to_dict()` output; keys this version does not know are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: [float(v) for v in data[k]] for k in names if k in data})
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        """Write the history as JSON (parent folders are created); returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "History":
+        """Read a history written by `to_json`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+# ----------------------------------------------------------------------------- AMP
+
+
+def _grad_scaler(device_type: str, enabled: bool = True) -> Any:
+    """A GradScaler for `device_type` (torch.amp's since torch 2.3, torch.cuda.amp's before)."""
+    amp_scaler = getattr(torch.amp, "GradScaler", None)
+    if amp_scaler is not None:
+        return amp_scaler(device_type, enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)
+
+
+def resolve_amp(device: str | torch.device, amp: str = "auto") -> tuple[torch.dtype | None, Any]:
+    """Turn amp="auto"|"bf16"|"fp16"|"off" into (autocast dtype or None, GradScaler or None).
+
+    "auto": bf16 on CUDA GPUs that run it natively (compute capability >= 8: A100, L4, H100),
+    fp16 + GradScaler on older ones (T4, V100), off on CPU and MPS. bf16 needs no scaler: it has
+    fp32's exponent range, so gradients do not underflow.
+    """
+    device = torch.device(device)
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp must be one of {list(AMP_MODES)}, got {amp!r}.")
+    if amp == "off":
+        return None, None
+    if amp == "auto":
+        if device.type != "cuda":
+            return None, None
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        amp = "bf16" if torch.cuda.get_device_capability(index)[0] >= 8 else "fp16"
+    if amp == "bf16":
+        return torch.bfloat16, None
+    if device.type != "cuda":
+        raise ValueError(
+            f"amp='fp16' needs a CUDA GPU (it trains with a GradScaler); on {device.type} use "
+            "amp='bf16' or amp='off'."
+        )
+    return torch.float16, _grad_scaler("cuda")
+
+
+# ----------------------------------------------------------------------------- batch checks
+
+_EXPECTED = (
+    "(images, labels) pairs: images a float tensor (B, C, H, W) and labels an integer tensor (B,) "
+    "of class indices"
+)
+
+
+def _describe(obj: Any) -> str:
+    """A short description of what a loader yielded, for error messages."""
+    if isinstance(obj, torch.Tensor):
+        return f"Tensor{tuple(obj.shape)} {str(obj.dtype).replace('torch.', '')}"
+    if isinstance(obj, (tuple, list)):
+        inner = ", ".join(_describe(o) for o in obj[:4]) + (", ..." if len(obj) > 4 else "")
+        return f"a {type(obj).__name__} of {len(obj)} items ({inner})"
+    if isinstance(obj, dict):
+        return f"a dict with keys {list(obj)[:6]}"
+    return f"a {type(obj).__name__}"
+
+
+def _unpack_batch(batch: Any, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check one batch's structure (host-side metadata only, no sync) and split it."""
+    if not (
+        isinstance(batch, (tuple, list))
+        and len(batch) == 2
+        and all(isinstance(t, torch.Tensor) for t in batch)
+    ):
+        raise ValueError(
+            f"The loader must yield {_EXPECTED}, but batch {step + 1} was {_describe(batch)}. "
+            "If the dataset returns extra items or a dict, map each sample to (image, label) first."
+        )
+    images, labels = batch
+    if labels.ndim != 1 or images.ndim == 0 or labels.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"Batch {step + 1}: labels must have shape (B,) with B = images.shape[0], but got images "
+            f"{tuple(images.shape)} and labels {tuple(labels.shape)}. One-hot labels are not "
+            "supported: pass class indices."
+        )
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(
+            f"Batch {step + 1}: labels must be integer class indices, got dtype "
+            f"{str(labels.dtype).replace('torch.', '')}. Convert them with labels.long()."
+        )
+    return images, labels
+
+
+def _num_outputs(logits: Any, labels: torch.Tensor) -> int:
+    """Check the model's output against the batch and return its number of classes."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(
+            f"The model returned {_describe(logits)}; the engine expects logits, one tensor "
+            "(B, num_classes)."
+        )
+    if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"The model's output has shape {tuple(logits.shape)}; expected logits (B, num_classes) "
+            f"with B = {labels.shape[0]} (the batch size)."
+        )
+    return int(logits.shape[1])
+
+
+def _label_range_error(lo: int, hi: int, num_outputs: int, where: str) -> ValueError:
+    if lo < 0:
+        problem = f"has a negative label ({lo}); -1 marks unlabelled images, which cannot be scored"
+    else:
+        problem = (
+            f"has labels up to {hi} (max label {hi}); build the model with num_classes={hi + 1} "
+            "or more, or fix the dataset's labels"
+        )
+    return ValueError(
+        f"Labels must be class indices in [0, {num_outputs - 1}] for a model with {num_outputs} "
+        f"outputs, but {where} {problem}."
+    )
+
+
+def _check_label_range(labels: torch.Tensor, num_outputs: int, where: str) -> None:
+    """Eager range check (one sync): used on the first batch and when the loss itself fails."""
+    lo, hi = (int(v) for v in torch.stack([labels.min(), labels.max()]).tolist())
+    if lo < 0 or hi >= num_outputs:
+        raise _label_range_error(lo, hi, num_outputs, where)
+
+
+def _loss(criterion: nn.Module, logits: torch.Tensor, labels: torch.Tensor, num_outputs: int,
+          where: str) -> torch.Tensor:
+    """criterion(logits, labels), turning an out-of-range-label failure into a readable error."""
+    try:
+        return criterion(logits, labels)
+    except (IndexError, RuntimeError) as err:
+        # On the CPU cross_entropy raises for a bad label before any sync point could see it.
+        _check_label_range(labels, num_outputs, where)
+        raise err
+
+
+# ----------------------------------------------------------------------------- device-side sums
+
+
+class _Running:
+    """Sums over one pass of a loader, kept on the device: updating them never syncs."""
+
+    def __init__(self, device: torch.device) -> None:
+        long = dict(dtype=torch.long, device=device)
+        self.loss_sum = torch.zeros((), dtype=torch.float32, device=device)  # sum of per-sample loss
+        self.correct = torch.zeros((), **long)
+        self.label_min = torch.full((), torch.iinfo(torch.long).max, **long)
+        self.label_max = torch.full((), torch.iinfo(torch.long).min, **long)
+        self.step = torch.zeros((), **long)  # device copy of the step index
+        self.first_bad = torch.full((), -1, **long)  # first step whose loss was NaN/inf, -1: none
+        self.bad_value = torch.zeros((), dtype=torch.float32, device=device)
+        self.seen = 0  # samples, counted on the host from shapes (no sync)
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        loss = loss.detach().float()
+        batch = labels.shape[0]
+        self.loss_sum += loss * batch  # criterion returns the batch mean
+        self.correct += (logits.detach().argmax(dim=1) == labels).sum()
+        self.label_min = torch.minimum(self.label_min, labels.min())
+        self.label_max = torch.maximum(self.label_max, labels.max())
+        newly_bad = (self.first_bad < 0) & ~torch.isfinite(loss)
+        self.first_bad = torch.where(newly_bad, self.step, self.first_bad)
+        self.bad_value = torch.where(newly_bad, loss, self.bad_value)
+        self.step += 1
+        self.seen += batch
+
+    def read(self) -> dict[str, float]:
+        """Copy the sums to the host: the one place that waits for the device."""
+        seen = max(self.seen, 1)
+        return {
+            "loss": self.loss_sum.item() / seen,
+            "acc": 100.0 * self.correct.item() / seen,
+            "label_min": self.label_min.item(),
+            "label_max": self.label_max.item(),
+            "first_bad": self.first_bad.item(),
+            "bad_value": self.bad_value.item(),
+        }
+
+
+def _check_read(vals: dict[str, float], num_outputs: int, where: str) -> None:
+    if vals["label_min"] < 0 or vals["label_max"] >= num_outputs:
+        raise _label_range_error(int(vals["label_min"]), int(vals["label_max"]), num_outputs, where)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _len_or_none(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def _progress(loader: Iterable, desc: str, verbose: bool) -> tqdm:
+    """A batch progress bar (a widget in notebooks) that iterates `loader` exactly once.
+
+    tqdm.auto's class calls iter() on a plain iterable in __init__ and again when looped over
+    (tqdm/tqdm#1598), which starts a DataLoader's worker processes twice per epoch and draws an
+    extra shuffle seed. Handing it an iterator avoids both.
+    """
+    return tqdm(iter(loader), total=_len_or_none(loader), desc=desc, disable=not verbose,
+                leave=False, unit="batch", dynamic_ncols=True)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    images = images.to(device, non_blocking=True)  # a no-op for the GPU-resident loader
+    if channels_last and images.ndim == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
+def _training_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Every submodule's train/eval flag, so it can be put back exactly (e.g. a frozen BN)."""
+    return [(m, m.training) for m in model.modules()]
+
+
+def _restore_modes(modes: list[tuple[nn.Module, bool]]) -> None:
+    for module, training in modes:
+        module.training = training
+
+
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:
+    return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+
+# ----------------------------------------------------------------------------- train / evaluate
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    device: str | torch.device | None = None,
+    *,
+    scheduler: Any = None,
+    scaler: Any = None,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    epoch: int = 0,
+    verbose: bool = True,
+    sync_every: int = DEFAULT_SYNC_EVERY,
+) -> tuple[float, float, list[float]]:
+    """One pass over `loader` in train mode; returns (mean loss, accuracy %, LR of each step).
+
+    `scheduler` is stepped after every optimizer step. `scaler` is a GradScaler (fp16 AMP).
+    `epoch` (0-based) only labels the progress bar and error messages. `channels_last` converts
+    the inputs; converting the model is the caller's job (fit does it).
+    Raises FloatingPointError naming the epoch, step and LR if the loss becomes NaN/inf.
+    """
+    device = _model_device(model) if device is None else torch.device(device)
+    sync_every = max(int(sync_every), 1)
+    model.train()
+    run = _Running(device)
+    lrs: list[float] = []
+    num_outputs = 0
+
+    def check(vals: dict[str, float]) -> None:
+        if vals["first_bad"] >= 0:
+            step = int(vals["first_bad"])
+            raise FloatingPointError(
+                f"The training loss became {vals['bad_value']} at epoch {epoch + 1}, step {step + 1} "
+                f"(lr {lrs[step]:.3g}). Lower the LR (see find_lr), check the inputs are normalised, "
+                "or use amp='bf16'/'off' if fp16 overflowed."
+            )
+        _check_read(vals, num_outputs, f"epoch {epoch + 1} (training)")
+
+    with _progress(loader, f"epoch {epoch + 1} train", verbose) as bar:
+        for step, batch in enumerate(bar):
+            images, labels = _unpack_batch(batch, step)
+            images = _to_device(images, device, channels_last)
+            labels = labels.to(device, dtype=torch.long, non_blocking=True)
+            lrs.append(float(optimizer.param_groups[0]["lr"]))  # the LR this step uses
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(device, amp_dtype):
+                logits = model(images)  # (B, num_classes)
+                if step == 0:
+                    num_outputs = _num_outputs(logits, labels)
+                    _check_label_range(labels, num_outputs, f"batch 1 of epoch {epoch + 1}")
+                loss = _loss(criterion, logits, labels, num_outputs, f"batch {step + 1} of epoch {epoch + 1}")
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)  # skipped when the fp16 gradients overflowed
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            if scheduler is not None:
+                if scaler is not None:
+                    with warnings.catch_warnings():
+                        # A skipped first fp16 step makes torch think the scheduler ran first.
+                        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler")
+                        scheduler.step()
+                else:
+                    scheduler.step()
+            with torch.no_grad():
+                run.update(loss, logits, labels)
+            if (step + 1) % sync_every == 0:
+                vals = run.read()
+                check(vals)
+                bar.set_postfix(loss=f"{vals['loss']:.4f}", acc=f"{vals['acc']:.2f}%",
+                                lr=f"{lrs[-1]:.2e}", refresh=False)
+    if run.seen == 0:
+        raise ValueError("The training loader yielded no batches (is the dataset empty, or "
+                         "drop_last=True with fewer samples than one batch?).")
+    vals = run.read()
+    check(vals)
+    return vals["loss"], vals["acc"], lrs
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    criterion: nn.Module | None = None,
+    device: str | torch.device | None = None,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    verbose: bool = False,
+) -> tuple[float, float]:
+    """(mean loss, accuracy %) over `loader`, under model.eval() and torch.inference_mode().
+
+    Every submodule's train/eval flag is put back afterwards. criterion=None: cross-entropy.
+    """
+    device = _model_device(model) if device is None else torch.device(device)
+    criterion = nn.CrossEntropyLoss() if criterion is None else criterion
+    modes = _training_modes(model)
+    model.eval()
+    num_outputs = 0
+    try:
+        with torch.inference_mode():
+            run = _Running(device)
+            with _progress(loader, "evaluate", verbose) as bar:
+                for step, batch in enumerate(bar):
+                    images, labels = _unpack_batch(batch, step)
+                    images = _to_device(images, device, channels_last)
+                    labels = labels.to(device, dtype=torch.long, non_blocking=True)
+                    with _autocast(device, amp_dtype):
+                        logits = model(images)  # (B, num_classes)
+                        if step == 0:
+                            num_outputs = _num_outputs(logits, labels)
+                            _check_label_range(labels, num_outputs, "batch 1 of the evaluation loader")
+                        loss = _loss(criterion, logits, labels, num_outputs,
+                                     f"batch {step + 1} of the evaluation loader")
+                    run.update(loss, logits, labels)
+            if run.seen == 0:
+                raise ValueError("The evaluation loader yielded no batches.")
+            vals = run.read()
+    finally:
+        _restore_modes(modes)
+    _check_read(vals, num_outputs, "the evaluation loader")
+    return vals["loss"], vals["acc"]
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def _check_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer, epochs: int,
+                     loader: Any) -> None:
+    if scheduler is None:
+        return
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        raise TypeError(
+            "fit steps the scheduler once per batch with no metric; ReduceLROnPlateau needs a "
+            "validation metric per epoch and is not supported here."
+        )
+    if getattr(scheduler, "optimizer", optimizer) is not optimizer:
+        raise ValueError("The scheduler was built on a different optimizer than the one passed to fit.")
+    total = getattr(scheduler, "total_steps", None)  # OneCycleLR
+    steps = _len_or_none(loader)
+    if not isinstance(total, int) or steps is None or total == epochs * steps:
+        return
+    message = (
+        f"The scheduler was built for {total} steps, but fit will take {epochs} epochs x "
+        f"{steps} batches = {epochs * steps} steps. Build it with epochs={epochs} and "
+        f"steps_per_epoch=len(train_loader) (= {steps})."
+    )
+    if total < epochs * steps:  # OneCycleLR would raise in the middle of training
+        raise ValueError(message)
+    warnings.warn(message + " Training will stop before the schedule ends.", stacklevel=3)
+
+
+def _summary(epoch: int, epochs: int, history: History, seconds: float) -> str:
+    line = (f"epoch {epoch + 1:>3}/{epochs}  train loss {history.train_loss[-1]:.4f} "
+            f"acc {history.train_acc[-1]:6.2f}%")
+    if history.test_loss:
+        line += f"  test loss {history.test_loss[-1]:.4f} acc {history.test_acc[-1]:6.2f}%"
+    lr = f"{history.lrs[-1]:.3g}" if history.lrs else "-"
+    return line + f"  lr {lr}  {seconds:.1f}s"
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable,
+    test_loader: Iterable | None,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    *,
+    criterion: nn.Module | None = None,
+    scheduler: Any = None,
+    device: str | torch.device | None = None,
+    amp: str = "auto",
+    channels_last: bool | str = "auto",
+    compile: bool | str = False,
+    checkpoint_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    verbose: bool = True,
+    sync_every: int = DEFAULT_SYNC_EVERY,
+) -> History:
+    """Train for `epochs` epochs, evaluating on `test_loader` (None: no test metrics) after each.
+
+    - `scheduler`: stepped per batch after optimizer.step() (build One Cycle with
+      steps_per_epoch=len(train_loader)); ReduceLROnPlateau is refused.
+    - `amp`: "auto" (bf16/fp16 on CUDA, off elsewhere) | "bf16" | "fp16" | "off".
+    - `channels_last`: "auto" = on for CUDA; converts the model and the inputs.
+    - `compile`: True or a torch.compile mode ("max-autotune"); checkpoints hold the plain model.
+    - `checkpoint_path`: written atomically after every epoch (model, optimizer, scheduler,
+      scaler, History, RNG states). With `resume=True` and an existing file, training continues
+      from it (the scheduler must be passed again, built the same way); a resumed run repeats an
+      unbroken one on the same seed.
+    Prints progress bars and one summary line per epoch unless verbose=False. The model's
+    train/eval flags are put back at the end.
+    """
+    if not (isinstance(epochs, int) and epochs > 0):
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}.")
+    device = get_device(device)
+    _check_scheduler(scheduler, optimizer, epochs, train_loader)
+    criterion = nn.CrossEntropyLoss() if criterion is None else criterion
+    amp_dtype, scaler = resolve_amp(device, amp)
+    if channels_last == "auto":
+        use_cl = device.type == "cuda"
+    elif isinstance(channels_last, bool):
+        use_cl = channels_last
+    else:
+        raise ValueError(f"channels_last must be True, False or 'auto', got {channels_last!r}.")
+
+    model.to(device)
+    if use_cl:
+        model.to(memory_format=torch.channels_last)
+
+    history, start = History(), 0
+    if checkpoint_path is not None and resume and Path(checkpoint_path).is_file():
+        ckpt = read_checkpoint(checkpoint_path)
+        if (ckpt.get("scheduler") is None) != (scheduler is None):
+            have = "has" if ckpt.get("scheduler") is not None else "has no"
+            raise ValueError(
+                f"The checkpoint {checkpoint_path} {have} scheduler state but fit was called "
+                f"{'without' if scheduler is None else 'with'} a scheduler: resume with the same "
+                "set-up as the run that wrote it."
+            )
+        restore_checkpoint(ckpt, model, optimizer, scheduler=scheduler, scaler=scaler,
+                           loader=train_loader)
+        history = History.from_dict(ckpt.get("history") or {})
+        start = int(ckpt["epoch"])
+        if verbose:
+            tqdm.write(f"Resumed from {checkpoint_path}: {start} of {epochs} epochs done.")
+    elif resume and verbose and checkpoint_path is not None:
+        tqdm.write(f"No checkpoint at {checkpoint_path} yet: starting from epoch 1.")
+
+    if compile:
+        run_model = torch.compile(model, mode=compile if isinstance(compile, str) else None)
+    else:
+        run_model = model
+
+    modes = _training_modes(model)
+    try:
+        for epoch in range(start, epochs):
+            t0 = time.perf_counter()
+            loss, acc, lrs = train_one_epoch(
+                run_model, train_loader, optimizer, criterion, device, scheduler=scheduler,
+                scaler=scaler, amp_dtype=amp_dtype, channels_last=use_cl, epoch=epoch,
+                verbose=verbose, sync_every=sync_every,
+            )
+            history.train_loss.append(loss)
+            history.train_acc.append(acc)
+            history.lrs.extend(lrs)
+            if test_loader is not None:
+                test_loss, test_acc = evaluate(run_model, test_loader, criterion, device,
+                                               amp_dtype=amp_dtype, channels_last=use_cl,
+                                               verbose=verbose)
+                history.test_loss.append(test_loss)
+                history.test_acc.append(test_acc)
+            seconds = time.perf_counter() - t0
+            history.epoch_times.append(seconds)
+            if verbose:
+                tqdm.write(_summary(epoch, epochs, history, seconds))
+            if checkpoint_path is not None:
+                save_checkpoint(checkpoint_path, model, optimizer, scheduler=scheduler,
+                                scaler=scaler, epoch=epoch + 1, history=history,
+                                loader=train_loader)
+    finally:
+        _restore_modes(modes)
+    return history

@@ -1,0 +1,395 @@
+"""Tests for era_utils.engine and era_utils.checkpoint: tiny CPU models, TensorDataset loaders."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from era_utils.checkpoint import load_checkpoint, save_checkpoint
+from era_utils.engine import (
+    History,
+    evaluate,
+    fit,
+    make_criterion,
+    make_optimizer,
+    one_cycle,
+    resolve_amp,
+    train_one_epoch,
+)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors run fastest on one thread; on 2 shared cores extra OpenMP threads only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(num_classes: int = 3, in_features: int = 3 * 4 * 4, dropout: float = 0.2) -> nn.Module:
+    """An MLP with BatchNorm (running stats to checkpoint) and Dropout (RNG to restore)."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, 16),
+        nn.BatchNorm1d(16),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(16, num_classes),
+    )
+
+
+def tiny_data(n: int = 48, num_classes: int = 3, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, 4, 4, generator=g)
+    return TensorDataset(images, torch.randint(0, num_classes, (n,), generator=g))
+
+
+def batches(*pairs: tuple[torch.Tensor, torch.Tensor]) -> list:
+    """A re-iterable 'loader' that is not a DataLoader (like the GPU-resident loader)."""
+    return list(pairs)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_tiny_model_overfits_one_batch():
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3, 4, 4), torch.arange(16) % 4
+    model = tiny_model(num_classes=4, dropout=0.0)
+    opt = make_optimizer("adam", model.parameters(), lr=1e-2)
+    loader = batches(*[(x, y)] * 10)  # the same batch 10 times per epoch
+    history = fit(model, loader, None, opt, epochs=8, device="cpu", verbose=False)
+    assert history.train_loss[-1] < 0.05
+    assert history.train_acc[-1] == 100.0
+    assert history.test_loss == [] and history.test_acc == [] and history.best_test_acc is None
+    assert len(history.lrs) == 80 and len(history.epoch_times) == 8
+    assert model.training  # fit puts the flags back
+
+
+def test_fit_reports_test_metrics_and_per_step_lrs():
+    torch.manual_seed(0)
+    data = tiny_data()
+    train = DataLoader(data, batch_size=8, shuffle=True)
+    model = tiny_model()
+    opt = make_optimizer("sgd", model.parameters(), lr=0.05, nesterov=True, weight_decay=5e-4)
+    sched = one_cycle(opt, max_lr=0.05, epochs=3, steps_per_epoch=len(train), peak_epoch=1)
+    history = fit(model, train, DataLoader(data, batch_size=16), opt, 3, scheduler=sched,
+                  criterion=make_criterion(0.1), device="cpu", verbose=False)
+    assert history.epochs == 3 and len(history.test_acc) == 3
+    assert len(history.lrs) == 3 * len(train)
+    assert history.lrs[len(train) - 1] == 0.05  # peak at the last batch of epoch 1
+    assert all(0.0 <= a <= 100.0 for a in history.train_acc + history.test_acc)
+
+
+def test_fit_with_bf16_autocast_on_cpu_runs():
+    torch.manual_seed(0)
+    data = tiny_data(n=16)
+    model = tiny_model()
+    opt = make_optimizer("adam", model.parameters(), lr=1e-3)
+    history = fit(model, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8), opt, 1,
+                  device="cpu", amp="bf16", verbose=False)
+    assert torch.isfinite(torch.tensor(history.train_loss + history.test_loss)).all()
+
+
+def test_verbose_prints_one_summary_line_per_epoch(capsys):
+    torch.manual_seed(0)
+    data = tiny_data(n=16)
+    model = tiny_model()
+    opt = make_optimizer("adam", model.parameters(), lr=1e-3)
+    fit(model, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8), opt, 2, device="cpu")
+    out = capsys.readouterr().out
+    assert "epoch   1/2" in out and "epoch   2/2" in out and "test loss" in out
+
+
+def test_evaluate_uses_eval_and_inference_mode_and_restores_modes():
+    seen = {}
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen["training"] = self.training
+            seen["inference"] = torch.is_inference_mode_enabled()
+            return x
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3), nn.BatchNorm1d(3), Probe())
+    model.train()
+    model[2].eval()  # a frozen BatchNorm must stay frozen
+    data = tiny_data(n=16)
+    loss, acc = evaluate(model, DataLoader(data, batch_size=8), nn.CrossEntropyLoss(), CPU)
+    assert seen == {"training": False, "inference": True}
+    assert model.training and model[1].training and not model[2].training
+    assert 0.0 <= acc <= 100.0 and loss > 0
+
+
+def test_evaluate_restores_eval_mode_too():
+    model = tiny_model()
+    model.eval()
+    evaluate(model, DataLoader(tiny_data(n=8), batch_size=8), None, CPU)
+    assert not model.training
+
+
+def test_train_one_epoch_steps_scheduler_after_optimizer():
+    calls = []
+
+    class Recorder(torch.optim.SGD):
+        def step(self, closure=None):
+            calls.append("opt")
+            return super().step(closure)
+
+    model = tiny_model()
+    opt = Recorder(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
+    original_step = sched.step
+    sched.step = lambda *a, **k: (calls.append("sched"), original_step(*a, **k))
+    _, _, lrs = train_one_epoch(model, DataLoader(tiny_data(n=24), batch_size=8), opt,
+                                nn.CrossEntropyLoss(), CPU, scheduler=sched, verbose=False)
+    assert calls == ["opt", "sched"] * 3
+    assert lrs == pytest.approx([0.1, 0.05, 0.1 / 3])
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_loader_with_wrong_structure_says_what_it_got():
+    model = tiny_model()
+    opt = make_optimizer("sgd", model.parameters(), lr=0.1)
+    x, y = torch.randn(4, 3, 4, 4), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"batch 1 was a tuple of 3 items.*\(images, labels\)|"
+                                         r"\(images, labels\).*batch 1 was a tuple of 3 items"):
+        train_one_epoch(model, [(x, y, y)], opt, nn.CrossEntropyLoss(), CPU, verbose=False)
+    with pytest.raises(ValueError, match="dict with keys"):
+        train_one_epoch(model, [{"image": x, "label": y}], opt, nn.CrossEntropyLoss(), CPU, verbose=False)
+    with pytest.raises(ValueError, match="integer class indices"):
+        train_one_epoch(model, [(x, y.float())], opt, nn.CrossEntropyLoss(), CPU, verbose=False)
+    with pytest.raises(ValueError, match="no batches"):
+        train_one_epoch(model, [], opt, nn.CrossEntropyLoss(), CPU, verbose=False)
+
+
+def test_labels_out_of_range_on_first_batch_name_max_label_and_outputs():
+    model = tiny_model(num_classes=3)
+    opt = make_optimizer("sgd", model.parameters(), lr=0.1)
+    x, y = torch.randn(4, 3, 4, 4), torch.tensor([0, 1, 7, 2])
+    with pytest.raises(ValueError, match=r"max label 7.*num_classes=8") as err:
+        train_one_epoch(model, [(x, y)], opt, nn.CrossEntropyLoss(), CPU, verbose=False)
+    assert "3 outputs" in str(err.value)
+    with pytest.raises(ValueError, match="3 outputs"):
+        evaluate(model, [(x, y)], None, CPU)
+
+
+def test_labels_out_of_range_in_a_later_batch_are_caught():
+    model = tiny_model(num_classes=3)
+    opt = make_optimizer("sgd", model.parameters(), lr=0.1)
+    good = (torch.randn(4, 3, 4, 4), torch.tensor([0, 1, 2, 1]))
+    bad = (torch.randn(4, 3, 4, 4), torch.tensor([0, 5, 2, 1]))
+    with pytest.raises(ValueError, match=r"batch 3 of epoch 1.*max label 5") as err:
+        train_one_epoch(model, [good, good, bad], opt, nn.CrossEntropyLoss(), CPU, verbose=False)
+    assert "3 outputs" in str(err.value)
+
+
+def test_labels_out_of_range_caught_at_sync_point_when_the_loss_does_not_fail():
+    """A criterion that never indexes by label: the device-side max label catches it."""
+    model = tiny_model(num_classes=3)
+    opt = make_optimizer("sgd", model.parameters(), lr=0.1)
+    criterion = lambda logits, labels: logits.float().pow(2).mean()  # noqa: E731
+    good = (torch.randn(4, 3, 4, 4), torch.tensor([0, 1, 2, 1]))
+    bad = (torch.randn(4, 3, 4, 4), torch.tensor([0, 9, 2, 1]))
+    with pytest.raises(ValueError, match=r"max label 9.*3 outputs|3 outputs.*max label 9"):
+        train_one_epoch(model, [good, bad, good], opt, criterion, CPU, verbose=False)
+
+
+def test_model_output_shape_is_checked():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3), nn.Unflatten(1, (3, 1)))
+    opt = make_optimizer("sgd", model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="expected logits"):
+        train_one_epoch(model, [(torch.randn(4, 3, 4, 4), torch.zeros(4, dtype=torch.long))], opt,
+                        nn.CrossEntropyLoss(), CPU, verbose=False)
+
+
+def test_nan_loss_names_epoch_step_and_lr_even_between_sync_points():
+    torch.manual_seed(0)
+    model = tiny_model(dropout=0.0)
+    opt = make_optimizer("sgd", model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 + s)  # lr 0.1, 0.2, 0.3, ...
+    loader = [(torch.randn(4, 3, 4, 4), torch.tensor([0, 1, 2, 1])) for _ in range(6)]
+    loader[2][0][0, 0, 0, 0] = float("nan")  # step 3 goes bad; the first sync is after step 4
+    with pytest.raises(FloatingPointError, match=r"epoch 2, step 3 \(lr 0\.3\)"):
+        train_one_epoch(model, loader, opt, nn.CrossEntropyLoss(), CPU, scheduler=sched, epoch=1,
+                        verbose=False, sync_every=4)
+
+
+def test_nan_loss_found_at_epoch_end_without_sync_points():
+    model = tiny_model(dropout=0.0)
+    opt = make_optimizer("sgd", model.parameters(), lr=0.1)
+    loader = [(torch.randn(4, 3, 4, 4), torch.tensor([0, 1, 2, 1])) for _ in range(3)]
+    loader[1][0].fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match=r"epoch 1, step 2 \(lr 0\.1\)"):
+        train_one_epoch(model, loader, opt, nn.CrossEntropyLoss(), CPU, verbose=False, sync_every=100)
+
+
+def test_fit_refuses_mismatched_or_plateau_schedulers():
+    data = DataLoader(tiny_data(n=16), batch_size=8)  # 2 batches per epoch
+    model = tiny_model()
+    opt = make_optimizer("adam", model.parameters(), lr=1e-3)
+    sched = one_cycle(opt, 1e-2, epochs=3, steps_per_epoch=1, peak_epoch=2)
+    with pytest.raises(ValueError, match=r"built for 3 steps.*3 epochs x 2 batches"):
+        fit(model, data, None, opt, 3, scheduler=sched, device="cpu", verbose=False)
+    opt2 = make_optimizer("adam", model.parameters(), lr=1e-3)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt2)
+    with pytest.raises(TypeError, match="ReduceLROnPlateau"):
+        fit(model, data, None, opt2, 1, scheduler=plateau, device="cpu", verbose=False)
+    with pytest.raises(ValueError, match="epochs"):
+        fit(model, data, None, opt2, 0, device="cpu", verbose=False)
+
+
+# ----------------------------------------------------------------------------- AMP, optimisers
+
+
+def test_resolve_amp():
+    assert resolve_amp("cpu", "auto") == (None, None)
+    assert resolve_amp("cpu", "off") == (None, None)
+    assert resolve_amp("cpu", "bf16") == (torch.bfloat16, None)
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        resolve_amp("cpu", "fp16")
+    with pytest.raises(ValueError, match="auto"):
+        resolve_amp("cpu", "half")
+
+
+def test_make_optimizer_and_criterion():
+    params = [nn.Parameter(torch.zeros(2))]
+    sgd = make_optimizer("SGD", params, 0.1, nesterov=True, weight_decay=1e-4)
+    group = sgd.param_groups[0]
+    assert isinstance(sgd, torch.optim.SGD)
+    assert (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.9, True, 1e-4)
+    assert isinstance(make_optimizer("adam", params, 1e-3), torch.optim.Adam)
+    with pytest.raises(ValueError, match="adam"):
+        make_optimizer("rmsprop", params, 0.1)
+    assert make_criterion(0.2).label_smoothing == 0.2
+    with pytest.raises(ValueError):
+        make_criterion(1.5)
+
+
+# ----------------------------------------------------------------------------- History
+
+
+def test_history_json_round_trip(tmp_path):
+    history = History(train_loss=[1.5, 0.5], train_acc=[40.0, 80.0], test_loss=[1.2, 0.7],
+                      test_acc=[50.0, 75.5], lrs=[0.1, 0.2, 0.3, 0.4], epoch_times=[1.0, 2.0])
+    path = history.to_json(tmp_path / "out" / "history.json")
+    assert History.from_json(path) == history
+    assert json.loads(path.read_text())["test_acc"] == [50.0, 75.5]
+    assert history.epochs == 2 and history.best_test_acc == 75.5
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class DiesInEpoch:
+    """A test loader that kills the 'session' when evaluation of epoch `epoch` starts."""
+
+    def __init__(self, loader: DataLoader, epoch: int) -> None:
+        self.loader, self.epoch, self.calls = loader, epoch, 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        self.calls += 1
+        if self.calls == self.epoch:
+            raise KeyboardInterrupt("the Colab session died")
+        return iter(self.loader)
+
+
+def _run(tmp_path, ckpt_name: str, seed: int, loader_seed: int | None, resume: bool,
+         dies_in_epoch: int | None = None) -> tuple[History, nn.Module]:
+    """Build everything from scratch, as a new Colab session would, then fit for 4 epochs."""
+    torch.manual_seed(seed)
+    data = tiny_data()
+    generator = torch.Generator().manual_seed(loader_seed) if loader_seed is not None else None
+    train = DataLoader(data, batch_size=8, shuffle=True, generator=generator)
+    test = DataLoader(data, batch_size=16)
+    if dies_in_epoch is not None:
+        test = DiesInEpoch(test, dies_in_epoch)
+    model = tiny_model()
+    opt = make_optimizer("sgd", model.parameters(), lr=0.05, nesterov=True, weight_decay=5e-4)
+    sched = one_cycle(opt, max_lr=0.05, epochs=4, steps_per_epoch=len(train), peak_epoch=1)
+    history = fit(model, train, test, opt, 4, scheduler=sched, device="cpu",
+                  checkpoint_path=tmp_path / ckpt_name, resume=resume, verbose=False)
+    return history, model
+
+
+@pytest.mark.parametrize("loader_seed", [None, 7], ids=["global-rng", "loader-generator"])
+def test_resumed_run_equals_unbroken_run(tmp_path, loader_seed):
+    straight, straight_model = _run(tmp_path, "a.pt", seed=0, loader_seed=loader_seed, resume=False)
+    with pytest.raises(KeyboardInterrupt):  # dies in epoch 3: the checkpoint holds 2 epochs
+        _run(tmp_path, "b.pt", seed=0, loader_seed=loader_seed, resume=True, dies_in_epoch=3)
+    assert load_checkpoint(tmp_path / "b.pt", restore_rng=False)["epoch"] == 2
+    # A "new session": different init, different RNG state, fresh loader generator.
+    resumed, resumed_model = _run(tmp_path, "b.pt", seed=123,
+                                  loader_seed=None if loader_seed is None else 999, resume=True)
+    for name in ("train_loss", "train_acc", "test_loss", "test_acc", "lrs"):
+        assert getattr(resumed, name) == getattr(straight, name), name
+    assert len(resumed.epoch_times) == 4
+    for a, b in zip(straight_model.state_dict().values(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic saves leave no temporary files
+
+
+def test_resume_without_the_scheduler_is_refused(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "c.pt", seed=0, loader_seed=None, resume=False, dies_in_epoch=2)
+    model = tiny_model()
+    opt = make_optimizer("sgd", model.parameters(), lr=0.05)
+    with pytest.raises(ValueError, match="scheduler"):
+        fit(model, DataLoader(tiny_data(), batch_size=8), None, opt, 4, device="cpu",
+            checkpoint_path=tmp_path / "c.pt", resume=True, verbose=False)
+
+
+def test_schedule_longer_than_training_warns():
+    data = DataLoader(tiny_data(n=16), batch_size=8)
+    model = tiny_model()
+    opt = make_optimizer("adam", model.parameters(), lr=1e-3)
+    sched = one_cycle(opt, 1e-2, epochs=4, steps_per_epoch=len(data), peak_epoch=1)
+    with pytest.warns(UserWarning, match="stop before the schedule ends"):
+        fit(model, data, None, opt, 2, scheduler=sched, device="cpu", verbose=False)
+
+
+def test_checkpoint_unwraps_compiled_model_and_loads_weights(tmp_path):
+    model = tiny_model()
+    compiled = torch.compile(model)  # lazy: nothing is compiled until it is called
+    path = save_checkpoint(tmp_path / "ck.pt", compiled, epoch=3, history=History(train_loss=[1.0]))
+    ckpt = torch.load(path, weights_only=True)
+    assert not any(k.startswith("_orig_mod") for k in ckpt["model"])
+    fresh = tiny_model()
+    ckpt = load_checkpoint(path, fresh, restore_rng=False)
+    assert ckpt["epoch"] == 3 and History.from_dict(ckpt["history"]).train_loss == [1.0]
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(FileNotFoundError, match="No checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt", fresh)
+
+
+def test_each_pass_iterates_the_loader_once():
+    """tqdm.auto would call iter() twice per pass (worker pools started twice); the engine must not."""
+
+    class Counting:
+        def __init__(self, loader):
+            self.loader, self.iters = loader, 0
+
+        def __len__(self):
+            return len(self.loader)
+
+        def __iter__(self):
+            self.iters += 1
+            return iter(self.loader)
+
+    data = DataLoader(tiny_data(n=16), batch_size=8)
+    train, test = Counting(data), Counting(data)
+    model = tiny_model()
+    opt = make_optimizer("adam", model.parameters(), lr=1e-3)
+    fit(model, train, test, opt, 2, device="cpu", verbose=True)
+    assert (train.iters, test.iters) == (2, 2)
