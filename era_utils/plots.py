@@ -1,0 +1,543 @@
+"""Every figure of the assignments: sample images, augmentations, loss/accuracy curves, the LR
+schedule and LR range test, the misclassified gallery, GradCAM overlays, per-class accuracy and the
+confusion matrix.
+
+Each function takes data (computed in `era_utils.analysis`, `engine`, `gradcam`) and returns a
+`matplotlib.figure.Figure`; none calls `plt.show()`. Figures are built with `Figure(...)`, not
+pyplot, so a loop that draws hundreds of them keeps no references behind; in a notebook a returned
+Figure displays as the cell's last expression. `save_figure(fig, "results/x.png")` writes a PNG.
+
+Images may come as uint8 (H, W, C), float (H, W, C) in [0, 1], or normalised (C, H, W) tensors
+(pass mean/std to undo the normalisation); they are always shown clipped to [0, 1], grayscale
+with a gray colour map, titled with class names rather than indices.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from era_utils.analysis import denormalize
+
+__all__ = [
+    "plot_augmentations",
+    "plot_confusion_matrix",
+    "plot_gradcam",
+    "plot_history",
+    "plot_lr",
+    "plot_lr_finder",
+    "plot_misclassified",
+    "plot_per_class_accuracy",
+    "plot_samples",
+    "save_figure",
+    "to_display_image",
+]
+
+PANEL_INCHES = 2.0  # one image panel: 2 rows of 5 make a 10 x ~5 inch figure, readable in Colab
+TITLE_INCHES = 0.22  # height of one line of panel title
+
+
+# --------------------------------------------------------------------------- image helpers
+
+
+def to_display_image(
+    image: np.ndarray | torch.Tensor,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Any one image -> float32 (H, W, C) in [0, 1] (C = 1 or 3), ready for imshow.
+
+    uint8 is scaled by 1/255; a (C, H, W) tensor or array is transposed; mean/std undo Normalize.
+    """
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        if t.dim() == 4 and t.shape[0] == 1:
+            t = t[0]  # a batch of one, e.g. from a batched augmentation
+        if t.dim() == 2:
+            t = t.unsqueeze(0)
+        if t.dim() != 3:
+            raise ValueError(f"an image must be (C, H, W), (H, W, C) or (H, W); got shape {tuple(t.shape)}")
+        if t.dtype == torch.uint8:
+            t = t.float() / 255.0
+        if t.shape[0] not in (1, 3) and t.shape[-1] in (1, 3):
+            t = t.permute(2, 0, 1)  # an HWC tensor (e.g. straight from the uint8 arrays)
+        return denormalize(t, mean, std)  # (H, W, C) in [0, 1]
+    a = np.asarray(image)
+    if a.ndim == 4 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3:
+        raise ValueError(f"an image must be (H, W, C), (C, H, W) or (H, W); got shape {a.shape}")
+    if a.shape[-1] not in (1, 3, 4) and a.shape[0] in (1, 3):
+        a = a.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
+    if a.shape[-1] == 4:
+        a = a[..., :3]  # drop alpha
+    a = a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
+    if mean is not None or std is not None:
+        s = np.ones(1, np.float32) if std is None else np.asarray(std, np.float32).ravel()
+        m = np.zeros(1, np.float32) if mean is None else np.asarray(mean, np.float32).ravel()
+        a = a * s + m
+    return np.clip(a, 0.0, 1.0)
+
+
+def _images_list(images: Any, n: int | None, mean=None, std=None) -> list[np.ndarray]:
+    """A batch ((N, H, W, C) uint8/float, (N, C, H, W) tensor, or a list) -> list of display images."""
+    # A 3-d array is a batch of grayscale (N, H, W) images here, never one image.
+    batch = images[:n] if isinstance(images, (torch.Tensor, np.ndarray)) else list(images)[:n]
+    return [to_display_image(im, mean, std) for im in batch]
+
+
+def _clear(ax: Axes) -> None:
+    """No ticks, no frame; unlike axis('off') a y-label (row name) still shows."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _show(ax: Axes, image: np.ndarray) -> None:
+    """imshow a display image; one channel in gray with a fixed 0..1 range (no auto-contrast)."""
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(image, interpolation="nearest")
+    _clear(ax)
+
+
+def _name(classes: Sequence[str] | None, index: int) -> str:
+    index = int(index)
+    if classes is not None and 0 <= index < len(classes):
+        return str(classes[index])
+    return str(index)
+
+
+def _grid(n: int, ncols: int, title_lines: int = 1, panel: float = PANEL_INCHES,
+          rows_per_item: int = 1) -> tuple[Figure, np.ndarray]:
+    """A constrained-layout figure with rows of `ncols` image panels; spare panels removed."""
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols)) * rows_per_item
+    fig = Figure(
+        figsize=(ncols * panel, nrows * (panel + title_lines * TITLE_INCHES) + 0.4),
+        layout="constrained",
+    )
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _attr(item: Any, name: str) -> Any:
+    """item.name, or item[name] for dict-like items."""
+    return item[name] if isinstance(item, Mapping) else getattr(item, name)
+
+
+def _to_numpy(values: Any) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
+    """Write `fig` as a PNG at `path` (parent folders created; ".png" added if no suffix); return the path."""
+    path = Path(path)
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # bbox "tight": a safety net for figures a student has added labels to after layout.
+    fig.savefig(path, dpi=dpi, format="png", facecolor="white", bbox_inches="tight", pad_inches=0.1)
+    return path
+
+
+# --------------------------------------------------------------------------- data
+
+
+def plot_samples(
+    images: Any,
+    labels: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+    classes: Sequence[str] | None = None,
+    *,
+    n: int = 10,
+    ncols: int = 5,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    title: str = "Sample training images",
+) -> Figure:
+    """A grid of the first `n` images titled with their class names.
+
+    `images`: (N, H, W, C) uint8/float arrays, a normalised (N, C, H, W) tensor (give mean/std), or
+    an `ImageArrays` (its labels and classes are used when not given).
+    """
+    if hasattr(images, "images") and hasattr(images, "labels"):  # ImageArrays
+        labels = images.labels if labels is None else labels
+        classes = (getattr(images, "classes", None) or None) if classes is None else classes
+        images = images.images
+    shown = _images_list(images, n, mean, std)
+    if not shown:
+        raise ValueError("plot_samples: no images to show")
+    lab = None if labels is None else _to_numpy(labels).ravel()
+    fig, axes = _grid(len(shown), ncols)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(shown):
+            ax.remove()
+            continue
+        _show(ax, shown[i])
+        if lab is not None:
+            ax.set_title(_name(classes, lab[i]), fontsize=10)
+    fig.suptitle(title, fontsize=13)
+    return fig
+
+
+def _apply_transform(transform: Callable, image: np.ndarray) -> Any:
+    """Run an augmentation on one uint8 (H, W, C) image the way its library expects."""
+    module = type(transform).__module__ or ""
+    if module.startswith("albumentations"):
+        return transform(image=image)["image"]
+    if module.startswith("torchvision"):
+        # PIL, not numpy: torchvision v2 passes a bare array through most transforms untouched.
+        from PIL import Image
+
+        pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+        return transform(pil)
+    return transform(image)
+
+
+def plot_augmentations(
+    images: Any,
+    augment: Callable | Any,
+    labels: Sequence[int] | np.ndarray | None = None,
+    classes: Sequence[str] | None = None,
+    *,
+    n: int = 5,
+    rows: int = 1,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    title: str = "Augmentation: originals (top) and augmented",
+) -> Figure:
+    """Before and after: the first `n` originals in the top row, the same images augmented below.
+
+    `augment`: a transform (albumentations Compose, torchvision v2, or any callable on a uint8 HWC
+    image), a `GPULoader` (its batched augmentation), or the already-augmented images; a transform
+    or loader is run once per augmented row (`rows`). mean/std undo the Normalize for display (a
+    GPULoader brings its own).
+    """
+    if hasattr(images, "images") and hasattr(images, "labels"):  # ImageArrays
+        labels = images.labels if labels is None else labels
+        classes = (getattr(images, "classes", None) or None) if classes is None else classes
+        images = images.images
+    raw = list(images[:n])
+    originals = [to_display_image(im) for im in raw]  # raw images: not normalised
+    if not callable(augment) and callable(getattr(augment, "augment", None)):
+        # a GPULoader: its batched augmentation, de-normalised with its own mean/std
+        mean = getattr(augment, "mean", None) if mean is None else mean
+        std = getattr(augment, "std", None) if std is None else std
+        augmented = [_images_list(augment.augment(np.stack(raw)), None, mean, std) for _ in range(rows)]
+    elif callable(augment):
+        augmented = [
+            [to_display_image(_apply_transform(augment, np.asarray(im)), mean, std) for im in raw]
+            for _ in range(rows)
+        ]
+    else:
+        augmented = [_images_list(augment, len(raw), mean, std)]
+        if len(augmented[0]) != len(raw):
+            raise ValueError(f"{len(raw)} originals but {len(augmented[0])} augmented images")
+    lab = None if labels is None else _to_numpy(labels).ravel()
+    ncols = len(raw)
+    fig = Figure(
+        figsize=(ncols * PANEL_INCHES + 0.4, (1 + len(augmented)) * (PANEL_INCHES + TITLE_INCHES) + 0.4),
+        layout="constrained",
+    )
+    axes = fig.subplots(1 + len(augmented), ncols, squeeze=False)
+    for j in range(ncols):
+        _show(axes[0, j], originals[j])
+        if lab is not None:
+            axes[0, j].set_title(_name(classes, lab[j]), fontsize=10)
+        for r, row in enumerate(augmented, start=1):
+            _show(axes[r, j], row[j])
+    axes[0, 0].set_ylabel("original", fontsize=11)
+    for r in range(1, 1 + len(augmented)):
+        axes[r, 0].set_ylabel("augmented" if len(augmented) == 1 else f"augmented #{r}", fontsize=11)
+    fig.suptitle(title, fontsize=13)
+    return fig
+
+
+# --------------------------------------------------------------------------- training curves
+
+
+def _series(history: Any, name: str) -> list[float]:
+    values = history.get(name, []) if isinstance(history, Mapping) else getattr(history, name, [])
+    return [float(v) for v in (values or [])]
+
+
+def plot_history(history: Any, title: str = "Training history") -> Figure:
+    """Loss and accuracy per epoch, train and test, from a `History` (or a dict with its keys:
+    train_loss, train_acc, test_loss, test_acc; accuracy in %). Empty test lists are skipped."""
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for ax, key, label in ((ax_loss, "loss", "Loss"), (ax_acc, "acc", "Accuracy (%)")):
+        for split, style in (("train", "-o"), ("test", "-s")):
+            values = _series(history, f"{split}_{key}")
+            if not values:
+                continue
+            epochs = np.arange(1, len(values) + 1)
+            legend = f"{split}"
+            if key == "acc":
+                legend += f" (best {max(values):.2f}%)"
+            ax.plot(epochs, values, style, markersize=3, label=legend)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_title(label.split(" (")[0] + " per epoch")
+        ax.grid(alpha=0.3)
+        if ax.get_lines():
+            ax.legend()
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(title, fontsize=13)
+    return fig
+
+
+def plot_lr(
+    history_or_lrs: Any,
+    steps_per_epoch: int | None = None,
+    title: str = "Learning rate per step",
+) -> Figure:
+    """The learning rate at every optimizer step (One Cycle's ramp up and down), with epochs on the
+    top axis when `steps_per_epoch` is known (given, or len(lrs) / epochs of a History)."""
+    lrs = _series(history_or_lrs, "lrs") if not isinstance(history_or_lrs, (list, tuple, np.ndarray, torch.Tensor)) \
+        else [float(v) for v in _to_numpy(history_or_lrs).ravel()]
+    if steps_per_epoch is None and not isinstance(history_or_lrs, (list, tuple, np.ndarray, torch.Tensor)):
+        epochs = len(_series(history_or_lrs, "train_loss"))
+        if epochs and lrs and len(lrs) % epochs == 0:
+            steps_per_epoch = len(lrs) // epochs
+    fig = Figure(figsize=(8, 4), layout="constrained")
+    ax = fig.subplots()
+    if not lrs:
+        ax.text(0.5, 0.5, "no learning rates recorded", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(title)
+        return fig
+    steps = np.arange(len(lrs))
+    ax.plot(steps, lrs, color="tab:blue")
+    peak = int(np.argmax(lrs))
+    where = f"step {peak}" + (f", epoch {peak / steps_per_epoch:.1f}" if steps_per_epoch else "")
+    ax.plot([peak], [lrs[peak]], "o", color="tab:red", label=f"peak {lrs[peak]:.2e} at {where}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right")
+    # Each tick written out ("4.5e-04"): a shared "1e-4" offset label collides with the epoch axis.
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.1e}" if v else "0"))
+    if steps_per_epoch:
+        spe = float(steps_per_epoch)
+        top = ax.secondary_xaxis("top", functions=(lambda s: s / spe, lambda e: e * spe))
+        top.set_xlabel("epoch")
+    ax.set_title(title)
+    return fig
+
+
+def plot_lr_finder(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    suggestion: float | None = None,
+    smoothed: Sequence[float] | None = None,
+    *,
+    ax: Axes | None = None,
+    title: str = "LR range test",
+) -> Figure:
+    """Loss against learning rate (log x) from an LR range test, the suggested LR marked.
+
+    Draws into `ax` when given (LRFinderResult.plot(ax=...)) and returns its Figure. The y range
+    stops a little above the starting loss, so the final blow-up does not flatten the curve.
+    """
+    lrs_a = _to_numpy(lrs).astype(float).ravel()
+    loss_a = _to_numpy(losses).astype(float).ravel()
+    smooth_a = None if smoothed is None else _to_numpy(smoothed).astype(float).ravel()
+    if ax is None:
+        fig = Figure(figsize=(8, 4.5), layout="constrained")
+        ax = fig.subplots()
+    else:
+        fig = ax.figure
+    if smooth_a is not None:
+        ax.plot(lrs_a, loss_a, color="tab:blue", alpha=0.3, linewidth=1, label="loss")
+        ax.plot(lrs_a[: len(smooth_a)], smooth_a, color="tab:blue", linewidth=2, label="smoothed loss")
+    else:
+        ax.plot(lrs_a, loss_a, color="tab:blue", linewidth=2, label="loss")
+    ax.set_xscale("log")
+    curve = smooth_a if smooth_a is not None else loss_a
+    finite = curve[np.isfinite(curve)]
+    if finite.size:
+        low, start = float(finite.min()), float(finite[: max(1, finite.size // 10)].max())
+        top = max(start, low) + 0.25 * max(abs(start - low), 0.1 * abs(start), 1e-3)
+        ax.set_ylim(low - 0.05 * (top - low), min(top, float(finite.max()) + 0.05 * (top - low)))
+    if suggestion is not None and np.isfinite(suggestion):
+        ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested LR {suggestion:.2e}")
+        if lrs_a.size and curve.size:
+            k = int(np.argmin(np.abs(np.log(lrs_a[: curve.size]) - np.log(suggestion))))
+            if np.isfinite(curve[k]):
+                ax.plot([lrs_a[k]], [curve[k]], "o", color="tab:red", markersize=7)
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return fig
+
+
+# --------------------------------------------------------------------------- misclassified / GradCAM
+
+
+def _item_title(item: Any, classes: Sequence[str] | None) -> str:
+    return (
+        f"true: {_name(classes, _attr(item, 'true'))}\n"
+        f"pred: {_name(classes, _attr(item, 'pred'))} ({float(_attr(item, 'confidence')):.2f})"
+    )
+
+
+def plot_misclassified(
+    items: Sequence[Any],
+    classes: Sequence[str] | None = None,
+    *,
+    ncols: int = 5,
+    title: str | None = None,
+) -> Figure:
+    """Gallery of misclassified images (from `analysis.get_misclassified`), each titled
+    "true: cat / pred: dog (0.87)" (the confidence is the softmax probability of the prediction)."""
+    if not items:
+        raise ValueError("plot_misclassified: no items (the model made no mistakes on this data?)")
+    fig, axes = _grid(len(items), ncols, title_lines=2)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(items):
+            ax.remove()
+            continue
+        _show(ax, to_display_image(_attr(items[i], "image")))
+        ax.set_title(_item_title(items[i], classes), fontsize=9.5)
+    fig.suptitle(title or f"{len(items)} misclassified images", fontsize=13)
+    return fig
+
+
+def plot_gradcam(
+    items: Sequence[Any],
+    cams: np.ndarray | Sequence[np.ndarray],
+    classes: Sequence[str] | None = None,
+    *,
+    alpha: float = 0.5,
+    ncols: int = 5,
+    explained: str = "pred",
+    layer: str | None = None,
+    title: str | None = None,
+) -> Figure:
+    """GradCAM overlays beside the originals: for every row of images, the originals (titled true /
+    pred) and below them the same images with the heat map of the explained class ("pred" or
+    "true", as passed to `gradcam(targets=...)`). `cams`: (N, H, W) in [0, 1], one per item."""
+    # Imported here so that plots stays importable where grad-cam is not installed.
+    from era_utils.gradcam import overlay_cam
+
+    cams = list(cams)
+    if len(cams) != len(items):
+        raise ValueError(f"{len(items)} items but {len(cams)} CAMs: compute one CAM per item")
+    if not items:
+        raise ValueError("plot_gradcam: no items")
+    if explained not in ("pred", "true"):
+        raise ValueError(f"explained must be 'pred' or 'true'; got {explained!r}")
+    ncols = max(1, min(ncols, len(items)))
+    fig, axes = _grid(len(items), ncols, title_lines=2, rows_per_item=2)
+    for i in range(axes.shape[0] // 2 * ncols):
+        r, c = 2 * (i // ncols), i % ncols
+        if i >= len(items):
+            axes[r, c].remove()
+            axes[r + 1, c].remove()
+            continue
+        image = to_display_image(_attr(items[i], "image"))
+        _show(axes[r, c], image)
+        axes[r, c].set_title(_item_title(items[i], classes), fontsize=9.5)
+        _show(axes[r + 1, c], overlay_cam(image, np.asarray(cams[i]), alpha=alpha))
+        axes[r + 1, c].set_title(f"GradCAM: {_name(classes, _attr(items[i], explained))}", fontsize=9.5)
+    where = f" at {layer}" if layer else ""
+    fig.suptitle(title or f"GradCAM{where} for the {'predicted' if explained == 'pred' else 'true'} class",
+                 fontsize=13)
+    return fig
+
+
+# --------------------------------------------------------------------------- per class
+
+
+def plot_per_class_accuracy(
+    acc: Sequence[float] | np.ndarray,
+    classes: Sequence[str] | None = None,
+    title: str = "Test accuracy per class",
+) -> Figure:
+    """Bar per class, value on each bar, the mean as a dashed line. `acc` in % (fractions in [0, 1]
+    are scaled to %)."""
+    a = _to_numpy(acc).astype(float).ravel()
+    if np.nanmax(a, initial=0.0) <= 1.0:
+        a = 100.0 * a  # fractions -> %
+    names = [_name(classes, i) for i in range(a.size)]
+    fig = Figure(figsize=(max(6.0, 0.75 * a.size + 2), 4.5), layout="constrained")
+    ax = fig.subplots()
+    bars = ax.bar(names, np.nan_to_num(a), color="tab:blue", zorder=2)
+    # White boxes behind the values keep the mean line from striking through them.
+    ax.bar_label(bars, labels=[f"{v:.1f}" if np.isfinite(v) else "n/a" for v in a], fontsize=8, padding=2,
+                 bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5}, zorder=4)
+    mean = float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
+    if np.isfinite(mean):
+        ax.axhline(mean, color="tab:red", linestyle="--", linewidth=1, zorder=3, label=f"mean {mean:.1f}%")
+        # named at the right end, outside the bars, instead of a legend box covering a bar
+        ax.annotate(f"mean\n{mean:.1f}%", xy=(1.0, mean), xycoords=("axes fraction", "data"),
+                    xytext=(4, 0), textcoords="offset points", va="center", ha="left",
+                    color="tab:red", fontsize=9)
+    ax.set_ylim(0, 109)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=35 if a.size > 5 else 0)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right" if a.size > 5 else "center")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def plot_confusion_matrix(
+    cm: np.ndarray,
+    classes: Sequence[str] | None = None,
+    normalize: bool = False,
+    title: str | None = None,
+) -> Figure:
+    """Confusion matrix (rows = true class, columns = predicted) with counts, or with `normalize`
+    the fraction of each true class, written in every cell."""
+    counts = _to_numpy(cm).astype(float)
+    k = counts.shape[0]
+    if counts.ndim != 2 or counts.shape[1] != k:
+        raise ValueError(f"cm must be square (K, K); got shape {counts.shape}")
+    if normalize:
+        totals = counts.sum(axis=1, keepdims=True)
+        values = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    else:
+        values = counts
+    names = [_name(classes, i) for i in range(k)]
+    side = max(5.0, 0.6 * k + 2.5)
+    fig = Figure(figsize=(side + 1.0, side), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else max(values.max(), 1))
+    # shrink, not fraction/pad: those two throw constrained layout off and clip the y label.
+    fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of true class" if normalize else "images")
+    ax.set_xticks(range(k), names, rotation=45, ha="right")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    threshold = 0.5 * (1 if normalize else values.max())
+    fontsize = 9 if k <= 10 else max(5, 9 - (k - 10) // 3)
+    for i in range(k):
+        for j in range(k):
+            text = f"{values[i, j]:.2f}" if normalize else f"{round(values[i, j])}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
+                    color="white" if values[i, j] > threshold else "black")
+    ax.set_title(title or ("Confusion matrix (normalised by true class)" if normalize else "Confusion matrix"))
+    return fig

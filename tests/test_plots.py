@@ -1,0 +1,229 @@
+"""plots: every figure is a Figure with the right panels, class names in the titles, images in
+[0, 1], grayscale in gray, nothing left in pyplot, and save_figure writes a PNG."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from era_utils import plots
+from era_utils.analysis import Misclassified
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def image_axes(fig: Figure) -> list:
+    return [ax for ax in fig.axes if ax.images]
+
+
+def image_data(ax) -> np.ndarray:
+    return np.asarray(ax.images[0].get_array(), dtype=float)
+
+
+def titles(fig: Figure) -> list[str]:
+    return [ax.get_title() for ax in fig.axes]
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_in_pyplot():
+    before = plt.get_fignums()
+    yield
+    assert plt.get_fignums() == before, "a plot function left a figure open in pyplot"
+
+
+def check_images(fig: Figure, n: int) -> None:
+    axes = image_axes(fig)
+    assert len(axes) == n
+    for ax in axes:
+        data = image_data(ax)
+        assert data.min() >= 0 and data.max() <= 1
+
+
+def make_items(n: int, channels: int = 3) -> list[Misclassified]:
+    rng = np.random.default_rng(0)
+    return [
+        Misclassified(
+            image=rng.random((32, 32, channels)).astype(np.float32),
+            input=torch.randn(channels, 32, 32),
+            true=i % 10,
+            pred=(i + 3) % 10,
+            confidence=0.5 + i / 40,
+            index=i,
+        )
+        for i in range(n)
+    ]
+
+
+def test_plot_samples_uint8_and_normalised_tensors():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(12) % 10
+    fig = plots.plot_samples(images, labels, CLASSES)
+    assert isinstance(fig, Figure)
+    check_images(fig, 10)
+    assert [t for t in titles(fig) if t] == CLASSES
+    np.testing.assert_allclose(image_data(image_axes(fig)[0]), images[0] / 255.0, atol=1e-6)
+    assert fig.get_figwidth() >= 9  # 5 panels of ~2 inches
+    # a normalised (N, C, H, W) batch is de-normalised with mean/std, then clipped
+    batch = torch.randn(4, 3, 32, 32)
+    fig = plots.plot_samples(batch, torch.tensor([0, 1, 2, 3]), CLASSES, mean=(0.5,) * 3, std=(0.25,) * 3)
+    check_images(fig, 4)
+    expected = np.clip(batch[1].permute(1, 2, 0).numpy() * 0.25 + 0.5, 0, 1)
+    np.testing.assert_allclose(image_data(image_axes(fig)[1]), expected, atol=1e-6)
+
+
+def test_plot_samples_grayscale_and_image_arrays():
+    from era_utils.data import ImageArrays
+
+    rng = np.random.default_rng(0)
+    arrays = ImageArrays(rng.integers(0, 256, (6, 28, 28, 1), dtype=np.uint8), np.arange(6), CLASSES[:6])
+    fig = plots.plot_samples(arrays, n=6, ncols=3)
+    check_images(fig, 6)
+    ax = image_axes(fig)[0]
+    assert image_data(ax).shape == (28, 28) and ax.images[0].get_cmap().name == "gray"
+    assert ax.images[0].get_clim() == (0.0, 1.0)  # no auto-contrast stretching
+    assert "bird" in titles(fig)
+
+
+def test_plot_augmentations_before_after():
+    from era_utils.transforms import S10_AUGMENT, albumentations_transform
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    transform = albumentations_transform(S10_AUGMENT, mean, std)
+    fig = plots.plot_augmentations(images, transform, labels=np.arange(8), classes=CLASSES, n=5, rows=2,
+                                   mean=mean, std=std)
+    check_images(fig, 15)  # originals + 2 augmented rows
+    assert [t for t in titles(fig) if t] == CLASSES[:5]
+    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == ["original", "augmented #1", "augmented #2"]
+    # the GPU loader's batched augmentation (run here on the CPU), de-normalised with its mean/std
+    from era_utils.gpu_loader import GPULoader
+
+    loader = GPULoader(images, np.arange(8), 4, spec=S10_AUGMENT, mean=mean, std=std, device="cpu", seed=0)
+    check_images(plots.plot_augmentations(images, loader, n=4), 8)
+    # already-augmented images instead of a transform
+    flipped = images[:5, :, ::-1]
+    fig = plots.plot_augmentations(images, flipped, n=5)
+    axes = image_axes(fig)
+    np.testing.assert_allclose(image_data(axes[5]), flipped[0] / 255.0, atol=1e-6)  # row 2, column 1
+    np.testing.assert_allclose(image_data(axes[0]), images[0] / 255.0, atol=1e-6)
+
+
+def test_plot_history_train_and_test():
+    history = SimpleNamespace(train_loss=[2.0, 1.5, 1.2], train_acc=[30.0, 50.0, 60.0], test_loss=[1.8, 1.4, 1.3],
+                              test_acc=[35.0, 52.0, 58.0], lrs=[])
+    fig = plots.plot_history(history)
+    loss_ax, acc_ax = fig.axes[:2]
+    assert [line.get_label() for line in loss_ax.get_lines()] == ["train", "test"]
+    assert list(acc_ax.get_lines()[1].get_ydata()) == [35.0, 52.0, 58.0]
+    assert "best 58.00%" in acc_ax.get_legend().get_texts()[1].get_text()
+    assert list(loss_ax.get_lines()[0].get_xdata()) == [1, 2, 3]  # epochs count from 1
+    # no test loader: test lists empty
+    fig = plots.plot_history({"train_loss": [1.0, 0.5], "train_acc": [50.0, 70.0], "test_loss": [], "test_acc": []})
+    assert [len(ax.get_lines()) for ax in fig.axes[:2]] == [1, 1]
+
+
+def test_plot_history_real_history_class():
+    engine = pytest.importorskip("era_utils.engine")
+    history = engine.History(train_loss=[1.0, 0.8], train_acc=[60.0, 70.0], test_loss=[0.9, 0.85],
+                             test_acc=[65.0, 68.0], lrs=[0.01] * 6)
+    fig = plots.plot_history(history)
+    assert len(fig.axes[0].get_lines()) == 2
+    fig = plots.plot_lr(history)  # steps per epoch from len(lrs) / epochs
+    assert "epoch" in fig.axes[0].get_legend().get_texts()[0].get_text()
+
+
+def test_plot_lr_one_cycle_with_epochs():
+    up, down = np.linspace(1e-4, 1e-2, 50), np.linspace(1e-2, 1e-5, 190)
+    lrs = np.concatenate([up, down]).tolist()  # 24 epochs x 10 steps, peak at epoch 5
+    fig = plots.plot_lr(lrs, steps_per_epoch=10)
+    ax = fig.axes[0]
+    assert len(ax.get_lines()[0].get_ydata()) == 240
+    assert ax.get_xlabel() == "optimizer step"
+    assert "epoch 4.9" in ax.get_legend().get_texts()[0].get_text()
+    assert any(getattr(child, "get_xlabel", lambda: "")() == "epoch" for child in ax.child_axes)
+    fig = plots.plot_lr(lrs)  # no epochs known: still a figure, no top axis
+    assert not fig.axes[0].child_axes
+
+
+def test_plot_lr_finder_marks_the_suggestion():
+    lrs = np.logspace(-7, 1, 100)
+    losses = np.concatenate([np.linspace(2.3, 0.9, 80), np.linspace(0.9, 40.0, 20)])
+    fig = plots.plot_lr_finder(lrs, losses, 3e-3, smoothed=losses * 0.99)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert any("3.00e-03" in t.get_text() for t in ax.get_legend().get_texts())
+    assert ax.get_ylim()[1] < 5  # the final blow-up does not flatten the useful part
+    # drawing into a given axes (LRFinderResult.plot(ax=...)) returns that axes' figure
+    outer = Figure()
+    own = outer.subplots()
+    assert plots.plot_lr_finder(lrs.tolist(), losses.tolist(), None, ax=own) is outer
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_plot_misclassified_gallery(channels):
+    items = make_items(10, channels)
+    fig = plots.plot_misclassified(items, CLASSES)
+    check_images(fig, 10)
+    first = titles(fig)[0]
+    assert "true: airplane" in first and "pred: cat" in first and "0.50" in first
+    assert fig.get_figwidth() >= 9 and fig.get_figheight() >= 4  # 2 rows of 5, ~2 inches each
+    if channels == 1:
+        assert image_axes(fig)[0].images[0].get_cmap().name == "gray"
+
+
+def test_plot_gradcam_side_by_side():
+    items = make_items(7)
+    cams = np.random.default_rng(1).random((7, 32, 32)).astype(np.float32)
+    fig = plots.plot_gradcam(items, cams, CLASSES, layer="layer3")
+    check_images(fig, 14)  # original + overlay for each item
+    cam_titles = [t for t in titles(fig) if t.startswith("GradCAM")]
+    assert cam_titles[0] == "GradCAM: cat" and len(cam_titles) == 7  # explained class = prediction
+    assert "layer3" in fig.get_suptitle()
+    fig = plots.plot_gradcam(items[:2], cams[:2], CLASSES, explained="true")
+    assert "GradCAM: airplane" in titles(fig)
+    with pytest.raises(ValueError, match="one CAM per item"):
+        plots.plot_gradcam(items, cams[:3], CLASSES)
+
+
+def test_plot_gradcam_with_real_maps():
+    from era_utils.gradcam import gradcam
+    from era_utils.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("s7_lite", num_classes=10, in_channels=1)
+    items = make_items(3, channels=1)
+    cams = gradcam(model, [it.input for it in items], targets=[it.pred for it in items])
+    check_images(plots.plot_gradcam(items, cams, CLASSES), 6)
+
+
+def test_per_class_accuracy_and_confusion_matrix():
+    acc = np.array([91.0, 95.5, 80.0, 70.2, 88.0, 79.0, 93.0, 92.0, 94.0, 93.5])
+    fig = plots.plot_per_class_accuracy(acc, CLASSES)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 10
+    assert [t.get_text() for t in ax.get_xticklabels()] == CLASSES
+    assert ax.get_ylim()[1] > 100 and any("87.6%" in t.get_text() for t in ax.texts)
+    assert plots.plot_per_class_accuracy(acc / 100, CLASSES).axes[0].patches[0].get_height() == pytest.approx(91.0)
+
+    cm = np.array([[8, 2, 0], [1, 9, 0], [0, 5, 5]])
+    fig = plots.plot_confusion_matrix(cm, CLASSES[:3])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["8", "2", "0", "1", "9", "0", "0", "5", "5"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == CLASSES[:3]
+    assert ax.get_xlabel() == "predicted class" and ax.get_ylabel() == "true class"
+    fig = plots.plot_confusion_matrix(cm, CLASSES[:3], normalize=True)
+    assert [t.get_text() for t in fig.axes[0].texts][:3] == ["0.80", "0.20", "0.00"]
+
+
+def test_save_figure_writes_png(tmp_path):
+    fig = plots.plot_per_class_accuracy([50.0, 60.0], ["cat", "dog"])
+    path = plots.save_figure(fig, tmp_path / "results" / "s7" / "per_class")
+    assert path == tmp_path / "results" / "s7" / "per_class.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plots.save_figure(fig, str(tmp_path / "a.png"), dpi=50).stat().st_size > 0
