@@ -343,7 +343,7 @@ class AlbumentationsDataset(Dataset):
         self.transform = transform
         # albumentations pipelines take image=...; anything else (torchvision v2) is called plainly.
         self._albumentations = hasattr(transform, "set_random_seed")
-        if seed is not None:
+        if seed is not None and self._albumentations:  # torchvision draws from torch's (seeded) RNG
             seed_transform(transform, seed)
 
     def __len__(self) -> int:
