@@ -1,0 +1,117 @@
+"""The `era-utils` command: `era-utils list` and `era-utils run RECIPE [options]`."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Optional, Sequence
+
+from era_utils.engine import AMP_MODES
+from era_utils.recipes import RECIPES, get_recipe
+from era_utils.runner import LOADERS
+
+DATASETS = ("cifar10", "fashion_mnist")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="era-utils",
+        description="Run an assignment recipe end to end (data, LR range test, training, figures).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,run}")
+    sub.add_parser("list", help="list the recipes and the models")
+    run = sub.add_parser("run", help="run a recipe and write its figures and metrics to --out")
+    run.add_argument("recipe", choices=list(RECIPES), help="the assignment recipe")
+    run.add_argument("--dataset", choices=DATASETS, help="dataset (default: the recipe's, cifar10)")
+    run.add_argument("--data-dir", help="folder with the dataset (default: ./data for CIFAR-10; "
+                     "Debian's /usr/share/datasets/fashion-mnist for Fashion-MNIST)")
+    run.add_argument("--download", action="store_true", help="download the dataset if missing (Colab)")
+    run.add_argument("--epochs", type=_positive_int, help="override the recipe's epochs")
+    run.add_argument("--batch-size", type=_positive_int, help="override the recipe's batch size")
+    run.add_argument("--lr", type=float, help="override the recipe's (peak) learning rate; "
+                     "turns the LR range test off")
+    run.add_argument("--subset", type=_positive_int,
+                     help="train on N images (stratified) and test on max(1000, N/5)")
+    run.add_argument("--test-subset", type=_positive_int, help="test on N images")
+    run.add_argument("--loader", choices=LOADERS, default="auto",
+                     help="gpu: data on the device, batched augmentation; albumentations: per image "
+                     "on CPU workers; auto: gpu (default)")
+    run.add_argument("--classic", action="store_true",
+                     help="turn the fast path off: albumentations DataLoader, fp32, eager")
+    run.add_argument("--amp", choices=AMP_MODES,
+                     help="mixed precision: auto (bf16/fp16 on CUDA, off elsewhere; the default), "
+                     "bf16 (also fast on CPUs with native bf16), fp16, off")
+    run.add_argument("--workers", type=int, default=2, help="DataLoader workers (albumentations loader)")
+    run.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
+    run.add_argument("--seed", type=int, help="override the recipe's seed")
+    run.add_argument("--out", help="output folder (default: runs/RECIPE)")
+    run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _list() -> None:
+    from era_utils.models import list_models, model_info
+
+    print("Recipes:")
+    for name, recipe in RECIPES.items():
+        print(f"  {name:<9} {recipe.title}  [model {recipe.model}, {recipe.epochs} epochs]")
+    print("Models:")
+    for name in list_models():
+        info = model_info(name)
+        print(f"  {name:<14} {info.family:<14} input {'x'.join(map(str, info.input_size))}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        _list()
+        return 0
+
+    from era_utils.runner import run_recipe
+
+    recipe = get_recipe(args.recipe)
+    changes = {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed}
+    if args.lr is not None:
+        changes.update(lr=args.lr, use_lr_finder=False)
+    recipe = recipe.override(**{k: v for k, v in changes.items() if v is not None})
+    if args.classic and args.loader == "gpu":
+        parser.error("--classic uses the albumentations DataLoader; drop --loader gpu")
+    try:
+        run_recipe(
+            recipe,
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            download=args.download,
+            subset=args.subset,
+            test_subset=args.test_subset,
+            loader="albumentations" if args.classic else args.loader,
+            device=args.device,
+            out=args.out or f"runs/{recipe.name}",
+            resume=args.resume,
+            fast=not args.classic,
+            amp=args.amp,
+            num_workers=args.workers,
+            verbose=not args.quiet,
+            command="era-utils " + " ".join(shlex.quote(a) for a in argv),
+        )
+    except (FileNotFoundError, ValueError) as err:  # bad data folder or input: a message, not a trace
+        print(f"era-utils: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""One assignment run, end to end: data, figures, LR range test, training, analysis, results files.
+
+`era-utils run` and the notebooks' last cell call `run_recipe`; each step is also a public call
+in its own module, so a notebook can walk the same path one cell at a time.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from era_utils import analysis, gradcam, plots
+from era_utils.data import ImageArrays, dataset_stats, load_dataset
+from era_utils.engine import cosine_warm_restarts, fit, make_optimizer, one_cycle
+from era_utils.gpu_loader import GPULoader
+from era_utils.lr_finder import find_lr
+from era_utils.models import create_model, model_info
+from era_utils.recipes import RECIPES, Recipe
+from era_utils.summary import summary
+from era_utils.transforms import NO_AUGMENT, hw2p2_test_transform, hw2p2_train_transform, make_loader
+from era_utils.utils import get_device, set_seed
+
+LOADERS = ("auto", "gpu", "albumentations")
+
+
+def device_name(device: torch.device) -> str:
+    """A human name for the device, for metrics.json and benchmark tables."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    return f"CPU: {line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+        except OSError:
+            pass
+        return f"CPU: {platform.processor() or platform.machine()}"
+    return device.type
+
+
+def _peak_epoch(recipe: Recipe, epochs: int, steps_per_epoch: int) -> float:
+    """The recipe's peak epoch; a run shorter than the assignment's keeps the same shape
+    (peak at the same fraction of training), with at least 2 warm-up steps and 1 step after."""
+    base = RECIPES.get(recipe.name, recipe)
+    peak = recipe.peak_epoch if epochs == base.epochs else recipe.peak_epoch * epochs / base.epochs
+    total = epochs * steps_per_epoch
+    peak_steps = min(max(round(peak * steps_per_epoch), 2), total - 1)
+    return peak_steps / steps_per_epoch
+
+
+def _load(name: str, data_dir: Optional[str], download: bool, channels: Optional[int]):
+    train = load_dataset(name, root=data_dir, train=True, download=download, size=32, channels=channels)
+    test = load_dataset(name, root=data_dir, train=False, download=download, size=32, channels=channels)
+    return train, test
+
+
+def _subset(arrays: ImageArrays, n: Optional[int], seed: int) -> ImageArrays:
+    return arrays if n is None or n >= len(arrays) else arrays.subset(n, seed=seed)
+
+
+def _save(fig, out: Path, name: str, files: list[str]) -> None:
+    plots.save_figure(fig, out / name)
+    files.append(name)
+    import matplotlib.pyplot as plt  # figures made with plt.subplots must be closed to free memory
+
+    plt.close(fig)
+
+
+def run_recipe(
+    recipe: Recipe,
+    *,
+    dataset: Optional[str] = None,
+    data_dir: Optional[str] = None,
+    download: bool = False,
+    subset: Optional[int] = None,
+    test_subset: Optional[int] = None,
+    loader: str = "auto",
+    device: Optional[str] = None,
+    out: str | Path = "runs/run",
+    resume: bool = False,
+    fast: bool = True,
+    amp: Optional[str] = None,
+    num_workers: int = 2,
+    verbose: bool = True,
+    command: Optional[str] = None,
+) -> dict:
+    """Run one assignment end to end and write its figures, history.json and metrics.json to `out`.
+
+    `subset`: train on a stratified `subset` of the training images (and, unless `test_subset` says
+    otherwise, test on max(1000, subset // 5) test images). `loader`: "gpu" keeps the data on the
+    device and augments whole batches there; "albumentations" augments per image on CPU workers;
+    "auto" = gpu. `fast` (default): mixed precision, channels_last and torch.compile on CUDA;
+    `fast=False` is the classic fp32 eager path. `amp` overrides the precision ("auto" | "bf16" |
+    "fp16" | "off"; default "auto" when fast, else "off"): bf16 also speeds up CPUs with native
+    bf16. `resume` continues from `out/checkpoint.pt`.
+    Returns the metrics dict (also written to metrics.json).
+    """
+    if loader not in LOADERS:
+        raise ValueError(f"loader must be one of {LOADERS}, got {loader!r}")
+    amp = amp or ("auto" if fast else "off")
+    wall_start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[str] = []
+    dev = get_device(device)
+    set_seed(recipe.seed)
+    ds_name = dataset or recipe.dataset
+    say = print if verbose else (lambda *a, **k: None)
+
+    # -- data ------------------------------------------------------------------------------------
+    info = model_info(recipe.model)
+    # Fashion-MNIST stays 1-channel (models take in_channels=1); CIFAR-10 is RGB.
+    train, test = _load(ds_name, data_dir, download, channels=None)
+    if subset is not None:
+        train = _subset(train, subset, recipe.seed)
+        test = _subset(test, test_subset or max(1000, subset // 5), recipe.seed)
+    elif test_subset is not None:
+        test = _subset(test, test_subset, recipe.seed)
+    classes = list(train.classes)
+    channels = train.images.shape[-1]
+    mean, std = dataset_stats(ds_name, size=32, channels=channels, root=data_dir)
+    say(f"{recipe.title}\n  data: {ds_name}, {len(train)} train / {len(test)} test images, "
+        f"{channels} channel(s), mean {tuple(round(m, 4) for m in mean)}, std {tuple(round(s, 4) for s in std)}")
+
+    use_gpu_loader = recipe.augment is not None and loader in ("auto", "gpu") and fast or loader == "gpu"
+    if recipe.augment is None and loader == "gpu":
+        raise ValueError(
+            f"recipe {recipe.name!r} uses the torchvision HW2P2 augmentation (rotation, colour jitter), "
+            "which runs per image on CPU workers: use --loader albumentations (or auto)"
+        )
+    fast_cuda = fast and dev.type == "cuda"
+    if fast_cuda:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    if use_gpu_loader:
+        # channels_last batches match fit()'s channels_last model on CUDA: no per-step layout copies.
+        gpu_kw = dict(mean=mean, std=std, device=dev, classes=classes, channels_last=fast_cuda)
+        train_loader = GPULoader(train.images, train.labels, recipe.batch_size, spec=recipe.augment,
+                                 shuffle=True, seed=recipe.seed, **gpu_kw)
+        test_loader = GPULoader(test.images, test.labels, recipe.batch_size, spec=NO_AUGMENT,
+                                shuffle=False, **gpu_kw)
+        def augment_preview(image):  # one (H, W, C) uint8 image through the batched GPU augmentation
+            return train_loader.augment(image[None])[0]
+    else:
+        if recipe.augment is None:
+            train_tf = hw2p2_train_transform(mean, std, size=None)
+            test_tf = hw2p2_test_transform(mean, std, size=None)
+            train_loader = make_loader(train, train_tf, mean, std, recipe.batch_size, shuffle=True,
+                                       num_workers=num_workers, seed=recipe.seed)
+            test_loader = make_loader(test, test_tf, mean, std, recipe.batch_size, shuffle=False,
+                                      num_workers=num_workers)
+            augment_preview = train_tf
+        else:
+            train_loader = make_loader(train, recipe.augment, mean, std, recipe.batch_size, shuffle=True,
+                                       num_workers=num_workers, seed=recipe.seed)
+            test_loader = make_loader(test, NO_AUGMENT, mean, std, recipe.batch_size, shuffle=False,
+                                      num_workers=num_workers)
+            augment_preview = train_loader.dataset.transform
+    loader_used = "gpu" if use_gpu_loader else "albumentations"
+
+    _save(plots.plot_samples(train.images[:10], train.labels[:10], classes,
+                             title=f"Sample training images ({ds_name})"), out, "samples.png", files)
+    _save(plots.plot_augmentations(train.images[:5], augment_preview, train.labels[:5], classes,
+                                   rows=2, mean=mean, std=std), out, "augmentations.png", files)
+
+    # -- model -----------------------------------------------------------------------------------
+    model = create_model(recipe.model, num_classes=len(classes), in_channels=channels).to(dev)
+    stats = summary(model, (channels, 32, 32))
+    (out / "summary.txt").write_text(str(stats) + "\n")
+    files.append("summary.txt")
+    params = sum(p.numel() for p in model.parameters())
+    say(f"  model: {recipe.model} ({info.family}), {params:,} parameters; loader: {loader_used}; device: {dev}")
+
+    # -- LR range test (S10), then the optimiser and schedule -------------------------------------
+    from era_utils.schedules import make_criterion
+
+    criterion = make_criterion(recipe.label_smoothing)
+    epochs = recipe.epochs
+    steps = len(train_loader)
+    run_state_path = out / "run_state.json"
+    max_lr = recipe.lr
+    lr_finder_info = None
+    if resume and run_state_path.exists():
+        max_lr = json.loads(run_state_path.read_text())["max_lr"]  # the LR the interrupted run used
+    elif recipe.use_lr_finder:
+        optimizer = make_optimizer(recipe.optimizer, model.parameters(), lr=recipe.lr_finder_start,
+                                   momentum=recipe.momentum, nesterov=recipe.nesterov,
+                                   weight_decay=recipe.weight_decay)
+        num_iter = min(recipe.lr_finder_iters, max(10, steps * 3))
+        result = find_lr(model, optimizer, criterion, train_loader, start_lr=recipe.lr_finder_start,
+                         end_lr=recipe.lr_finder_end, num_iter=num_iter, device=dev,
+                         amp=amp, method=recipe.lr_finder_method,
+                         verbose=verbose)
+        max_lr = float(result.suggestion)
+        lr_finder_info = {"suggestion": max_lr, "method": recipe.lr_finder_method, "num_iter": num_iter,
+                          "start_lr": recipe.lr_finder_start, "end_lr": recipe.lr_finder_end}
+        _save(result.plot(), out, "lr_finder.png", files)
+        say(f"  LR range test: suggested max LR {max_lr:.3g}")
+    run_state_path.write_text(json.dumps({"max_lr": max_lr}))
+    optimizer = make_optimizer(recipe.optimizer, model.parameters(), lr=max_lr, momentum=recipe.momentum,
+                               nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+    if recipe.schedule == "one_cycle":
+        scheduler = one_cycle(optimizer, max_lr, epochs, steps, peak_epoch=_peak_epoch(recipe, epochs, steps))
+    elif recipe.schedule == "cosine_restarts":
+        scheduler = cosine_warm_restarts(optimizer, steps, T_0=recipe.restart_epochs, T_mult=2)
+    else:
+        scheduler = None
+
+    # -- training --------------------------------------------------------------------------------
+    train_start = time.perf_counter()
+    history = fit(model, train_loader, test_loader, optimizer, epochs, criterion=criterion,
+                  scheduler=scheduler, device=dev, amp=amp,
+                  channels_last="auto" if fast else False, compile=fast_cuda,
+                  checkpoint_path=out / "checkpoint.pt", resume=resume, verbose=verbose)
+    train_seconds = time.perf_counter() - train_start
+    history.to_json(out / "history.json")
+    files.append("history.json")
+    _save(plots.plot_history(history, title=f"{recipe.title}: loss and accuracy"), out, "curves.png", files)
+    _save(plots.plot_lr(history, steps_per_epoch=steps), out, "lr_schedule.png", files)
+
+    # -- analysis --------------------------------------------------------------------------------
+    preds = analysis.predict(model, test_loader, dev, mean=mean, std=std)
+    wrong = analysis.get_misclassified(model, test_loader, n=10, device=dev, mean=mean, std=std)
+    _save(plots.plot_misclassified(wrong, classes), out, "misclassified.png", files)
+    if wrong:
+        layer = gradcam.default_target_layer_name(model, (channels, 32, 32))
+        cams = gradcam.gradcam(model, [w.input for w in wrong], target_layer=layer)
+        _save(plots.plot_gradcam(wrong, cams, classes, layer=layer), out, "gradcam.png", files)
+    cm = analysis.confusion_matrix(preds, num_classes=len(classes))
+    per_class = analysis.per_class_accuracy(preds, num_classes=len(classes))
+    _save(plots.plot_per_class_accuracy(per_class, classes), out, "per_class_accuracy.png", files)
+    _save(plots.plot_confusion_matrix(cm, classes, normalize=True), out, "confusion_matrix.png", files)
+
+    metrics = {
+        "recipe": recipe.name,
+        "title": recipe.title,
+        "model": recipe.model,
+        "params": params,
+        "dataset": ds_name,
+        "train_images": len(train),
+        "test_images": len(test),
+        "epochs": history.epochs,
+        "batch_size": recipe.batch_size,
+        "max_lr": max_lr,
+        "lr_finder": lr_finder_info,
+        "final_test_acc": history.test_acc[-1] if history.test_acc else None,
+        "best_test_acc": history.best_test_acc,
+        "final_train_acc": history.train_acc[-1] if history.train_acc else None,
+        "target_accuracy": recipe.target_accuracy,
+        "per_class_accuracy": dict(zip(classes, [round(float(a), 2) for a in per_class])),
+        "most_confused": [list(map(str, t)) for t in analysis.most_confused(cm, classes, k=5)],
+        "loader": loader_used,
+        "fast": fast,
+        "amp": amp,
+        "device": str(dev),
+        "device_name": device_name(dev),
+        "train_seconds": round(train_seconds, 1),
+        "wall_seconds": round(time.perf_counter() - wall_start, 1),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": command,
+        "recipe_settings": {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v)
+                            for k, v in recipe.__dict__.items()},
+        "files": files + ["metrics.json"],
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    say(f"  done: test accuracy {metrics['final_test_acc']}% (best {metrics['best_test_acc']}%), "
+        f"{metrics['wall_seconds']} s; results in {out}")
+    return metrics

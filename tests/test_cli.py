@@ -1,0 +1,119 @@
+"""The era-utils command and the recipes: argument errors, and a whole (tiny) assignment run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from era_utils.cli import main
+from era_utils.data import FASHION_MNIST_SYSTEM_DIR
+from era_utils.recipes import RECIPES, get_recipe
+
+needs_fmnist = pytest.mark.skipif(
+    not FASHION_MNIST_SYSTEM_DIR.exists(),
+    reason=f"Fashion-MNIST not installed at {FASHION_MNIST_SYSTEM_DIR} (apt-get install dataset-fashion-mnist)",
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors on a 2-core box run much faster single-threaded.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_recipes_carry_the_assignment_numbers():
+    s10 = get_recipe("s10")
+    assert (s10.model, s10.epochs, s10.batch_size, s10.optimizer) == ("custom_resnet", 24, 512, "adam")
+    assert s10.schedule == "one_cycle" and s10.peak_epoch == 5 and s10.use_lr_finder
+    assert (s10.augment.crop_padding, s10.augment.flip, s10.augment.cutout_size) == (4, True, 8)
+    s7 = get_recipe("S7")
+    assert (s7.model, s7.epochs, s7.augment.cutout_size, s7.augment.flip) == ("resnet18", 20, 16, False)
+    hw = get_recipe("hw2p2")
+    assert (hw.optimizer, hw.lr, hw.weight_decay, hw.label_smoothing, hw.batch_size) == ("sgd", 0.1, 1e-4, 0.2, 128)
+    assert hw.schedule == "cosine_restarts" and hw.restart_epochs == 10
+    assert get_recipe("s7-lite").target_accuracy == 87.0
+
+
+def test_unknown_recipe_and_field_errors_name_the_valid_ones():
+    with pytest.raises(ValueError, match="s7, s7_lite, s10, hw2p2"):
+        get_recipe("s11")
+    with pytest.raises(TypeError, match="valid fields"):
+        get_recipe("s10").override(epoch=3)
+    assert get_recipe("s10").override(epochs=3).epochs == 3
+
+
+def test_list_prints_recipes_and_models(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in [*RECIPES, "resnet18", "custom_resnet", "face_resnet50"]:
+        assert name in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "s11"], "invalid choice: 's11'"),
+        (["run", "s10", "--dataset", "mnist"], "choose from"),
+        (["run", "s10", "--epochs", "0"], "positive integer"),
+        (["run", "s10", "--loader", "tpu"], "choose from"),
+    ],
+)
+def test_bad_arguments_get_argparse_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_folder_is_a_message_not_a_trace(tmp_path, capsys):
+    code = main(["run", "s10", "--data-dir", str(tmp_path / "nowhere"), "--device", "cpu",
+                 "--out", str(tmp_path / "out"), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "era-utils: error:" in err and "nowhere" in err
+
+
+@needs_fmnist
+def test_s10_run_writes_every_file_and_resumes(tmp_path):
+    out = tmp_path / "s10"
+    argv = ["run", "s10", "--dataset", "fashion_mnist", "--epochs", "2", "--subset", "256",
+            "--test-subset", "128", "--batch-size", "64", "--device", "cpu", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    for name in ["samples.png", "augmentations.png", "summary.txt", "lr_finder.png", "curves.png",
+                 "lr_schedule.png", "misclassified.png", "gradcam.png", "per_class_accuracy.png",
+                 "confusion_matrix.png", "history.json", "metrics.json"]:
+        assert (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["recipe"] == "s10" and metrics["dataset"] == "fashion_mnist"
+    assert metrics["epochs"] == 2 and metrics["train_images"] == 256 and metrics["test_images"] == 128
+    assert metrics["loader"] == "gpu" and metrics["device"] == "cpu"
+    assert metrics["max_lr"] == metrics["lr_finder"]["suggestion"] > 0
+    assert "--subset 256" in metrics["command"]
+    assert 0 <= metrics["final_test_acc"] <= 100
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["test_acc"]) == 2 and len(history["lrs"]) == 2 * 4  # 256 / 64 steps per epoch
+    # One Cycle's peak is the run's highest LR and equals the LR finder's suggestion.
+    assert max(history["lrs"]) == pytest.approx(metrics["max_lr"])
+
+    # A finished run resumed: nothing left to train, same history, no second LR range test.
+    assert main(argv + ["--resume"]) == 0
+    again = json.loads((out / "history.json").read_text())
+    assert again["test_acc"] == history["test_acc"] and again["lrs"] == history["lrs"]
+
+
+@needs_fmnist
+def test_hw2p2_runs_on_the_cpu_worker_path(tmp_path):
+    out = tmp_path / "hw2p2"
+    argv = ["run", "hw2p2", "--dataset", "fashion_mnist", "--epochs", "1", "--subset", "128",
+            "--test-subset", "64", "--batch-size", "32", "--workers", "0", "--device", "cpu",
+            "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["loader"] == "albumentations" and metrics["model"] == "face_resnet34"
+    assert not (out / "lr_finder.png").exists()  # HW2P2 has no LR range test
+    with pytest.raises(SystemExit):
+        main(argv[:-1] + ["--loader", "gpu", "--classic", "--quiet"])
