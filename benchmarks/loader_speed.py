@@ -29,23 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from era_utils.gpu_loader import GPULoader  # noqa: E402
 from era_utils.transforms import S10_AUGMENT, make_loader  # noqa: E402
-from era_utils.utils import get_device  # noqa: E402
+from era_utils.utils import device_name, get_device  # noqa: E402
 
 
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU model from /proc/cpuinfo (and how many cores this process may use)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model} ({cores} cores available, {device.type})"
 
 
 def sync(device: torch.device) -> None:

@@ -72,7 +72,7 @@ from era_utils.gpu_loader import GPULoader  # noqa: E402
 from era_utils.models import create_model  # noqa: E402
 from era_utils.recipes import Recipe, get_recipe  # noqa: E402
 from era_utils.transforms import NO_AUGMENT, make_loader  # noqa: E402
-from era_utils.utils import get_device, set_seed  # noqa: E402
+from era_utils.utils import device_name, get_device, set_seed  # noqa: E402
 
 # ----------------------------------------------------------------------------- settings
 
@@ -480,21 +480,6 @@ def _dist_version(name: str) -> str:
         return "unknown version"
 
 
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU model and how many cores this process may use."""
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return f"{props.name} ({props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB)"
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model} ({cores} cores available, {device.type})"
 
 
 def _versions() -> str:

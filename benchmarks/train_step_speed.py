@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from era_utils.engine import resolve_amp, train_one_epoch
 from era_utils.models import create_model
-from era_utils.utils import get_device
+from era_utils.utils import device_name, get_device
 
 CIFAR_TRAIN_IMAGES = 50_000  # images per CIFAR-10 training epoch, for the projected epoch time
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # [0, 1] units; only sets the scale of the synthetic inputs
@@ -65,17 +65,6 @@ CONFIGS = {
 }
 
 
-def device_name(device: torch.device) -> str:
-    """The accelerator's name, or the CPU's model and core count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu} ({os.cpu_count()} cores; torch threads: {torch.get_num_threads()})"
 
 
 def load_average() -> str:
@@ -226,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     header = [
         "# Training-step speed: eager fp32 against the engine's fast settings",
         "",
-        f"- device: {device.type}: {device_name(device)}",
+        f"- device: {device_name(device)}",
         f"- versions: {versions}, python {platform.python_version()}",
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC" + load_average(),
         f"- command: `{command}`",

@@ -6,7 +6,6 @@ in its own module, so a notebook can walk the same path one cell at a time.
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 from dataclasses import asdict
@@ -25,24 +24,11 @@ from era_utils.models import create_model, model_info
 from era_utils.recipes import RECIPES, Recipe
 from era_utils.summary import summary
 from era_utils.transforms import NO_AUGMENT, hw2p2_test_transform, hw2p2_train_transform, make_loader
-from era_utils.utils import get_device, set_seed
+from era_utils.utils import device_name, get_device, set_seed
 
 LOADERS = ("auto", "gpu", "albumentations")
 
 
-def device_name(device: torch.device) -> str:
-    """A human name for the device, for metrics.json and benchmark tables."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "cpu":
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    return f"CPU: {line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-        except OSError:
-            pass
-        return f"CPU: {platform.processor() or platform.machine()}"
-    return device.type
 
 
 def _peak_epoch(recipe: Recipe, epochs: int, steps_per_epoch: int) -> float:

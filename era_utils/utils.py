@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import platform
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,3 +32,24 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
         # Repeatable but slower convolutions; worth it for tests and resume checks, not for speed runs.
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+
+
+def device_name(device: str | torch.device | None = None) -> str:
+    """A readable name for results and benchmarks: the GPU's name, SMs and memory, or the CPU
+    model with the cores this process may use."""
+    device = get_device(device)
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name} ({props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB)"
+    if device.type != "cpu":
+        return device.type
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:  # not Linux: keep platform's answer
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model} ({cores} cores available, cpu)"

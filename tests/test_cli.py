@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from era_utils.cli import main
 from era_utils.data import FASHION_MNIST_SYSTEM_DIR
@@ -16,13 +15,7 @@ needs_fmnist = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors on a 2-core box run much faster single-threaded.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_recipes_carry_the_assignment_numbers():

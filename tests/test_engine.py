@@ -23,13 +23,7 @@ from era_utils.engine import (
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors run fastest on one thread; on 2 shared cores extra OpenMP threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(num_classes: int = 3, in_features: int = 3 * 4 * 4, dropout: float = 0.2) -> nn.Module:

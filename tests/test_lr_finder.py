@@ -12,13 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from era_utils.lr_finder import LRFinderResult, find_lr, smooth_losses, suggest_lr
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors run fastest on one thread; on 2 shared cores extra OpenMP threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic_curve(lrs: np.ndarray, seed: int, noise: float = 0.1) -> np.ndarray:

@@ -8,13 +8,7 @@ from torch import nn
 from era_utils.schedules import cosine_warm_restarts, one_cycle
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors run fastest on one thread; on 2 shared cores extra OpenMP threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _optimizer(name: str = "adam", lr: float = 0.1) -> torch.optim.Optimizer:
