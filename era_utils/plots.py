@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from era_utils.analysis import denormalize
 
@@ -294,12 +294,19 @@ def plot_history(history: Any, title: str = "Training history") -> Figure:
                 legend += f" (best {max(values):.2f}%)"
             ax.plot(epochs, values, style, markersize=3, label=legend)
         ax.set_xlabel("epoch")
+        # Epochs are whole numbers; one or two points sit in the middle, not on a 0.96..1.04 axis.
+        n_epochs = max((len(_series(history, f"{s}_{key}")) for s in ("train", "test")), default=0)
+        if 0 < n_epochs <= 12:
+            ax.set_xticks(np.arange(1, n_epochs + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if n_epochs <= 2:
+            ax.set_xlim(0.5, n_epochs + 0.5)
         ax.set_ylabel(label)
         ax.set_title(label.split(" (")[0] + " per epoch")
         ax.grid(alpha=0.3)
         if ax.get_lines():
             ax.legend()
-            ax.xaxis.get_major_locator().set_params(integer=True)
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title, fontsize=13)
