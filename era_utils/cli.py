@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 from era_utils.engine import AMP_MODES
 from era_utils.recipes import RECIPES, get_recipe
-from era_utils.runner import LOADERS
+from era_utils.loaders import LOADERS
 
 DATASETS = ("cifar10", "fashion_mnist")
 

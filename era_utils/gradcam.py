@@ -159,8 +159,8 @@ def gradcam(
     *,
     batch_size: int = 64,
 ) -> np.ndarray:
-    """GradCAM maps for normalised `images` (N, C, H, W) (or (C, H, W), or a list of those, e.g.
-    `[m.input for m in misclassified]`) -> float32 numpy (N, H, W) in [0, 1].
+    """GradCAM maps for normalised `images` (N, C, H, W) (or (C, H, W), a list of those, or the
+    items `get_misclassified` returns: their `.input`) -> float32 numpy (N, H, W) in [0, 1].
 
     `target_layer`: a module or dotted name; None picks `default_target_layer` for this input size.
     `targets`: None explains each image's predicted class; pass the true labels (one per image) to
@@ -168,7 +168,8 @@ def gradcam(
     batches of `batch_size`; the model's train/eval modes and parameter gradients are left as they were.
     """
     if isinstance(images, (list, tuple)):
-        images = torch.stack([torch.as_tensor(im) for im in images])
+        # Misclassified items carry the normalised tensor the model saw as `.input`.
+        images = torch.stack([torch.as_tensor(getattr(im, "input", im)) for im in images])
     x = torch.as_tensor(images)
     if x.dim() == 3:
         x = x.unsqueeze(0)

@@ -45,6 +45,15 @@ class Recipe:
     seed: int = 1
     notes: str = ""
 
+    def peak_epoch_for(self, epochs: int, steps_per_epoch: int) -> float:
+        """One Cycle's peak for a run of `epochs`: the assignment's peak epoch at its own length;
+        a shorter (or longer) run keeps the shape (peak at the same fraction of training), with at
+        least 2 warm-up steps and 1 step after the peak."""
+        base = RECIPES.get(self.name, self)  # the assignment's own epochs, before any override
+        peak = self.peak_epoch if epochs == base.epochs else self.peak_epoch * epochs / base.epochs
+        peak_steps = min(max(round(peak * steps_per_epoch), 2), epochs * steps_per_epoch - 1)
+        return peak_steps / steps_per_epoch
+
     def override(self, **changes) -> "Recipe":
         """A copy with some fields changed; an unknown field name lists the valid ones."""
         names = {f.name for f in dataclasses.fields(self)}

@@ -16,40 +16,16 @@ from typing import Optional
 import torch
 
 from era_utils import analysis, gradcam, plots
-from era_utils.data import ImageArrays, dataset_stats, load_dataset
+from era_utils.data import dataset_stats
 from era_utils.engine import cosine_warm_restarts, fit, make_optimizer, one_cycle
 from era_utils.gpu_loader import GPULoader
 from era_utils.lr_finder import find_lr
 from era_utils.models import create_model, model_info
-from era_utils.recipes import RECIPES, Recipe
+from era_utils.loaders import LOADERS, load_splits, make_loaders
+from era_utils.recipes import Recipe
 from era_utils.summary import summary
-from era_utils.transforms import NO_AUGMENT, hw2p2_test_transform, hw2p2_train_transform, make_loader
+from era_utils.transforms import hw2p2_train_transform
 from era_utils.utils import device_name, get_device, set_seed
-
-LOADERS = ("auto", "gpu", "albumentations")
-
-
-
-
-def _peak_epoch(recipe: Recipe, epochs: int, steps_per_epoch: int) -> float:
-    """The recipe's peak epoch; a run shorter than the assignment's keeps the same shape
-    (peak at the same fraction of training), with at least 2 warm-up steps and 1 step after."""
-    base = RECIPES.get(recipe.name, recipe)
-    peak = recipe.peak_epoch if epochs == base.epochs else recipe.peak_epoch * epochs / base.epochs
-    total = epochs * steps_per_epoch
-    peak_steps = min(max(round(peak * steps_per_epoch), 2), total - 1)
-    return peak_steps / steps_per_epoch
-
-
-def _load(name: str, data_dir: Optional[str], download: bool, channels: Optional[int]):
-    train = load_dataset(name, root=data_dir, train=True, download=download, size=32, channels=channels)
-    test = load_dataset(name, root=data_dir, train=False, download=download, size=32, channels=channels)
-    return train, test
-
-
-def _subset(arrays: ImageArrays, n: Optional[int], seed: int) -> ImageArrays:
-    return arrays if n is None or n >= len(arrays) else arrays.subset(n, seed=seed)
-
 
 def _save(fig, out: Path, name: str, files: list[str]) -> None:
     plots.save_figure(fig, out / name)
@@ -103,52 +79,30 @@ def run_recipe(
     # -- data ------------------------------------------------------------------------------------
     info = model_info(recipe.model)
     # Fashion-MNIST stays 1-channel (models take in_channels=1); CIFAR-10 is RGB.
-    train, test = _load(ds_name, data_dir, download, channels=None)
-    if subset is not None:
-        train = _subset(train, subset, recipe.seed)
-        test = _subset(test, test_subset or max(1000, subset // 5), recipe.seed)
-    elif test_subset is not None:
-        test = _subset(test, test_subset, recipe.seed)
+    train, test = load_splits(ds_name, root=data_dir, download=download, subset=subset,
+                              test_subset=test_subset, seed=recipe.seed)
     classes = list(train.classes)
     channels = train.images.shape[-1]
     mean, std = dataset_stats(ds_name, size=32, channels=channels, root=data_dir)
     say(f"{recipe.title}\n  data: {ds_name}, {len(train)} train / {len(test)} test images, "
         f"{channels} channel(s), mean {tuple(round(m, 4) for m in mean)}, std {tuple(round(s, 4) for s in std)}")
 
-    use_gpu_loader = recipe.augment is not None and loader in ("auto", "gpu") and fast or loader == "gpu"
-    if recipe.augment is None and loader == "gpu":
-        raise ValueError(
-            f"recipe {recipe.name!r} uses the torchvision HW2P2 augmentation (rotation, colour jitter), "
-            "which runs per image on CPU workers: use --loader albumentations (or auto)"
-        )
     fast_cuda = fast and dev.type == "cuda"
     if fast_cuda:
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
-    if use_gpu_loader:
-        # channels_last batches match fit()'s channels_last model on CUDA: no per-step layout copies.
-        gpu_kw = dict(mean=mean, std=std, device=dev, classes=classes, channels_last=fast_cuda)
-        train_loader = GPULoader(train.images, train.labels, recipe.batch_size, spec=recipe.augment,
-                                 shuffle=True, seed=recipe.seed, **gpu_kw)
-        test_loader = GPULoader(test.images, test.labels, recipe.batch_size, spec=NO_AUGMENT,
-                                shuffle=False, **gpu_kw)
-        def augment_preview(image):  # one (H, W, C) uint8 image through the batched GPU augmentation
-            return train_loader.augment(image[None])[0]
-    else:
-        if recipe.augment is None:
-            train_tf = hw2p2_train_transform(mean, std, size=None)
-            test_tf = hw2p2_test_transform(mean, std, size=None)
-            train_loader = make_loader(train, train_tf, mean, std, recipe.batch_size, shuffle=True,
-                                       num_workers=num_workers, seed=recipe.seed)
-            test_loader = make_loader(test, test_tf, mean, std, recipe.batch_size, shuffle=False,
-                                      num_workers=num_workers)
-            augment_preview = train_tf
-        else:
-            train_loader = make_loader(train, recipe.augment, mean, std, recipe.batch_size, shuffle=True,
-                                       num_workers=num_workers, seed=recipe.seed)
-            test_loader = make_loader(test, NO_AUGMENT, mean, std, recipe.batch_size, shuffle=False,
-                                      num_workers=num_workers)
-            augment_preview = train_loader.dataset.transform
-    loader_used = "gpu" if use_gpu_loader else "albumentations"
+    # HW2P2 (augment None): its torchvision pipeline, per image on CPU workers.
+    augment = recipe.augment if recipe.augment is not None else hw2p2_train_transform(mean, std, size=None)
+    if loader == "auto" and not fast:
+        loader = "albumentations"  # the classic path
+    try:
+        train_loader, test_loader = make_loaders(
+            train, test, augment, mean, std, recipe.batch_size, loader=loader, device=dev,
+            seed=recipe.seed, num_workers=num_workers, channels_last=fast_cuda)
+    except ValueError as err:
+        raise ValueError(f"recipe {recipe.name!r}: {err}") from None
+    on_gpu_loader = isinstance(train_loader, GPULoader)
+    loader_used = "gpu" if on_gpu_loader else "albumentations"
+    augment_preview = train_loader if on_gpu_loader else train_loader.dataset.transform
 
     _save(plots.plot_samples(train.images[:10], train.labels[:10], classes,
                              title=f"Sample training images ({ds_name})"), out, "samples.png", files)
@@ -192,7 +146,7 @@ def run_recipe(
     optimizer = make_optimizer(recipe.optimizer, model.parameters(), lr=max_lr, momentum=recipe.momentum,
                                nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
     if recipe.schedule == "one_cycle":
-        scheduler = one_cycle(optimizer, max_lr, epochs, steps, peak_epoch=_peak_epoch(recipe, epochs, steps))
+        scheduler = one_cycle(optimizer, max_lr, epochs, steps, peak_epoch=recipe.peak_epoch_for(epochs, steps))
     elif recipe.schedule == "cosine_restarts":
         scheduler = cosine_warm_restarts(optimizer, steps, T_0=recipe.restart_epochs, T_mult=2)
     else:
@@ -216,7 +170,7 @@ def run_recipe(
     _save(plots.plot_misclassified(wrong, classes), out, "misclassified.png", files)
     if wrong:
         layer = gradcam.default_target_layer_name(model, (channels, 32, 32))
-        cams = gradcam.gradcam(model, [w.input for w in wrong], target_layer=layer)
+        cams = gradcam.gradcam(model, wrong, target_layer=layer)
         _save(plots.plot_gradcam(wrong, cams, classes, layer=layer), out, "gradcam.png", files)
     cm = analysis.confusion_matrix(preds, num_classes=len(classes))
     per_class = analysis.per_class_accuracy(preds, num_classes=len(classes))

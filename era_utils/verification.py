@@ -37,6 +37,7 @@ from era_utils.engine import resolve_amp
 from era_utils.utils import get_device
 
 __all__ = [
+    "class_pairs",
     "embed",
     "embed_paths",
     "cosine_scores",
@@ -223,6 +224,28 @@ def cosine_scores(emb_a: torch.Tensor | np.ndarray, emb_b: torch.Tensor | np.nda
             f"got {tuple(a.shape)} and {tuple(b.shape)}"
         )
     return F.cosine_similarity(a, b, dim=1, eps=1e-8)
+
+
+def class_pairs(labels: Sequence[int] | np.ndarray | torch.Tensor, n: int, seed: int = 0
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`n` balanced index pairs from class labels, for verification on a classification set
+    (Fashion-MNIST classes standing in for identities): (a, b, same) with even k the same class
+    (same=1) and odd k two different classes (same=0)."""
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    by_class = [members for members in by_class if len(members) >= 2]
+    if len(by_class) < 2:
+        raise ValueError("class_pairs needs at least two classes with two or more images each")
+    rng = np.random.default_rng(seed)
+    a, b = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    for k in range(n):
+        if k % 2 == 0:
+            a[k], b[k] = rng.choice(by_class[rng.integers(len(by_class))], size=2, replace=False)
+        else:
+            c1, c2 = rng.choice(len(by_class), size=2, replace=False)
+            a[k], b[k] = rng.choice(by_class[c1]), rng.choice(by_class[c2])
+    same = (np.arange(n) % 2 == 0).astype(np.int64)
+    return a, b, same
 
 
 def _pair_paths(pair: Any) -> tuple[Path, Path]:

@@ -451,3 +451,15 @@ def test_face_folder_pipeline_writes_both_csvs(tmp_path):
     assert rows[0] == ["id", "label"]
     assert [r[0] for r in rows[1:]] == [f"{j:06d}.jpg" for j in range(6)]
     assert [r[1] for r in rows[1:]] == [faces.identities[int(k)] for k in preds]
+
+
+def test_class_pairs_are_balanced_and_labelled_right():
+    from era_utils.verification import class_pairs
+
+    labels = np.repeat(np.arange(5), 4)  # 5 classes x 4 images
+    a, b, same = class_pairs(labels, 100, seed=3)
+    assert same.sum() == 50 and len(a) == len(b) == 100
+    np.testing.assert_array_equal(labels[a] == labels[b], same.astype(bool))
+    assert (a != b).all()
+    with pytest.raises(ValueError, match="two classes"):
+        class_pairs(np.zeros(10, dtype=int), 4)

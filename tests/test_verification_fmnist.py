@@ -38,25 +38,6 @@ def _normalised(images: np.ndarray) -> torch.Tensor:
     return (x - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0]
 
 
-def _class_pairs(
-    labels: np.ndarray, n: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """n index pairs (a, b, label): even k same class (1), odd k two different classes (0)."""
-    by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
-    a, b, y = [], [], []
-    for k in range(n):
-        if k % 2 == 0:
-            members = by_class[rng.integers(len(by_class))]
-            i, j = rng.choice(members, size=2, replace=False)
-        else:
-            c1, c2 = rng.choice(len(by_class), size=2, replace=False)
-            i, j = rng.choice(by_class[c1]), rng.choice(by_class[c2])
-        a.append(i)
-        b.append(j)
-        y.append(int(k % 2 == 0))
-    return np.array(a), np.array(b), np.array(y)
-
-
 def test_fashion_mnist_embeddings_verify_same_class(tmp_path: Path):
     from fake_data import write_pairs
     from torchvision.transforms import v2
@@ -72,7 +53,7 @@ def test_fashion_mnist_embeddings_verify_same_class(tmp_path: Path):
     x_test, y_test = _normalised(test.images), torch.from_numpy(test.labels)
     train_loader = DataLoader(TensorDataset(x_train, y_train), batch_size=64, shuffle=True)
     test_loader = DataLoader(TensorDataset(x_test, y_test), batch_size=256)
-    ia, ib, labels = _class_pairs(test.labels, N_PAIRS, np.random.default_rng(0))
+    ia, ib, labels = V.class_pairs(test.labels, N_PAIRS, seed=0)
 
     model = create_model("face_baseline", num_classes=10, in_channels=1)
     untrained = V.embed(model, test_loader, device="cpu")
@@ -98,7 +79,7 @@ def test_fashion_mnist_embeddings_verify_same_class(tmp_path: Path):
     folder.mkdir()
     for i in range(n_files):
         Image.fromarray(test.images[i, :, :, 0]).save(folder / f"{i:04d}.png")
-    fa, fb, flabels = _class_pairs(test.labels[:n_files], 300, np.random.default_rng(1))
+    fa, fb, flabels = V.class_pairs(test.labels[:n_files], 300, seed=1)
     lines = [(f"{a:04d}.png", f"{b:04d}.png", int(y)) for a, b, y in zip(fa, fb, flabels)]
     pairs = read_pairs(write_pairs(folder / "pairs.txt", lines))
     transform = v2.Compose([
