@@ -14,17 +14,20 @@ S10 recipe: run `find_lr` first, then build `one_cycle(...)` with max_lr = the s
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
+from unittest import mock
 
 import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
+import torch_lr_finder.lr_finder as _lr_finder_lib
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 from tqdm.auto import tqdm
 
@@ -266,7 +269,9 @@ def find_lr(
     try:
         # The library prints "Stopping early..." and a hint naming a variable the caller does not
         # have; the summary below says the same things.
-        with contextlib.redirect_stdout(io.StringIO()):
+        # verbose=False: the library's own progress bar too (it has no switch for it).
+        quiet_bar = mock.patch.object(_lr_finder_lib, "tqdm", functools.partial(tqdm, disable=not verbose))
+        with contextlib.redirect_stdout(io.StringIO()), quiet_bar:
             finder.range_test(
                 _Batches(loader, num_iter), start_lr=start_lr, end_lr=end_lr, num_iter=num_iter,
                 step_mode=step_mode, smooth_f=smooth_f, diverge_th=diverge_th,
