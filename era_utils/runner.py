@@ -141,6 +141,10 @@ def run_recipe(
         lr_finder_info = {"suggestion": max_lr, "method": recipe.lr_finder_method, "num_iter": num_iter,
                           "start_lr": recipe.lr_finder_start, "end_lr": recipe.lr_finder_end}
         _save(result.plot(), out, "lr_finder.png", files)
+        (out / "lr_finder.json").write_text(json.dumps(
+            {"lrs": result.lrs, "losses": result.losses, "smoothed": result.smoothed,
+             "suggestion": result.suggestion, "method": result.method}) + "\n")
+        files.append("lr_finder.json")
         say(f"  LR range test: suggested max LR {max_lr:.3g}")
     run_state_path.write_text(json.dumps({"max_lr": max_lr}))
     optimizer = make_optimizer(recipe.optimizer, model.parameters(), lr=max_lr, momentum=recipe.momentum,

@@ -78,7 +78,7 @@ def test_s10_run_writes_every_file_and_resumes(tmp_path):
     assert main(argv) == 0
     for name in ["samples.png", "augmentations.png", "summary.txt", "lr_finder.png", "curves.png",
                  "lr_schedule.png", "misclassified.png", "gradcam.png", "per_class_accuracy.png",
-                 "confusion_matrix.png", "history.json", "metrics.json"]:
+                 "confusion_matrix.png", "history.json", "lr_finder.json", "metrics.json"]:
         assert (out / name).stat().st_size > 0, name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["recipe"] == "s10" and metrics["dataset"] == "fashion_mnist"
