@@ -226,7 +226,8 @@ def plot_augmentations(
     """Before and after: the first `n` originals in the top row, the same images augmented below.
 
     `augment`: a transform (albumentations Compose, torchvision v2, or any callable on a uint8 HWC
-    image), a `GPULoader` (its batched augmentation), or the already-augmented images; a transform
+    image), a `GPULoader` (its batched augmentation), a DataLoader from `make_loader` (its
+    dataset's transform), or the already-augmented images; a transform
     or loader is run once per augmented row (`rows`). mean/std undo the Normalize for display (a
     GPULoader brings its own).
     """
@@ -236,6 +237,9 @@ def plot_augmentations(
         images = images.images
     raw = list(images[:n])
     originals = [to_display_image(im) for im in raw]  # raw images: not normalised
+    loader_transform = getattr(getattr(augment, "dataset", None), "transform", None)
+    if callable(loader_transform):  # a DataLoader (make_loader): its dataset's per-image transform
+        augment = loader_transform
     if not callable(augment) and callable(getattr(augment, "augment", None)):
         # a GPULoader: its batched augmentation, de-normalised with its own mean/std
         mean = getattr(augment, "mean", None) if mean is None else mean

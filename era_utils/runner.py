@@ -100,13 +100,11 @@ def run_recipe(
             seed=recipe.seed, num_workers=num_workers, channels_last=fast_cuda)
     except ValueError as err:
         raise ValueError(f"recipe {recipe.name!r}: {err}") from None
-    on_gpu_loader = isinstance(train_loader, GPULoader)
-    loader_used = "gpu" if on_gpu_loader else "albumentations"
-    augment_preview = train_loader if on_gpu_loader else train_loader.dataset.transform
+    loader_used = "gpu" if isinstance(train_loader, GPULoader) else "albumentations"
 
     _save(plots.plot_samples(train.images[:10], train.labels[:10], classes,
                              title=f"Sample training images ({ds_name})"), out, "samples.png", files)
-    _save(plots.plot_augmentations(train.images[:5], augment_preview, train.labels[:5], classes,
+    _save(plots.plot_augmentations(train.images[:5], train_loader, train.labels[:5], classes,
                                    rows=2, mean=mean, std=std), out, "augmentations.png", files)
 
     # -- model -----------------------------------------------------------------------------------

@@ -227,3 +227,13 @@ def test_save_figure_writes_png(tmp_path):
     assert path == tmp_path / "results" / "s7" / "per_class.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plots.save_figure(fig, str(tmp_path / "a.png"), dpi=50).stat().st_size > 0
+
+
+def test_plot_augmentations_takes_a_make_loader_dataloader():
+    from era_utils.transforms import S7_AUGMENT, make_loader
+
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    loader = make_loader((images, np.arange(6) % 2), S7_AUGMENT, (0.5,) * 3, (0.25,) * 3, 2,
+                         num_workers=0)
+    fig = plots.plot_augmentations(images, loader, n=3, rows=2, mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert len([ax for ax in fig.axes if ax.get_images()]) == 9  # originals + 2 augmented rows
