@@ -39,11 +39,37 @@ from era_utils.transforms import NO_AUGMENT, S7_AUGMENT, S10_AUGMENT  # noqa: E4
 QUICK_ENV = "ERA_UTILS_QUICK"
 QUICK_NOTE = (
     "> **About the outputs shown here.** They come from the quick CI run (`ERA_UTILS_QUICK=1`: "
-    "a 500-image Fashion-MNIST subset, one epoch, on a CPU), which checks that every step runs. "
-    "They are not the assignment's results: open the notebook in Colab with a GPU runtime and run "
-    "all cells for the full recipe."
+    "a 500-image Fashion-MNIST subset, one epoch, on a CPU, with the quick-mode settings the "
+    "parameters cell lists), which checks that every step runs. They are not the "
+    "assignment's results: open the notebook in Colab with a GPU runtime and run all cells for the "
+    "full recipe."
+)
+# Quick mode's own settings, where the recipe's would not train on 500 images in one CPU epoch;
+# each *_NOTE ends the parameters cell's markdown, saying why.
+S7_QUICK = "TEST_SUBSET, BATCH_SIZE = 500, 64  # 8 steps (the recipe's batch 128 would give 4)"
+S7_QUICK_NOTE = (
+    ". Quick mode also uses batch 64 instead of 128, so the 500 images make eight optimiser steps "
+    "rather than four"
+)
+S10_QUICK = "TEST_SUBSET, BATCH_SIZE, LR_FINDER_ITERS = 500, 16, 30  # 32 steps: see above"
+S10_QUICK_NOTE = (
+    " and a 30-batch LR range test. Quick mode also uses batch 16 instead of 512, so the 500 images "
+    "make 32 steps rather than one: enough for the range test to draw a curve, and for BatchNorm's "
+    "running statistics (which the test uses) to settle; with a handful of large batches the test "
+    "accuracy stays at chance whatever the network learnt"
+)
+HW2P2_QUICK = "BATCH_SIZE, LR = 64, 0.003  # LR 0.1 diverges in these few steps: see above"
+HW2P2_QUICK_NOTE = (
+    ". Quick mode also uses batch 64 and `LR` 0.003 instead of the recipe's 128 and 0.1: that "
+    "learning rate suits thousands of steps over 7000 identities, but makes these few steps diverge "
+    "(the test loss explodes and every pair's similarity comes out as 1.0)"
 )
 SPEC_NAMES = {S7_AUGMENT: "S7_AUGMENT", S10_AUGMENT: "S10_AUGMENT", NO_AUGMENT: "NO_AUGMENT"}
+SUGGESTION = {  # era_utils.lr_finder's suggestion rules, in words
+    "valley": "fastai's valley: two thirds of the way down the longest falling stretch of the smoothed loss",
+    "steepest": "the steepest descent of the smoothed loss, before its minimum",
+    "minimum": "a tenth of the LR at the smoothed loss's minimum",
+}
 
 
 # --------------------------------------------------------------------------- cell helpers
@@ -92,6 +118,11 @@ def parameters_md(extra: str = "") -> nbformat.NotebookNode:
     )
 
 
+LOADER_PARAM = (
+    'LOADER = "auto"  # "auto" = "gpu": augment whole batches on the device; "albumentations": per image'
+)
+
+
 def quick_block(extra_lines: list[str]) -> str:
     lines = [
         f'if os.environ.get("{QUICK_ENV}") == "1":  # CI: small Fashion-MNIST subset, 1 epoch, CPU',
@@ -121,12 +152,12 @@ def data_cells(dataset_note: str) -> list:
     return [
         md("## Data\n"
            f"Load the training and test splits as uint8 arrays (N, H, W, C). {dataset_note} "
-           "`SUBSET` keeps a stratified subset (same share of every class)."),
+           "`SUBSET` keeps a stratified subset of the training images (the same share of every class) "
+           "and then tests on max(1000, SUBSET // 5) images unless `TEST_SUBSET` says otherwise, as "
+           "`era-utils run --subset` does."),
         code(
-            "train = load_dataset(DATASET, root=DATA_DIR, train=True, download=DOWNLOAD)\n"
-            "test = load_dataset(DATASET, root=DATA_DIR, train=False, download=DOWNLOAD)\n"
-            "train = train.subset(SUBSET, seed=SEED) if SUBSET else train\n"
-            "test = test.subset(TEST_SUBSET, seed=SEED) if TEST_SUBSET else test\n"
+            "train, test = load_splits(DATASET, root=DATA_DIR, download=DOWNLOAD, subset=SUBSET,\n"
+            "                          test_subset=TEST_SUBSET, seed=SEED)\n"
             "channels = train.images.shape[-1]  # 3 for CIFAR-10, 1 for Fashion-MNIST\n"
             "train.images.shape, test.images.shape"
         ),
@@ -141,23 +172,22 @@ def data_cells(dataset_note: str) -> list:
 def loader_cells(spec_name: str, recipe_text: str) -> list:
     return [
         md(
-            "Loaders. `GPULoader` keeps the whole dataset on the device and augments whole batches "
-            f"there ({recipe_text}: `{spec_name}`), so Colab's two CPU cores do not starve the GPU; on "
-            "a CPU it runs the same way. The test loader only normalises. "
-            f"`make_loader(train, {spec_name}, mean, std, BATCH_SIZE)` is the per-image albumentations "
-            "path with the same recipe."
+            "Loaders, made as `era-utils run` makes them. With `LOADER = \"auto\"` a `GPULoader` keeps "
+            f"the whole dataset on the device and augments whole batches there ({recipe_text}: "
+            f"`{spec_name}`), so Colab's two CPU cores do not starve the GPU; on a CPU it runs the same "
+            "way. `LOADER = \"albumentations\"` applies the same recipe per image with albumentations in "
+            "DataLoader workers. The test loader only normalises, in the test set's order."
         ),
         code(
-            f"train_loader = GPULoader(train.images, train.labels, BATCH_SIZE, spec={spec_name}, mean=mean, "
-            "std=std,\n"
-            "                         device=device, shuffle=True, seed=SEED, classes=train.classes)\n"
-            "test_loader = GPULoader(test.images, test.labels, BATCH_SIZE, spec=NO_AUGMENT, mean=mean, std=std,\n"
-            "                        device=device, shuffle=False, classes=test.classes)\n"
+            "train_loader, test_loader = make_loaders(\n"
+            f"    train, test, {spec_name}, mean, std, BATCH_SIZE, loader=LOADER, device=device, seed=SEED,\n"
+            '    channels_last=device.type == "cuda",  # the memory layout fit() trains in on a GPU\n'
+            ")\n"
             "train_loader"
         ),
         md("Check the augmentation: five training images (top) and the same five as the loader "
-           "augments them (bottom)."),
-        code("plot_augmentations(train, train_loader.augment(train.images[:5]), mean=mean, std=std)"),
+           "augments them, twice (below), whichever loader path is in use."),
+        code("plot_augmentations(train, train_loader, rows=2, mean=mean, std=std)"),
     ]
 
 
@@ -198,7 +228,7 @@ def analysis_cells(gradcam_note: str | None) -> list:
             md("GradCAM on the same ten images: where the network looked for the class it predicted. "
                f"The default layer is the deepest one whose map is still at least 7x7: {gradcam_note}"),
             code("layer = default_target_layer_name(model, (channels, 32, 32))\n"
-                 "cams = gradcam(model, [item.input for item in wrong], target_layer=layer)\n"
+                 "cams = gradcam(model, wrong, target_layer=layer)\n"
                  "plot_gradcam(wrong, cams, test.classes, layer=layer)"),
         ]
     cells += [
@@ -234,10 +264,11 @@ def cifar_imports(extra: list[str], gradcam: bool) -> str:
         plots,
         "from era_utils import get_device, set_seed, summary",
         "from era_utils.analysis import confusion_matrix, get_misclassified, most_confused, per_class_accuracy, predict",
-        "from era_utils.data import dataset_stats, load_dataset",
+        "from era_utils.data import dataset_stats",
         "from era_utils.engine import fit, make_criterion, make_optimizer, one_cycle",
-        "from era_utils.gpu_loader import GPULoader",
+        "from era_utils.loaders import load_splits, make_loaders",
         "from era_utils.models import create_model",
+        "from era_utils.recipes import get_recipe",
         *extra,
     ])
     return "from pathlib import Path\n\n" + "\n".join(froms)
@@ -259,17 +290,16 @@ def cifar_parameters(recipe, extra_defaults: list[str], extra_quick: list[str]) 
         f'DATASET = "{recipe.dataset}"  # "cifar10" (the assignment) or "fashion_mnist"',
         f"EPOCHS = {recipe.epochs}",
         f"BATCH_SIZE = {recipe.batch_size}",
-        "SUBSET = None  # train on N images (a stratified subset), or None for the whole training set",
-        "TEST_SUBSET = None  # test on N images, or None for the whole test set",
-        "DEVICE = None  # None picks cuda, then mps, then cpu",
-        f"PEAK_EPOCH = {recipe.peak_epoch}  # One Cycle peaks at the end of this epoch (below EPOCHS)",
         *extra_defaults,
+        "SUBSET = None  # train on N images (a stratified subset), or None for the whole training set",
+        "TEST_SUBSET = None  # test on N images; None: all of them (or max(1000, SUBSET // 5) with a SUBSET)",
+        "DEVICE = None  # None picks cuda, then mps, then cpu",
+        LOADER_PARAM,
         "DATA_DIR = None  # None: ./data for CIFAR-10, the system folder for Fashion-MNIST",
         "DOWNLOAD = True  # fetch the dataset with torchvision if it is not there (Colab)",
         f'OUT = "results/{recipe.name}"  # where the history (and any file written here) goes',
         f"SEED = {recipe.seed}",
         quick_block([
-            "TEST_SUBSET, BATCH_SIZE, PEAK_EPOCH = 500, 32, 0.5  # 16 steps: BatchNorm statistics settle",
             *extra_quick,
             f'OUT = os.path.join(tempfile.gettempdir(), "era_utils_quick", "{recipe.name}")',
         ]),
@@ -277,18 +307,33 @@ def cifar_parameters(recipe, extra_defaults: list[str], extra_quick: list[str]) 
     return "import os\nimport tempfile\n\n" + "\n".join(lines)
 
 
+def peak_note(recipe) -> str:
+    """Markdown: where One Cycle peaks, in the assignment's run and in a shorter one."""
+    share = recipe.peak_epoch / recipe.epochs
+    return (f"`peak_epoch_for` puts the peak where `era-utils run` does: at the end of epoch "
+            f"{recipe.peak_epoch} of the assignment's {recipe.epochs}, and at the same share of a "
+            f"shorter or longer run ({share:.0%} of the way in, and never before the second batch).")
+
+
+def peak_code(recipe) -> str:
+    return (f'peak_epoch = get_recipe("{recipe.name}").peak_epoch_for(EPOCHS, len(train_loader))  '
+            f"# {fmt(recipe.peak_epoch)} at {recipe.epochs} epochs")
+
+
 def optimizer_cells_s7(recipe) -> list:
     return [
-        md(f"Optimiser and schedule: SGD with {'Nesterov ' if recipe.nesterov else ''}momentum {fmt(recipe.momentum)} and weight decay "
-           f"{fmt(recipe.weight_decay)}; One Cycle from {fmt(recipe.lr)}/10 up to {fmt(recipe.lr)} at the end "
-           f"of epoch {recipe.peak_epoch} (`PEAK_EPOCH`), then back down to {fmt(recipe.lr)}/10 by the last "
-           "epoch, stepped every batch."),
+        md(f"Optimiser and schedule: SGD with {'Nesterov ' if recipe.nesterov else ''}momentum "
+           f"{fmt(recipe.momentum)} and weight decay {fmt(recipe.weight_decay)}; One Cycle from "
+           f"`LR`/10 up to `LR` ({fmt(recipe.lr)}) at the peak epoch, then back down to `LR`/10 by the "
+           f"last step, stepped every batch. {peak_note(recipe)}"),
         code(
             "criterion = make_criterion()\n"
-            f'optimizer = make_optimizer("sgd", model.parameters(), lr={fmt(recipe.lr)}, momentum={fmt(recipe.momentum)}, '
+            f'optimizer = make_optimizer("sgd", model.parameters(), lr=LR, momentum={fmt(recipe.momentum)}, '
             f"nesterov={recipe.nesterov},\n"
             f"                           weight_decay={fmt(recipe.weight_decay)})\n"
-            f"scheduler = one_cycle(optimizer, {fmt(recipe.lr)}, EPOCHS, len(train_loader), peak_epoch=PEAK_EPOCH)"
+            f"{peak_code(recipe)}\n"
+            "scheduler = one_cycle(optimizer, LR, EPOCHS, len(train_loader), peak_epoch=peak_epoch)\n"
+            "peak_epoch"
         ),
     ]
 
@@ -316,10 +361,15 @@ def s7_notebook(name: str, recipe_name: str) -> nbformat.NotebookNode:
                       "bottom of the table).")
         gradcam_note = "the last block, `block4` (8x8 on 32x32 images)."
     cells = header(name, recipe.title, intro)
-    cells += [parameters_md(), code(cifar_parameters(recipe, [], []), tags=("parameters",))]
+    params = cifar_parameters(
+        recipe,
+        [f"LR = {fmt(recipe.lr)}  # One Cycle's peak learning rate"],
+        [S7_QUICK],
+    )
+    cells += [parameters_md(S7_QUICK_NOTE), code(params, tags=("parameters",))]
     cells += imports_cells(cifar_imports([
         "from era_utils.gradcam import default_target_layer_name, gradcam",
-        f"from era_utils.transforms import NO_AUGMENT, {spec}",
+        f"from era_utils.transforms import {spec}",
     ], gradcam=True))
     cells += seed_cells()
     cells += data_cells("CIFAR-10 comes from torchvision (downloaded once into `DATA_DIR`).")
@@ -349,12 +399,12 @@ def s10_notebook(name: str) -> nbformat.NotebookNode:
     params = cifar_parameters(
         recipe,
         [f"LR_FINDER_ITERS = {recipe.lr_finder_iters}  # batches in the LR range test"],
-        ["LR_FINDER_ITERS = 15"],
+        [S10_QUICK],
     )
-    cells += [parameters_md(" and a short LR range test"), code(params, tags=("parameters",))]
+    cells += [parameters_md(S10_QUICK_NOTE), code(params, tags=("parameters",))]
     cells += imports_cells(cifar_imports([
         "from era_utils.lr_finder import find_lr",
-        f"from era_utils.transforms import NO_AUGMENT, {spec}",
+        f"from era_utils.transforms import {spec}",
     ], gradcam=False))
     cells += seed_cells()
     cells += data_cells("CIFAR-10 comes from torchvision (downloaded once into `DATA_DIR`).")
@@ -363,25 +413,26 @@ def s10_notebook(name: str) -> nbformat.NotebookNode:
     cells += [
         md(f"## LR range test\nOne batch per learning rate, rising exponentially from "
            f"{fmt(recipe.lr_finder_start)} to {fmt(recipe.lr_finder_end)}, with Adam (weight decay "
-           f"{fmt(recipe.weight_decay)}). The suggestion is the steepest descent of the smoothed loss, "
-           "before its minimum. The model and the optimiser are put back as they were afterwards."),
+           f"{fmt(recipe.weight_decay)}). The suggestion ({SUGGESTION[recipe.lr_finder_method]}) is the "
+           "one `era-utils run` uses. The model and the optimiser are put back as they were afterwards."),
         code(
             "criterion = make_criterion()\n"
             f'optimizer = make_optimizer("adam", model.parameters(), lr={fmt(recipe.lr_finder_start)}, '
             f"weight_decay={fmt(recipe.weight_decay)})\n"
             f"lr_test = find_lr(model, optimizer, criterion, train_loader, start_lr={fmt(recipe.lr_finder_start)}, "
             f"end_lr={fmt(recipe.lr_finder_end)},\n"
-            "                  num_iter=LR_FINDER_ITERS, device=device)\n"
+            f'                  num_iter=LR_FINDER_ITERS, method="{recipe.lr_finder_method}", device=device)\n'
             "lr_test.plot()"
         ),
-        md(f"One Cycle with the suggested LR as its maximum: from max_lr/10 up to max_lr at the end of "
-           f"epoch {recipe.peak_epoch} (`PEAK_EPOCH`), then linearly back to max_lr/10 at the last step "
-           "(no annihilation phase). The scheduler is built only now, after the range test."),
+        md("One Cycle with the suggested LR as its maximum: from max_lr/10 up to max_lr at the peak "
+           "epoch, then linearly back to max_lr/10 at the last step (no annihilation phase). "
+           f"{peak_note(recipe)} The scheduler is built only now, after the range test."),
         code(
             "max_lr = lr_test.suggestion\n"
             f'optimizer = make_optimizer("adam", model.parameters(), lr=max_lr, weight_decay={fmt(recipe.weight_decay)})\n'
-            "scheduler = one_cycle(optimizer, max_lr, EPOCHS, len(train_loader), peak_epoch=PEAK_EPOCH)\n"
-            "max_lr"
+            f"{peak_code(recipe)}\n"
+            "scheduler = one_cycle(optimizer, max_lr, EPOCHS, len(train_loader), peak_epoch=peak_epoch)\n"
+            "max_lr, peak_epoch"
         ),
     ]
     cells += training_cells("S10")
@@ -401,12 +452,13 @@ from torch.utils.data import DataLoader
 
 from era_utils import get_device, set_seed, summary
 from era_utils.analysis import get_misclassified, predict
-from era_utils.data import FaceFolder, dataset_stats, load_dataset, read_pairs
+from era_utils.data import FaceFolder, dataset_stats, read_pairs
 from era_utils.engine import cosine_warm_restarts, fit, make_criterion, make_optimizer
+from era_utils.loaders import load_splits, make_loaders
 from era_utils.models import create_model
 from era_utils.plots import plot_history, plot_lr, plot_misclassified, plot_samples
-from era_utils.transforms import AlbumentationsDataset, hw2p2_test_transform, hw2p2_train_transform, worker_init_fn
-from era_utils.verification import (cosine_scores, embed, ids_for_pairs, plot_roc, submit_pairs,
+from era_utils.transforms import hw2p2_test_transform, hw2p2_train_transform, worker_init_fn
+from era_utils.verification import (class_pairs, cosine_scores, embed, ids_for_pairs, plot_roc, submit_pairs,
                                     verification_metrics, verify_pairs, write_classification_csv,
                                     write_verification_csv)
 """
@@ -442,10 +494,12 @@ def hw2p2_notebook(name: str) -> nbformat.NotebookNode:
         f'MODEL = "{recipe.model}"  # or "face_resnet50", "mobilenet_v2", "face_baseline"',
         f"EPOCHS = {recipe.epochs}",
         f"BATCH_SIZE = {recipe.batch_size}",
+        f"LR = {fmt(recipe.lr)}  # SGD's learning rate at the start of every cosine cycle",
         "SUBSET = None  # stand-in only: train on N images (a stratified subset), or None for all",
-        "TEST_SUBSET = None  # stand-in only: test on N images, or None for all",
-        "N_PAIRS = 4000  # stand-in only: verification pairs drawn from the test images",
+        "TEST_SUBSET = None  # stand-in only: test on N images; None: all (or max(1000, SUBSET // 5))",
+        "N_PAIRS = 4000  # stand-in only: verification pairs drawn from the test images, half of them same-class",
         "DEVICE = None  # None picks cuda, then mps, then cpu",
+        'LOADER = "auto"  # stand-in only; HW2P2\'s rotation and colour jitter run per image on CPU workers',
         "NUM_WORKERS = 2  # DataLoader worker processes (Colab has 2 CPU cores)",
         "DATA_DIR = None",
         "DOWNLOAD = True",
@@ -453,19 +507,21 @@ def hw2p2_notebook(name: str) -> nbformat.NotebookNode:
         f'OUT = "results/{recipe.name}"  # checkpoint, history and the two Kaggle CSVs',
         f"SEED = {recipe.seed}",
         quick_block([
-            "TEST_SUBSET, BATCH_SIZE, N_PAIRS, NUM_WORKERS = 500, 32, 2000, 0",
+            HW2P2_QUICK,
+            "TEST_SUBSET, N_PAIRS, NUM_WORKERS = 500, 2000, 0",
             f'OUT = os.path.join(tempfile.gettempdir(), "era_utils_quick", "{recipe.name}")',
         ]),
     ])
-    cells += [parameters_md(), code(params, tags=("parameters",))]
+    cells += [parameters_md(HW2P2_QUICK_NOTE), code(params, tags=("parameters",))]
     cells += imports_cells(HW2P2_IMPORTS)
     cells += seed_cells()
     cells += [
         md("## Data\n"
            "With `FACE_ROOT`: the HW2P2 folders (labels are the identity folder names; the flat test/ "
            "split is unlabelled), normalised with the train split's own mean and std. Without it: "
-           "Fashion-MNIST as uint8 arrays, each class one \"identity\". Both go through the same "
-           "torchvision augmentation (`hw2p2_train_transform`); evaluation only resizes and normalises."),
+           "Fashion-MNIST as uint8 arrays (`load_splits`, as `era-utils run hw2p2` loads it), each class "
+           "one \"identity\"; its test split plays both the dev and the test split. Both go through the "
+           "same torchvision augmentation (`hw2p2_train_transform`); evaluation only normalises."),
         code(
             "if FACE_ROOT:\n"
             "    mean, std = FACE_MEAN, FACE_STD\n"
@@ -474,25 +530,29 @@ def hw2p2_notebook(name: str) -> nbformat.NotebookNode:
             '    test_set = FaceFolder(FACE_ROOT, "test", hw2p2_test_transform(mean, std, size=IMAGE_SIZE))\n'
             "    classes, test_ids, input_size = train_set.classes, test_set.ids, (3, IMAGE_SIZE, IMAGE_SIZE)\n"
             "else:\n"
-            "    train = load_dataset(DATASET, root=DATA_DIR, train=True, download=DOWNLOAD)\n"
-            "    dev = load_dataset(DATASET, root=DATA_DIR, train=False, download=DOWNLOAD)\n"
-            "    train = train.subset(SUBSET, seed=SEED) if SUBSET else train\n"
-            "    dev = dev.subset(TEST_SUBSET, seed=SEED) if TEST_SUBSET else dev\n"
+            "    train, dev = load_splits(DATASET, root=DATA_DIR, download=DOWNLOAD, subset=SUBSET,\n"
+            "                             test_subset=TEST_SUBSET, seed=SEED)\n"
             "    mean, std = dataset_stats(DATASET)\n"
-            "    train_set = AlbumentationsDataset(train.images, train.labels, hw2p2_train_transform(mean, std, size=None))\n"
-            "    dev_set = test_set = AlbumentationsDataset(dev.images, dev.labels, hw2p2_test_transform(mean, std, size=None))\n"
             "    classes, test_ids, input_size = train.classes, np.arange(len(dev)).astype(str), (1, 32, 32)\n"
-            "len(train_set), len(dev_set), len(classes)"
+            "len(classes), input_size"
         ),
         md("DataLoaders: the augmentation runs per image in `NUM_WORKERS` worker processes "
-           "(`worker_init_fn` gives each worker its own random stream). The dev and test loaders keep "
-           "their order, so predictions line up with the image ids."),
+           "(`worker_init_fn` gives each worker its own random stream). The stand-in's loaders come "
+           "from `make_loaders`, the runner's call: HW2P2's rotation and colour jitter are per-image "
+           "transforms, so `LOADER = \"auto\"` picks the worker path here. The dev and test loaders "
+           "keep their order, so predictions line up with the image ids."),
         code(
-            'pin = device.type == "cuda"\n'
-            "train_loader = DataLoader(train_set, BATCH_SIZE, shuffle=True, num_workers=NUM_WORKERS,\n"
-            "                          worker_init_fn=worker_init_fn, pin_memory=pin)\n"
-            "dev_loader = DataLoader(dev_set, BATCH_SIZE, shuffle=False, num_workers=NUM_WORKERS, pin_memory=pin)\n"
-            "test_loader = DataLoader(test_set, BATCH_SIZE, shuffle=False, num_workers=NUM_WORKERS, pin_memory=pin)\n"
+            "if FACE_ROOT:\n"
+            '    loader_args = dict(num_workers=NUM_WORKERS, pin_memory=device.type == "cuda")\n'
+            "    train_loader = DataLoader(train_set, BATCH_SIZE, shuffle=True, worker_init_fn=worker_init_fn,\n"
+            "                              **loader_args)\n"
+            "    dev_loader = DataLoader(dev_set, BATCH_SIZE, shuffle=False, **loader_args)\n"
+            "    test_loader = DataLoader(test_set, BATCH_SIZE, shuffle=False, **loader_args)\n"
+            "else:\n"
+            "    train_loader, dev_loader = make_loaders(train, dev, hw2p2_train_transform(mean, std, size=None),\n"
+            "                                            mean, std, BATCH_SIZE, loader=LOADER, device=device,\n"
+            "                                            seed=SEED, num_workers=NUM_WORKERS)\n"
+            "    test_loader = dev_loader\n"
             "len(train_loader), len(dev_loader), len(test_loader)"
         ),
         md("One augmented training batch, as the network sees it (normalisation undone for display): "
@@ -505,14 +565,14 @@ def hw2p2_notebook(name: str) -> nbformat.NotebookNode:
            "the face embedding used for verification below."),
         code("model = create_model(MODEL, num_classes=len(classes), in_channels=input_size[0]).to(device)\n"
              "summary(model, input_size)"),
-        md(f"Optimiser, loss and schedule (seed 001): SGD lr {fmt(recipe.lr)}, momentum {fmt(recipe.momentum)}, "
-           f"weight decay {fmt(recipe.weight_decay)}; cross-entropy with label smoothing "
-           f"{fmt(recipe.label_smoothing)}; cosine annealing restarting at epochs {recipe.restart_epochs}, "
-           f"{3 * recipe.restart_epochs}, {7 * recipe.restart_epochs}, ... (T_0 = {recipe.restart_epochs}, "
-           "T_mult = 2), stepped every batch."),
+        md(f"Optimiser, loss and schedule (seed 001): SGD with `LR` = {fmt(recipe.lr)}, momentum "
+           f"{fmt(recipe.momentum)}, weight decay {fmt(recipe.weight_decay)}; cross-entropy with label "
+           f"smoothing {fmt(recipe.label_smoothing)}; cosine annealing restarting at epochs "
+           f"{recipe.restart_epochs}, {3 * recipe.restart_epochs}, {7 * recipe.restart_epochs}, ... "
+           f"(T_0 = {recipe.restart_epochs}, T_mult = 2), stepped every batch."),
         code(
             f"criterion = make_criterion(label_smoothing={fmt(recipe.label_smoothing)})\n"
-            f'optimizer = make_optimizer("sgd", model.parameters(), lr={fmt(recipe.lr)}, momentum={fmt(recipe.momentum)}, '
+            f'optimizer = make_optimizer("sgd", model.parameters(), lr=LR, momentum={fmt(recipe.momentum)}, '
             f"weight_decay={fmt(recipe.weight_decay)})\n"
             f"scheduler = cosine_warm_restarts(optimizer, len(train_loader), T_0={recipe.restart_epochs}, T_mult=2)"
         ),
@@ -537,16 +597,15 @@ def hw2p2_notebook(name: str) -> nbformat.NotebookNode:
            "A pair of faces is the same person when their embeddings point the same way. With "
            "`FACE_ROOT`: read the labelled dev pairs and score each pair's cosine similarity "
            "(every distinct image is embedded once). Stand-in: embed the test images (unit-length "
-           "rows) and draw random pairs of them; a pair is \"same\" (1) when both images have the same "
-           "class, about one pair in ten."),
+           "rows) and draw `N_PAIRS` balanced pairs with `class_pairs`: half of them two images of the "
+           "same class (label 1, \"same person\"), half two images of different classes (label 0)."),
         code(
             "if FACE_ROOT:\n"
             "    dev_pairs = read_pairs(DEV_PAIRS, root=PAIRS_ROOT)\n"
             "    metrics = verify_pairs(model, dev_pairs, hw2p2_test_transform(mean, std, size=IMAGE_SIZE), device=device)\n"
             "else:\n"
             "    embeddings = embed(model, dev_loader, device=device)  # (N, D), unit rows\n"
-            "    a, b = np.random.default_rng(SEED).integers(0, len(dev), size=(2, N_PAIRS))  # image indices\n"
-            "    same = (dev.labels[a] == dev.labels[b]).astype(int)  # 1 = same class (\"same person\")\n"
+            "    a, b, same = class_pairs(dev.labels, N_PAIRS, seed=SEED)  # image indices; 1 = same class\n"
             "    scores = cosine_scores(embeddings[a], embeddings[b])  # (N_PAIRS,) in [-1, 1]\n"
             "    metrics = verification_metrics(same, scores)\n"
             "metrics"
@@ -556,7 +615,7 @@ def hw2p2_notebook(name: str) -> nbformat.NotebookNode:
            "one to use for same/different decisions."),
         code('plot_roc(metrics, title="Verification ROC (dev pairs)")'),
         md("Score the unlabelled test pairs and write the Kaggle verification CSV (`Id,Category`: the "
-           "pair's two paths and its similarity). The stand-in writes its random pairs, by image index."),
+           "pair's two paths and its similarity). The stand-in writes its own pairs, by image index."),
         code(
             'verification_csv = Path(OUT) / "verification_submission.csv"\n'
             "if FACE_ROOT:\n"
@@ -610,6 +669,25 @@ def _overwrite_line(line: str) -> str:
     return shown.rstrip()
 
 
+# Warnings only the CI kernel prints, with the line that follows each (the source line quoted):
+# the CI venv has no ipywidgets, Colab does, so a student never sees this one.
+CI_ONLY_WARNINGS = ("TqdmWarning: IProgress not found",)
+
+
+def _without_ci_warnings(lines: list[str]) -> list[str]:
+    kept, skip = [], False
+    for line in lines:
+        if any(warning in line for warning in CI_ONLY_WARNINGS):
+            skip = True  # drop it and the quoted source line after it
+            continue
+        if skip and line.startswith("  "):
+            skip = False
+            continue
+        skip = False
+        kept.append(line)
+    return kept
+
+
 def coalesce_streams(cell: nbformat.NotebookNode) -> None:
     """Merge consecutive stream outputs and keep what Jupyter displays of progress bars (their last
     state), so the committed file holds one line per bar instead of every redraw."""
@@ -624,6 +702,7 @@ def coalesce_streams(cell: nbformat.NotebookNode) -> None:
     for output in merged:
         if output.output_type == "stream":
             lines = [_overwrite_line(line) for line in output.text.replace("\r\n", "\n").split("\n")]
+            lines = _without_ci_warnings(lines)
             output.text = "\n".join(line for line in lines if line) + "\n"
             if not output.text.strip():
                 continue

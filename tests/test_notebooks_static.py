@@ -3,7 +3,9 @@
 Each notebook must open in Colab from its badge, install the kit from the one repository address
 in scripts/make_notebooks.py (in a cell CI skips), run headless from a `parameters` cell with a
 quick mode, and read as the assignment's steps: a markdown line before every code cell, no
-function, class or loop defined inline. Executing them is `pytest --nbmake notebooks/`.
+function, class or loop defined inline. They load data, make loaders and place One Cycle's peak
+with the calls `era-utils run` uses, and their committed quick-run outputs (what GitHub shows) hold
+no error, NaN or diverged loss. Executing them is `pytest --nbmake notebooks/`.
 """
 from __future__ import annotations
 
@@ -170,3 +172,71 @@ def test_quick_mode_variable_matches_root_conftest():
     conftest = (ROOT / "conftest.py").read_text()
     assert 'os.environ.setdefault("ERA_UTILS_QUICK", "1")' in conftest
     assert os.environ.get("ERA_UTILS_QUICK") in ("0", "1")  # the root conftest has set it
+
+
+def _code_text(nb: dict) -> str:
+    return "\n".join(_source(c) for c in _code_cells(nb))
+
+
+def test_loader_parameter_defaults_to_auto(notebook, monkeypatch):
+    _, nb = notebook
+    source = _python(next(c for c in _code_cells(nb) if "parameters" in _tags(c)))
+    for quick in ("0", "1"):
+        monkeypatch.setenv("ERA_UTILS_QUICK", quick)
+        params: dict = {}
+        exec(compile(source, "parameters", "exec"), params)
+        assert params.get("LOADER") == "auto", "LOADER = \"auto\" in the parameters cell, quick mode included"
+
+
+def test_data_loaders_and_schedule_are_the_runners(notebook):
+    """The notebooks make their data, loaders and One Cycle peak with the calls `era-utils run` uses."""
+    name, nb = notebook
+    text = _code_text(nb)
+    assert "load_splits(" in text and "make_loaders(" in text, f"{name}: use loaders.load_splits/make_loaders"
+    assert "loader=LOADER" in text, f"{name}: pass the LOADER parameter to make_loaders"
+    for hand_made in ("GPULoader(", "load_dataset(", ".subset(", "AlbumentationsDataset("):
+        assert hand_made not in text, f"{name}: {hand_made} by hand; load_splits/make_loaders do it"
+    if "one_cycle(" in text:
+        assert ".peak_epoch_for(EPOCHS, len(train_loader))" in text, f"{name}: One Cycle's peak from the recipe"
+        assert "PEAK_EPOCH" not in text, f"{name}: no hand-set peak epoch"
+    if "gradcam(" in text:
+        assert "item.input" not in text, f"{name}: gradcam takes get_misclassified's items as they are"
+
+
+def test_standin_verification_uses_balanced_class_pairs():
+    text = _code_text(_load("hw2p2_faces"))
+    assert "class_pairs(" in text and "np.random" not in text, "stand-in pairs come from verification.class_pairs"
+
+
+def _text_outputs(nb: dict) -> str:
+    parts = []
+    for cell in _code_cells(nb):
+        for output in cell.get("outputs", []):
+            text = output.get("text") or output.get("data", {}).get("text/plain", "")
+            parts.append("".join(text) if isinstance(text, list) else text)
+    return "\n".join(parts)
+
+
+EPOCH_LINE = re.compile(r"train loss\s+(\S+)\s+acc\s+(\S+)%\s+test loss\s+(\S+)\s+acc\s+(\S+)%")
+
+
+def test_committed_quick_run_trained_sensibly(notebook):
+    """The committed outputs are what GitHub shows: no NaN, no diverged loss, no collapsed scores."""
+    name, nb = notebook
+    text = _text_outputs(nb)
+    assert not re.search(r"\b(nan|inf)\b", text, re.IGNORECASE), f"{name}: NaN or inf in the committed outputs"
+    epochs = EPOCH_LINE.findall(text)
+    assert epochs, f"{name}: no epoch line (train loss ... test loss ...) in the committed outputs"
+    for train_loss, _, test_loss, _ in epochs:
+        # chance on 10 classes is ln(10) = 2.3; a diverged run shows 10 .. 1e6
+        assert float(train_loss) < 5 and float(test_loss) < 5, f"{name}: diverged loss in {epochs}"
+    if name == "hw2p2_faces":
+        auc = re.search(r"auc=([\d.]+)", text)
+        assert auc and float(auc.group(1)) > 0.55, f"{name}: verification AUC near chance: {auc}"
+        scores = re.findall(r"'\S+ \S+,([\d.]+)'", text)
+        assert len(set(scores)) > 1, f"{name}: every pair has the same similarity: {scores}"
+
+
+def test_committed_outputs_hold_no_ci_only_warnings(notebook):
+    name, nb = notebook
+    assert "IProgress not found" not in _text_outputs(nb), f"{name}: regenerate with --execute (drops it)"
