@@ -1,7 +1,7 @@
 """One assignment run, end to end: data, figures, LR range test, training, analysis, results files.
 
-`era-utils run` and the notebooks' last cell call `run_recipe`; each step is also a public call
-in its own module, so a notebook can walk the same path one cell at a time.
+`era-utils run` calls `run_recipe`; each step is also a public call, and the notebooks walk the
+same path one cell at a time.
 """
 from __future__ import annotations
 
@@ -17,22 +17,21 @@ import torch
 
 from era_utils import analysis, gradcam, plots
 from era_utils.data import dataset_stats
-from era_utils.engine import cosine_warm_restarts, fit, make_optimizer, one_cycle
+from era_utils.engine import cosine_warm_restarts, fit, make_criterion, make_optimizer, one_cycle
 from era_utils.gpu_loader import GPULoader
+from era_utils.loaders import LOADERS, load_splits, make_loaders
 from era_utils.lr_finder import find_lr
 from era_utils.models import create_model, model_info
-from era_utils.loaders import LOADERS, load_splits, make_loaders
 from era_utils.recipes import Recipe
 from era_utils.summary import summary
 from era_utils.transforms import hw2p2_train_transform
 from era_utils.utils import device_name, get_device, set_seed
 
+
 def _save(fig, out: Path, name: str, files: list[str]) -> None:
+    """Write one figure (a plain Figure, not held by pyplot: nothing to close) and list it."""
     plots.save_figure(fig, out / name)
     files.append(name)
-    import matplotlib.pyplot as plt  # figures made with plt.subplots must be closed to free memory
-
-    plt.close(fig)
 
 
 def run_recipe(
@@ -116,8 +115,6 @@ def run_recipe(
     say(f"  model: {recipe.model} ({info.family}), {params:,} parameters; loader: {loader_used}; device: {dev}")
 
     # -- LR range test (S10), then the optimiser and schedule -------------------------------------
-    from era_utils.schedules import make_criterion
-
     criterion = make_criterion(recipe.label_smoothing)
     epochs = recipe.epochs
     steps = len(train_loader)
@@ -130,11 +127,11 @@ def run_recipe(
         optimizer = make_optimizer(recipe.optimizer, model.parameters(), lr=recipe.lr_finder_start,
                                    momentum=recipe.momentum, nesterov=recipe.nesterov,
                                    weight_decay=recipe.weight_decay)
+        # A small subset has few batches: the test may cycle the loader, up to 3 passes.
         num_iter = min(recipe.lr_finder_iters, max(10, steps * 3))
         result = find_lr(model, optimizer, criterion, train_loader, start_lr=recipe.lr_finder_start,
                          end_lr=recipe.lr_finder_end, num_iter=num_iter, device=dev,
-                         amp=amp, method=recipe.lr_finder_method,
-                         verbose=verbose)
+                         amp=amp, method=recipe.lr_finder_method, verbose=verbose)
         max_lr = float(result.suggestion)
         lr_finder_info = {"suggestion": max_lr, "method": recipe.lr_finder_method, "num_iter": num_iter,
                           "start_lr": recipe.lr_finder_start, "end_lr": recipe.lr_finder_end}
@@ -208,8 +205,7 @@ def run_recipe(
         "python": sys.version.split()[0],
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": command,
-        "recipe_settings": {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v)
-                            for k, v in recipe.__dict__.items()},
+        "recipe_settings": asdict(recipe),
         "files": files + ["metrics.json"],
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
