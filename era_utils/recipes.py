@@ -114,6 +114,11 @@ RECIPES: dict[str, Recipe] = {
             lr_finder_start=1e-6,
             lr_finder_end=1.0,
             lr_finder_iters=100,
+            # A tenth of the LR at the smoothed loss's minimum. Measured here (Fashion-MNIST, 5,000
+            # images, 3 epochs, CPU): valley suggested 4.5e-5 -> 24.8% test accuracy; this rule
+            # 3.3e-4 -> 62.3%; the minimum itself 3.3e-3 -> 72.9%. Valley sat far down the early
+            # fall that is the model learning, not the LR's effect.
+            lr_finder_method="minimum",
             augment=S10_AUGMENT,  # RandomCrop 32 after pad 4 -> FlipLR -> CutOut 8x8 (mean fill)
             target_accuracy=90.0,
         ),
