@@ -7,14 +7,15 @@ a torch DataLoader or `era_utils.gpu_loader.GPULoader`.
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+from era_utils.utils import eval_mode
 
 __all__ = [
     "Misclassified",
@@ -29,19 +30,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put `model` in eval mode for the block, then restore every submodule's own train/eval flag."""
-    # Per-module, not just model.training: a student may have frozen some BatchNorms in eval mode.
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def model_device(model: nn.Module) -> torch.device:

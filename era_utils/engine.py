@@ -40,7 +40,7 @@ from era_utils.schedules import (
     make_optimizer,
     one_cycle,
 )
-from era_utils.utils import get_device
+from era_utils.utils import eval_mode, get_device, keep_modes
 
 __all__ = [
     "AMP_MODES",
@@ -326,16 +326,6 @@ def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) 
     return images
 
 
-def _training_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    """Every submodule's train/eval flag, so it can be put back exactly (e.g. a frozen BN)."""
-    return [(m, m.training) for m in model.modules()]
-
-
-def _restore_modes(modes: list[tuple[nn.Module, bool]]) -> None:
-    for module, training in modes:
-        module.training = training
-
-
 def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:
     return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
@@ -441,30 +431,25 @@ def evaluate(
     """
     device = _model_device(model) if device is None else torch.device(device)
     criterion = nn.CrossEntropyLoss() if criterion is None else criterion
-    modes = _training_modes(model)
-    model.eval()
     num_outputs = 0
-    try:
-        with torch.inference_mode():
-            run = _Running(device)
-            with _progress(loader, "evaluate", verbose) as bar:
-                for step, batch in enumerate(bar):
-                    images, labels = _unpack_batch(batch, step)
-                    images = _to_device(images, device, channels_last)
-                    labels = labels.to(device, dtype=torch.long, non_blocking=True)
-                    with _autocast(device, amp_dtype):
-                        logits = model(images)  # (B, num_classes)
-                        if step == 0:
-                            num_outputs = _num_outputs(logits, labels)
-                            _check_label_range(labels, num_outputs, "batch 1 of the evaluation loader")
-                        loss = _loss(criterion, logits, labels, num_outputs,
-                                     f"batch {step + 1} of the evaluation loader")
-                    run.update(loss, logits, labels)
-            if run.seen == 0:
-                raise ValueError("The evaluation loader yielded no batches.")
-            vals = run.read()
-    finally:
-        _restore_modes(modes)
+    with eval_mode(model), torch.inference_mode():
+        run = _Running(device)
+        with _progress(loader, "evaluate", verbose) as bar:
+            for step, batch in enumerate(bar):
+                images, labels = _unpack_batch(batch, step)
+                images = _to_device(images, device, channels_last)
+                labels = labels.to(device, dtype=torch.long, non_blocking=True)
+                with _autocast(device, amp_dtype):
+                    logits = model(images)  # (B, num_classes)
+                    if step == 0:
+                        num_outputs = _num_outputs(logits, labels)
+                        _check_label_range(labels, num_outputs, "batch 1 of the evaluation loader")
+                    loss = _loss(criterion, logits, labels, num_outputs,
+                                 f"batch {step + 1} of the evaluation loader")
+                run.update(loss, logits, labels)
+        if run.seen == 0:
+            raise ValueError("The evaluation loader yielded no batches.")
+        vals = run.read()
     _check_read(vals, num_outputs, "the evaluation loader")
     return vals["loss"], vals["acc"]
 
@@ -579,8 +564,7 @@ def fit(
     else:
         run_model = model
 
-    modes = _training_modes(model)
-    try:
+    with keep_modes(model):
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
             loss, acc, lrs = train_one_epoch(
@@ -605,6 +589,4 @@ def fit(
                 save_checkpoint(checkpoint_path, model, optimizer, scheduler=scheduler,
                                 scaler=scaler, epoch=epoch + 1, history=history,
                                 loader=train_loader)
-    finally:
-        _restore_modes(modes)
     return history

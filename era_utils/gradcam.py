@@ -24,7 +24,8 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from era_utils.analysis import eval_mode, model_device
+from era_utils.analysis import model_device
+from era_utils.utils import eval_mode
 
 __all__ = [
     "MIN_CAM_SIZE",

@@ -37,12 +37,10 @@ from era_utils.engine import (
     _len_or_none,
     _loss,
     _num_outputs,
-    _restore_modes,
-    _training_modes,
     _unpack_batch,
     resolve_amp,
 )
-from era_utils.utils import get_device
+from era_utils.utils import get_device, keep_modes
 
 __all__ = ["LRFinderResult", "find_lr", "smooth_losses", "suggest_lr", "SUGGESTION_METHODS"]
 
@@ -264,14 +262,13 @@ def find_lr(
     device = get_device(device)
 
     watched = _WatchedLoss(criterion)
-    modes = _training_modes(model)
     finder = LRFinder(model, optimizer, watched, device=device, **_finder_amp(device, amp))
     try:
         # The library prints "Stopping early..." and a hint naming a variable the caller does not
         # have; the summary below says the same things.
         # verbose=False: the library's own progress bar too (it has no switch for it).
         quiet_bar = mock.patch.object(_lr_finder_lib, "tqdm", functools.partial(tqdm, disable=not verbose))
-        with contextlib.redirect_stdout(io.StringIO()), quiet_bar:
+        with contextlib.redirect_stdout(io.StringIO()), quiet_bar, keep_modes(model):
             finder.range_test(
                 _Batches(loader, num_iter), start_lr=start_lr, end_lr=end_lr, num_iter=num_iter,
                 step_mode=step_mode, smooth_f=smooth_f, diverge_th=diverge_th,
@@ -281,7 +278,6 @@ def find_lr(
     finally:
         finder.reset()  # weights, BN statistics, optimizer state and LR
         optimizer.zero_grad(set_to_none=True)
-        _restore_modes(modes)
 
     lrs = [float(lr) for lr in finder.history["lr"]]
     raw = watched.losses[: len(lrs)]

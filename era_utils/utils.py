@@ -1,10 +1,12 @@
 """Device selection and seeding: the two calls every notebook makes before anything else."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -53,3 +55,25 @@ def device_name(device: str | torch.device | None = None) -> str:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{model} ({cores} cores available, cpu)"
+
+
+@contextlib.contextmanager
+def keep_modes(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Restore every submodule's own train/eval flag when the block ends (errors too).
+
+    Per module, not just model.training: a student may have frozen some BatchNorms in eval mode.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """`model.eval()` for the block, then every submodule's flag as it was (see keep_modes)."""
+    with keep_modes(model):
+        model.eval()
+        yield model

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from era_utils.data import ImageFiles
 from era_utils.engine import resolve_amp
-from era_utils.utils import get_device
+from era_utils.utils import eval_mode, get_device
 
 __all__ = [
     "class_pairs",
@@ -133,25 +133,19 @@ def embed(
     device = get_device(device)
     embed_fn = _embedding_fn(model)
     model.to(device)
-    # Every module's own flag, so a model with, say, frozen BatchNorm layers gets them back as they were.
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
     chunks: list[torch.Tensor] = []
-    try:
-        with torch.inference_mode(), _autocast(device, amp):
-            # iter() first: tqdm.auto would otherwise call iter(loader) twice (tqdm issue #1598).
-            total = len(loader) if hasattr(loader, "__len__") else None
-            for batch in tqdm(iter(loader), total=total, desc="embed", disable=not progress, leave=False):
-                images = _images_of(batch).to(device, non_blocking=True)  # (B, C, H, W)
-                features = embed_fn(images)  # (B, D), bf16/fp16 under autocast
-                # Normalise in float32: bf16 norms are only good to ~3 significant digits.
-                features = features.float()
-                if normalize:
-                    features = F.normalize(features, dim=1)
-                chunks.append(features.cpu())
-    finally:
-        for module, training in modes:
-            module.training = training
+    # eval_mode gives every module its own flag back (e.g. frozen BatchNorm layers).
+    with eval_mode(model), torch.inference_mode(), _autocast(device, amp):
+        # iter() first: tqdm.auto would otherwise call iter(loader) twice (tqdm issue #1598).
+        total = len(loader) if hasattr(loader, "__len__") else None
+        for batch in tqdm(iter(loader), total=total, desc="embed", disable=not progress, leave=False):
+            images = _images_of(batch).to(device, non_blocking=True)  # (B, C, H, W)
+            features = embed_fn(images)  # (B, D), bf16/fp16 under autocast
+            # Normalise in float32: bf16 norms are only good to ~3 significant digits.
+            features = features.float()
+            if normalize:
+                features = F.normalize(features, dim=1)
+            chunks.append(features.cpu())
     if not chunks:
         raise ValueError("the loader yielded no batches: nothing to embed")
     return torch.cat(chunks)
