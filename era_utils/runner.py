@@ -118,6 +118,11 @@ def run_recipe(
     criterion = make_criterion(recipe.label_smoothing)
     epochs = recipe.epochs
     steps = len(train_loader)
+    if recipe.schedule == "one_cycle" and epochs * steps < 3:  # say so before the LR range test runs
+        raise ValueError(
+            f"recipe {recipe.name!r}: One Cycle needs at least 3 optimizer steps, but {len(train)} "
+            f"training images at batch {recipe.batch_size} give {steps} step(s) per epoch x {epochs} "
+            "epoch(s): use more images (--subset), more --epochs or a smaller --batch-size.")
     run_state_path = out / "run_state.json"
     max_lr = recipe.lr
     lr_finder_info = None

@@ -127,16 +127,23 @@ def one_cycle(
         raise ValueError(
             f"steps_per_epoch must be a positive int (use len(train_loader)), got {steps_per_epoch!r}."
         )
+    total_steps = epochs * steps_per_epoch
+    if total_steps < 3:
+        raise ValueError(
+            f"One Cycle needs at least 3 optimizer steps (2 warm-up, 1 after the peak), but "
+            f"{epochs} epoch(s) x {steps_per_epoch} step(s) per epoch = {total_steps}: train for more "
+            "epochs, on more images, or with a smaller batch size."
+        )
     if not 0 < peak_epoch < epochs:
         raise ValueError(
-            f"peak_epoch must be between 1 and epochs - 1 = {epochs - 1}, got {peak_epoch}."
+            f"peak_epoch must lie strictly between 0 and epochs = {epochs} (a fraction is allowed "
+            f"for short runs), got {peak_epoch}."
         )
     if div_factor < 1 or final_div_factor < 1:
         raise ValueError(
             f"div_factor and final_div_factor must be >= 1 (got {div_factor}, {final_div_factor}): "
             "they divide max_lr to give the starting and final LRs."
         )
-    total_steps = epochs * steps_per_epoch
     peak_steps = int(round(peak_epoch * steps_per_epoch))  # steps up to and including the peak
     if not 2 <= peak_steps < total_steps:
         raise ValueError(

@@ -71,6 +71,17 @@ def test_missing_data_folder_is_a_message_not_a_trace(tmp_path, capsys):
 
 
 @needs_fmnist
+def test_too_few_steps_for_one_cycle_is_said_before_any_work(tmp_path, capsys):
+    out = tmp_path / "tiny"
+    code = main(["run", "s10", "--dataset", "fashion_mnist", "--subset", "500", "--epochs", "1",
+                 "--device", "cpu", "--out", str(out), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "500 training images at batch 512 give 1 step(s) per epoch x 1 epoch(s)" in err
+    assert not (out / "lr_finder.png").exists()  # refused before the LR range test ran
+
+
+@needs_fmnist
 def test_s10_run_writes_every_file_and_resumes(tmp_path):
     out = tmp_path / "s10"
     argv = ["run", "s10", "--dataset", "fashion_mnist", "--epochs", "2", "--subset", "256",

@@ -62,7 +62,9 @@ def test_one_cycle_rejects_bad_arguments():
     with pytest.raises(ValueError, match="steps_per_epoch"):
         one_cycle(opt, 0.1, epochs=5, steps_per_epoch=0)
     with pytest.raises(ValueError, match="1 step after the peak"):
-        one_cycle(opt, 0.1, epochs=2, steps_per_epoch=1, peak_epoch=1.5)  # rounds onto the last step
+        one_cycle(opt, 0.1, epochs=3, steps_per_epoch=1, peak_epoch=2.6)  # rounds onto the last step
+    with pytest.raises(ValueError, match="at least 3 optimizer steps.*1 epoch\\(s\\) x 2 step"):
+        one_cycle(opt, 0.1, epochs=1, steps_per_epoch=2, peak_epoch=0.5)
     with pytest.raises(ValueError, match="2 warm-up steps"):
         one_cycle(opt, 0.1, epochs=3, steps_per_epoch=1, peak_epoch=1)
 
