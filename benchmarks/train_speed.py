@@ -7,9 +7,10 @@ speed does not depend on the pixels) through the kit's own `era_utils.engine.fit
              eager, NCHW, cudnn.benchmark off (torch's defaults; note cuDNN still runs fp32
              convolutions as TF32 on Ampere/Hopper unless torch.backends.cudnn.allow_tf32 is off)
     fast     era_utils.gpu_loader.GPULoader (dataset on the device, augmentation as batched tensor
-             ops), amp="auto" (bf16 autocast; fp16 + GradScaler on GPUs without bf16; off on the
-             CPU), channels_last (CUDA), torch.compile, cudnn.benchmark on; the engine reads the
-             device only every `sync_every` steps, never per step
+             ops, short last batch dropped), amp="auto" (bf16 autocast; fp16 + GradScaler on GPUs
+             without bf16; off on the CPU), channels_last (CUDA), torch.compile, fused optimizer
+             (CUDA), cudnn.benchmark on; the engine reads the device only every `sync_every`
+             steps, never per step: what `era-utils run` does on a GPU
 
 for the S10 recipe (custom_resnet, batch 512, Adam + One Cycle, S10 augmentation) and the S7 recipe
 (resnet18, batch 128, SGD + One Cycle, S7 augmentation), with the recipes' numbers read from
@@ -327,6 +328,7 @@ def run_path(model_name: str, path: str, images: np.ndarray, labels: np.ndarray,
     mean, std = CIFAR10_MEAN, CIFAR10_STD
     set_seed(seed)
     fast = path == "fast"
+    drop_last = drop_last and len(images) >= recipe.batch_size  # a tiny smoke run has no full batch
     amp_mode = amp if fast else "off"
     amp_dtype, _ = resolve_amp(device, amp_mode)
     channels_last = fast and device.type == "cuda"  # what fit's channels_last="auto" picks
@@ -357,8 +359,10 @@ def run_path(model_name: str, path: str, images: np.ndarray, labels: np.ndarray,
               f"cudnn.benchmark {'on' if torch.backends.cudnn.benchmark else 'off'}")
 
     model = create_model(recipe.model).to(device)
+    # Fast: fused optimizer kernels on CUDA (make_optimizer's default there); classic: torch's default.
     optimizer = make_optimizer(recipe.optimizer, model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                               nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+                               nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
+                               fused=None if fast else False)
     total = warmup_epochs + epochs
     steps = len(train_loader)
     try:
@@ -379,14 +383,12 @@ def run_path(model_name: str, path: str, images: np.ndarray, labels: np.ndarray,
               train_flops, host_syncs=syncs["count"])
 
     if evaluate_test:
-        # The same call fit makes per epoch; a separately compiled wrapper (eval mode is another graph).
-        eval_model = torch.compile(model, mode=use_compile if isinstance(use_compile, str) else None) \
-            if use_compile else model
+        # The same call fit makes per epoch: eager (fit compiles only the training pass).
         seconds = []
-        for _ in range(2):  # warm-up pass (compilation, workers), then the timed pass
+        for _ in range(2):  # warm-up pass (cuDNN autotuning, workers), then the timed pass
             sync(device)
             start = time.perf_counter()
-            evaluate(eval_model, test_loader, criterion, device, amp_dtype=amp_dtype, channels_last=channels_last)
+            evaluate(model, test_loader, criterion, device, amp_dtype=amp_dtype, channels_last=channels_last)
             sync(device)
             seconds.append(time.perf_counter() - start)
         row.eval_warmup_seconds, row.eval_seconds = seconds
@@ -640,8 +642,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode for the fast path, e.g. max-autotune")
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="fast path's amp")
     parser.add_argument("--num-workers", type=int, default=2, help="classic path's DataLoader workers (Colab: 2)")
-    parser.add_argument("--drop-last", action="store_true",
-                        help="fast path drops the last partial batch (one batch shape: one compiled graph)")
+    parser.add_argument("--keep-last", action="store_true",
+                        help="fast path keeps the short last batch (by default it drops it, as `era-utils run` "
+                             "does on CUDA: one batch shape, one compiled graph)")
     parser.add_argument("--no-eval", action="store_true", help="skip timing evaluation on the test set")
     parser.add_argument("--count-syncs", action="store_true",
                         help="count synchronising CUDA calls during fit (torch.cuda sync debug mode)")
@@ -767,7 +770,7 @@ def main(argv: list[str] | None = None) -> str:
             try:
                 row = run_path(name, path, images, labels, test_images, test_labels, device, epochs=epochs,
                                warmup_epochs=args.warmup_epochs, compile=compile_setting, amp=args.amp,
-                               num_workers=args.num_workers, drop_last=args.drop_last,
+                               num_workers=args.num_workers, drop_last=not args.keep_last,
                                evaluate_test=not args.no_eval, count_syncs=args.count_syncs,
                                train_flops=train_flops[name])
                 say(f"  {row.seconds_per_epoch:.3f} s/epoch, {row.images_per_second:,.0f} images/s, "

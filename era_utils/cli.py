@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="gpu: data on the device, batched augmentation; albumentations: per image "
                      "on CPU workers; auto: gpu (default)")
     run.add_argument("--classic", action="store_true",
-                     help="turn the fast path off: albumentations DataLoader, fp32, eager")
+                     help="turn the fast path off: albumentations DataLoader, fp32, eager (the fast path: data on the "
+                     "device, bf16/fp16, channels_last, torch.compile and fused optimizer on CUDA)")
     run.add_argument("--amp", choices=AMP_MODES,
                      help="mixed precision: auto (bf16/fp16 on CUDA, off elsewhere; the default), "
                      "bf16 (also fast on CPUs with native bf16), fp16, off")
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
     run.add_argument("--seed", type=int, help="override the recipe's seed")
     run.add_argument("--out", help="output folder (default: runs/RECIPE)")
-    run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (written at most once a minute, and at the end)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 

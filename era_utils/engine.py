@@ -15,6 +15,7 @@ Optimisers, the loss and the LR schedules live in `era_utils.schedules`, checkpo
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import time
@@ -46,6 +47,7 @@ __all__ = [
     "AMP_MODES",
     "History",
     "resolve_amp",
+    "resolve_compile",
     "train_one_epoch",
     "evaluate",
     "fit",
@@ -80,6 +82,7 @@ class History:
     test_acc: list[float] = field(default_factory=list)  # %, per epoch
     lrs: list[float] = field(default_factory=list)  # LR of param group 0 used at each optimizer step
     epoch_times: list[float] = field(default_factory=list)  # s, wall time of train + evaluate
+    train_times: list[float] = field(default_factory=list)  # s, the training pass alone (ends on a device read)
 
     @property
     def epochs(self) -> int:
@@ -150,6 +153,19 @@ def resolve_amp(device: str | torch.device, amp: str = "auto") -> tuple[torch.dt
             "amp='bf16' or amp='off'."
         )
     return torch.float16, _grad_scaler("cuda")
+
+
+def resolve_compile(device: str | torch.device, compile: bool | str = "auto") -> bool | str:
+    """Turn compile="auto"|True|False|mode into what fit passes on: False or True/a torch.compile mode.
+
+    "auto": on for CUDA when Triton (inductor's GPU code generator) is installed, off elsewhere:
+    on the CPU inductor needs a C++ compiler and gains little for these convolution-bound nets.
+    """
+    if compile == "auto":
+        return torch.device(device).type == "cuda" and importlib.util.find_spec("triton") is not None
+    if isinstance(compile, (bool, str)):
+        return compile
+    raise ValueError(f"compile must be True, False, 'auto' or a torch.compile mode, got {compile!r}.")
 
 
 # ----------------------------------------------------------------------------- batch checks
@@ -503,8 +519,9 @@ def fit(
     device: str | torch.device | None = None,
     amp: str = "auto",
     channels_last: bool | str = "auto",
-    compile: bool | str = False,
+    compile: bool | str = "auto",
     checkpoint_path: str | os.PathLike | None = None,
+    checkpoint_interval: float = 0.0,
     resume: bool = False,
     verbose: bool = True,
     sync_every: int = DEFAULT_SYNC_EVERY,
@@ -515,11 +532,17 @@ def fit(
       steps_per_epoch=len(train_loader)); ReduceLROnPlateau is refused.
     - `amp`: "auto" (bf16/fp16 on CUDA, off elsewhere) | "bf16" | "fp16" | "off".
     - `channels_last`: "auto" = on for CUDA; converts the model and the inputs.
-    - `compile`: True or a torch.compile mode ("max-autotune"); checkpoints hold the plain model.
-    - `checkpoint_path`: written atomically after every epoch (model, optimizer, scheduler,
-      scaler, History, RNG states). With `resume=True` and an existing file, training continues
-      from it (the scheduler must be passed again, built the same way); a resumed run repeats an
-      unbroken one on the same seed.
+    - `compile`: "auto" = torch.compile on CUDA (when Triton is installed), True, False, or a
+      torch.compile mode ("max-autotune"). Only the training pass is compiled: evaluation runs
+      the same weights eagerly (a compiled eval graph would cost more compile time than it saves
+      on a test set), and checkpoints hold the plain model. Give the training loader
+      drop_last=True (GPULoader) so a short last batch does not trigger a second compilation.
+    - `checkpoint_path`: written atomically after an epoch (model, optimizer, scheduler, scaler,
+      History, RNG states) once `checkpoint_interval` seconds have passed since the last write
+      (0: after every epoch; the last epoch is always written). With `resume=True` and an
+      existing file, training continues from it (the scheduler must be passed again, built the
+      same way); a resumed run repeats an unbroken one on the same seed.
+    - `history.epoch_times` is each epoch's wall time, `history.train_times` its training pass.
     Prints progress bars and one summary line per epoch unless verbose=False. The model's
     train/eval flags are put back at the end.
     """
@@ -529,6 +552,7 @@ def fit(
     _check_scheduler(scheduler, optimizer, epochs, train_loader)
     criterion = nn.CrossEntropyLoss() if criterion is None else criterion
     amp_dtype, scaler = resolve_amp(device, amp)
+    use_compile = resolve_compile(device, compile)
     if channels_last == "auto":
         use_cl = device.type == "cuda"
     elif isinstance(channels_last, bool):
@@ -559,24 +583,28 @@ def fit(
     elif resume and verbose and checkpoint_path is not None:
         tqdm.write(f"No checkpoint at {checkpoint_path} yet: starting from epoch 1.")
 
-    if compile:
-        run_model = torch.compile(model, mode=compile if isinstance(compile, str) else None)
+    if use_compile:
+        train_model = torch.compile(model, mode=use_compile if isinstance(use_compile, str) else None)
+        if verbose and start < epochs:
+            tqdm.write("torch.compile: the first epoch includes compiling the model (tens of seconds).")
     else:
-        run_model = model
+        train_model = model
 
+    last_write = time.perf_counter()
     with keep_modes(model):
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
             loss, acc, lrs = train_one_epoch(
-                run_model, train_loader, optimizer, criterion, device, scheduler=scheduler,
+                train_model, train_loader, optimizer, criterion, device, scheduler=scheduler,
                 scaler=scaler, amp_dtype=amp_dtype, channels_last=use_cl, epoch=epoch,
                 verbose=verbose, sync_every=sync_every,
             )
+            history.train_times.append(time.perf_counter() - t0)  # ends on a device read: all work done
             history.train_loss.append(loss)
             history.train_acc.append(acc)
             history.lrs.extend(lrs)
             if test_loader is not None:
-                test_loss, test_acc = evaluate(run_model, test_loader, criterion, device,
+                test_loss, test_acc = evaluate(model, test_loader, criterion, device,
                                                amp_dtype=amp_dtype, channels_last=use_cl,
                                                verbose=verbose)
                 history.test_loss.append(test_loss)
@@ -585,8 +613,10 @@ def fit(
             history.epoch_times.append(seconds)
             if verbose:
                 tqdm.write(_summary(epoch, epochs, history, seconds))
-            if checkpoint_path is not None:
+            if checkpoint_path is not None and (
+                    epoch == epochs - 1 or time.perf_counter() - last_write >= checkpoint_interval):
                 save_checkpoint(checkpoint_path, model, optimizer, scheduler=scheduler,
                                 scaler=scaler, epoch=epoch + 1, history=history,
                                 loader=train_loader)
+                last_write = time.perf_counter()
     return history

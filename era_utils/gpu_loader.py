@@ -57,6 +57,9 @@ class GPULoader:
         spec.check_image_size(height, width)
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if drop_last and n < batch_size:
+            raise ValueError(f"drop_last=True with {n} images and batch_size {batch_size} leaves no batch at "
+                             "all: use drop_last=False or a smaller batch size")
         if storage_dtype not in _STORAGE_DTYPES:
             raise ValueError(f"storage_dtype must be one of {_STORAGE_DTYPES}, got {storage_dtype}")
         if not dtype.is_floating_point:

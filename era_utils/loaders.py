@@ -56,6 +56,7 @@ def make_loaders(
     seed: Optional[int] = None,
     num_workers: int = 2,
     channels_last: bool = False,
+    drop_last: bool = False,
 ) -> tuple[Union[GPULoader, torch.utils.data.DataLoader], Union[GPULoader, torch.utils.data.DataLoader]]:
     """(train_loader, test_loader), both yielding (images, labels).
 
@@ -63,7 +64,9 @@ def make_loaders(
     `hw2p2_train_transform(...)` (rotation and colour jitter: CPU workers only).
     `loader`: "gpu" keeps the data on `device` and augments whole batches there; "albumentations"
     augments per image in `num_workers` DataLoader workers; "auto" is gpu for an AugmentSpec.
-    The test loader only normalises and keeps the dataset's order.
+    The test loader only normalises and keeps the dataset's order. `drop_last` drops the training
+    loader's short last batch (every epoch sees another random one left out): a compiled model
+    then meets one batch shape only.
     """
     if loader not in LOADERS:
         raise ValueError(f"loader must be one of {LOADERS}, got {loader!r}")
@@ -80,10 +83,12 @@ def make_loaders(
         # channels_last batches match fit()'s channels_last model on CUDA: no per-step layout copies.
         kw = dict(mean=mean, std=std, device=device, classes=classes, channels_last=channels_last)
         return (
-            GPULoader(train.images, train.labels, batch_size, spec=augment, shuffle=True, seed=seed, **kw),
+            GPULoader(train.images, train.labels, batch_size, spec=augment, shuffle=True, seed=seed,
+                      drop_last=drop_last, **kw),
             GPULoader(test.images, test.labels, batch_size, spec=NO_AUGMENT, shuffle=False, **kw),
         )
     return (
-        make_loader(train, augment, mean, std, batch_size, shuffle=True, num_workers=num_workers, seed=seed),
+        make_loader(train, augment, mean, std, batch_size, shuffle=True, num_workers=num_workers, seed=seed,
+                    drop_last=drop_last),
         make_loader(test, NO_AUGMENT, mean, std, batch_size, shuffle=False, num_workers=num_workers),
     )

@@ -36,22 +36,37 @@ def make_optimizer(
     momentum: float = 0.9,
     nesterov: bool = False,
     weight_decay: float = 0.0,
+    fused: bool | None = None,
 ) -> torch.optim.Optimizer:
     """Build "adam" (S10) or "sgd" (HW2P2: momentum, optional Nesterov, weight decay).
 
     `momentum` and `nesterov` only apply to SGD; `weight_decay` is L2 added to the gradient
-    (torch's classic form) for both.
+    (torch's classic form) for both. `fused=None` (auto) uses torch's fused kernels (one launch
+    updates every parameter) when all parameters already live on a CUDA GPU, so move the model
+    to the GPU first; elsewhere torch's default implementation.
     """
     key = name.lower()
+    if key not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}.")
+    # May be generators: read twice below. A group's "params" becomes a list as torch would make it.
+    params = [dict(p, params=[p["params"]] if isinstance(p["params"], torch.Tensor) else list(p["params"]))
+              if isinstance(p, dict) else p for p in params]
+    if fused is None:
+        fused = _all_on_cuda(params)
+    extra = {"fused": True} if fused else {}
     if key == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if key == "sgd":
-        if nesterov and momentum <= 0:
-            raise ValueError(f"Nesterov SGD needs momentum > 0, got momentum={momentum}.")
-        return torch.optim.SGD(
-            params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
-        )
-    raise ValueError(f"Unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}.")
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **extra)
+    if nesterov and momentum <= 0:
+        raise ValueError(f"Nesterov SGD needs momentum > 0, got momentum={momentum}.")
+    return torch.optim.SGD(
+        params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, **extra
+    )
+
+
+def _all_on_cuda(params: list) -> bool:
+    """True when every parameter (tensors, or param-group dicts with a list of them) is a CUDA float tensor."""
+    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+    return bool(tensors) and all(t.is_cuda and t.is_floating_point() for t in tensors)
 
 
 def make_criterion(label_smoothing: float = 0.0) -> nn.CrossEntropyLoss:

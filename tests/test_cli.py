@@ -98,6 +98,7 @@ def test_s10_run_writes_every_file_and_resumes(tmp_path):
     assert metrics["max_lr"] == metrics["lr_finder"]["suggestion"] > 0
     assert "--subset 256" in metrics["command"]
     assert 0 <= metrics["final_test_acc"] <= 100
+    assert 0 < metrics["train_pass_seconds"] <= metrics["train_seconds"]
     history = json.loads((out / "history.json").read_text())
     assert len(history["test_acc"]) == 2 and len(history["lrs"]) == 2 * 4  # 256 / 64 steps per epoch
     # One Cycle's peak is the run's highest LR and equals the LR finder's suggestion.

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from era_utils import engine
 from era_utils.checkpoint import load_checkpoint, save_checkpoint
 from era_utils.engine import (
     History,
@@ -17,6 +18,7 @@ from era_utils.engine import (
     make_optimizer,
     one_cycle,
     resolve_amp,
+    resolve_compile,
     train_one_epoch,
 )
 
@@ -251,6 +253,82 @@ def test_resolve_amp():
         resolve_amp("cpu", "fp16")
     with pytest.raises(ValueError, match="auto"):
         resolve_amp("cpu", "half")
+
+
+def test_resolve_compile(monkeypatch):
+    assert resolve_compile("cpu", "auto") is False  # inductor on the CPU: off unless asked for
+    assert resolve_compile("cpu", True) is True and resolve_compile("cuda", False) is False
+    assert resolve_compile("cuda", "max-autotune") == "max-autotune"
+    monkeypatch.setattr(engine.importlib.util, "find_spec", lambda name: object())
+    assert resolve_compile("cuda", "auto") is True
+    monkeypatch.setattr(engine.importlib.util, "find_spec", lambda name: None)  # no Triton (Windows)
+    assert resolve_compile("cuda", "auto") is False
+    with pytest.raises(ValueError, match="'auto'"):
+        resolve_compile("cuda", 1)
+
+
+class _CountingWrapper(nn.Module):
+    """Stands in for torch.compile's wrapper: counts calls, and in which mode they came."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.calls = model, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(self.model.training)
+        return self.model(x)
+
+
+def test_fit_compiles_only_the_training_pass(monkeypatch):
+    wrappers = []
+
+    def fake_compile(model, mode=None):
+        wrappers.append(_CountingWrapper(model))
+        return wrappers[-1]
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    torch.manual_seed(0)
+    data = tiny_data(n=32)
+    model = tiny_model()
+    opt = make_optimizer("adam", model.parameters(), lr=1e-3)
+    history = fit(model, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8), opt, 2,
+                  device="cpu", compile=True, verbose=False)
+    assert len(wrappers) == 1 and wrappers[0].calls == [True] * 8  # 2 epochs x 4 training steps
+    assert len(history.test_acc) == 2  # evaluated, eagerly: the wrapper saw no eval-mode call
+
+
+def test_fit_times_the_training_pass_apart(monkeypatch):
+    data = tiny_data(n=32)
+    model = tiny_model()
+    opt = make_optimizer("adam", model.parameters(), lr=1e-3)
+    history = fit(model, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8), opt, 3,
+                  device="cpu", verbose=False)
+    assert len(history.train_times) == len(history.epoch_times) == 3
+    assert all(0 < t <= e for t, e in zip(history.train_times, history.epoch_times))
+
+
+@pytest.mark.parametrize("interval, written", [(0.0, [1, 2, 3]), (1e9, [3])])
+def test_checkpoint_interval_spaces_writes_but_keeps_the_last(monkeypatch, tmp_path, interval, written):
+    epochs_saved = []
+    monkeypatch.setattr(engine, "save_checkpoint", lambda path, *a, epoch, **k: epochs_saved.append(epoch))
+    data = tiny_data(n=16)
+    model = tiny_model()
+    opt = make_optimizer("adam", model.parameters(), lr=1e-3)
+    fit(model, DataLoader(data, batch_size=8), None, opt, 3, device="cpu", verbose=False,
+        checkpoint_path=tmp_path / "c.pt", checkpoint_interval=interval)
+    assert epochs_saved == written
+
+
+def test_make_optimizer_reads_generators_and_groups_once():
+    model = tiny_model()
+    adam = make_optimizer("adam", model.parameters(), 1e-3)  # a generator
+    assert sum(len(g["params"]) for g in adam.param_groups) == len(list(model.parameters()))
+    assert not adam.defaults.get("fused")  # CPU parameters: torch's default implementation
+    groups = [{"params": (p for p in model[1].parameters()), "lr": 0.1},
+              {"params": next(model[-1].parameters())}]
+    sgd = make_optimizer("sgd", groups, 0.01)
+    assert [len(g["params"]) for g in sgd.param_groups] == [2, 1]
+    assert [g["lr"] for g in sgd.param_groups] == [0.1, 0.01]
 
 
 def test_make_optimizer_and_criterion():

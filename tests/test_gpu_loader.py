@@ -180,6 +180,8 @@ def test_input_errors_name_the_expected_thing():
         GPULoader(images, labels[:3], 2, mean=MEAN, std=STD)
     with pytest.raises(ValueError, match="batch_size"):
         GPULoader(images, labels, 0, mean=MEAN, std=STD)
+    with pytest.raises(ValueError, match="4 images and batch_size 8 leaves no batch"):
+        GPULoader(images, labels, 8, mean=MEAN, std=STD, drop_last=True)
     loader = GPULoader(images, labels, 2, mean=MEAN, std=STD)
     with pytest.raises(ValueError, match="channel"):
         loader.augment(images[..., :1])
