@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -21,6 +23,8 @@ from era_utils.engine import (
     resolve_compile,
     train_one_epoch,
 )
+from era_utils.gpu_loader import GPULoader
+from era_utils.transforms import NO_AUGMENT, S10_AUGMENT
 
 CPU = torch.device("cpu")
 
@@ -465,3 +469,27 @@ def test_each_pass_iterates_the_loader_once():
     opt = make_optimizer("adam", model.parameters(), lr=1e-3)
     fit(model, train, test, opt, 2, device="cpu", verbose=True)
     assert (train.iters, test.iters) == (2, 2)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_real_compile_builds_one_graph_for_a_whole_run():
+    # What the fast path relies on: with drop_last the compiled training pass meets one batch
+    # shape, and evaluation runs eagerly, so a whole run compiles exactly one graph (~15 s here).
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (80, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 80)
+    stats = dict(mean=(0.5,) * 3, std=(0.25,) * 3, device="cpu", channels_last=True)
+    train = GPULoader(images, labels, 16, spec=S10_AUGMENT, drop_last=True, seed=0, **stats)
+    test = GPULoader(images[:20], labels[:20], 16, spec=NO_AUGMENT, shuffle=False, **stats)  # 16 + 4
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(8 * 16 * 16, 10))
+    opt = make_optimizer("adam", model.parameters(), 1e-3)
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    history = fit(model, train, test, opt, 2, scheduler=one_cycle(opt, 1e-2, 2, len(train), peak_epoch=1),
+                  device="cpu", amp="bf16", channels_last=True, compile=True, verbose=False)
+    assert counters["stats"]["unique_graphs"] == 1
+    assert len(history.test_acc) == 2 and all(t > 0 for t in history.train_times)
+    torch._dynamo.reset()
