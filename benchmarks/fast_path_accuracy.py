@@ -50,7 +50,7 @@ def run_command(args: argparse.Namespace, path: str, seed: int, out: Path) -> li
         cmd += ["--test-subset", str(args.test_subset)]
     if args.device:
         cmd += ["--device", args.device]
-    cmd += ["--classic"] if path == "classic" else ["--amp", args.fast_amp]
+    cmd += ["--classic", "--workers", str(args.classic_workers)] if path == "classic" else ["--amp", args.fast_amp]
     return cmd
 
 
@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--device", help="cpu or cuda (default: the best available)")
     parser.add_argument("--fast-amp", default="bf16", help="precision of the fast path (default bf16)")
+    parser.add_argument("--classic-workers", type=int, default=2,
+                        help="classic path's DataLoader workers (2 as on Colab; more only shortens the run)")
     parser.add_argument("--runs-dir", default="runs/fast_path_accuracy", help="each run's output folder")
     parser.add_argument("--out", help="markdown report")
     parser.add_argument("--json", help="raw numbers")
@@ -114,14 +116,41 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
 
-    runs = []
+    runs: list[dict] = []
     started = datetime.datetime.now(datetime.timezone.utc)
+
+    def write_report() -> str:
+        header = {
+            "command": "python benchmarks/" + Path(__file__).name + " "
+                       + shlex.join(argv if argv is not None else sys.argv[1:]),
+            "date": f"{started:%Y-%m-%d %H:%M} to {datetime.datetime.now(datetime.timezone.utc):%H:%M} UTC",
+            "device": runs[0]["device"] if runs else "-",
+            "versions": f"torch {runs[0]['torch'] if runs else '-'}, python {platform.python_version()}, "
+                        f"{os.cpu_count()} CPU cores",
+            "data": f"{args.dataset}, {args.subset or 'all'} training images, {args.test_subset} test images",
+            "recipe": f"{args.recipe}, {args.epochs} epoch(s), max LR {args.lr:g} (fixed; no range test), "
+                      f"seeds {args.seeds}; classic path with {args.classic_workers} DataLoader workers",
+        }
+        if args.note:
+            header["note"] = args.note
+        if len(runs) < len(seeds) * len(PATHS):
+            header["status"] = f"{len(runs)} of {len(seeds) * len(PATHS)} runs done"
+        report = render(header, runs, summarise(runs))
+        if args.out:
+            Path(args.out).write_text(report)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"header": header, "runs": runs, "stats": summarise(runs)},
+                                                  indent=1) + "\n")
+        return report
+
+    # This checkout first; keep what was on the path (the GPU machine's carried wheels live there).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     for seed in seeds:
         for path in PATHS:  # interleaved, so a change in machine load hits both paths alike
             out = Path(args.runs_dir) / f"{path}_seed{seed}"
             cmd = [sys.executable, "-m", "era_utils.cli"] + run_command(args, path, seed, out)
             print(f"[{time.strftime('%H:%M:%S')}] {path}, seed {seed}: era-utils {shlex.join(cmd[3:])}", flush=True)
-            subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            subprocess.run(cmd, check=True, cwd=ROOT, env=env)
             metrics = json.loads((out / "metrics.json").read_text())
             history = json.loads((out / "history.json").read_text())
             runs.append({"seed": seed, "path": path, "final_test_acc": metrics["final_test_acc"],
@@ -130,27 +159,10 @@ def main(argv: list[str] | None = None) -> dict:
                          "torch": metrics["torch"], "command": metrics["command"]})
             print(f"    final test accuracy {metrics['final_test_acc']:.2f}%, "
                   f"training {metrics['train_seconds']:.0f} s", flush=True)
+            write_report()  # after every run: a run cut short by a time limit keeps what it measured
 
-    stats = summarise(runs)
-    header = {
-        "command": "python benchmarks/" + Path(__file__).name + " " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "date": f"{started:%Y-%m-%d %H:%M} to {datetime.datetime.now(datetime.timezone.utc):%H:%M} UTC",
-        "device": runs[0]["device"] if runs else "-",
-        "versions": f"torch {runs[0]['torch'] if runs else '-'}, python {platform.python_version()}, "
-                    f"{os.cpu_count()} CPU cores",
-        "data": f"{args.dataset}, {args.subset or 'all'} training images, {args.test_subset} test images",
-        "recipe": f"{args.recipe}, {args.epochs} epoch(s) -> max LR {args.lr:g} (fixed; no range test), "
-                  f"seeds {args.seeds}",
-    }
-    if args.note:
-        header["note"] = args.note
-    report = render(header, runs, stats)
-    print(report)
-    if args.out:
-        Path(args.out).write_text(report)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"header": header, "runs": runs, "stats": stats}, indent=1) + "\n")
-    return stats
+    print(write_report())
+    return summarise(runs)
 
 
 if __name__ == "__main__":

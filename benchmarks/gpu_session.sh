@@ -8,6 +8,8 @@
 #                              carry:   [".carry"]   timeout_s: 600
 #   3. The logs and tables come back under the reply's files_at: train_speed_gpu.md/.json (the table for
 #      benchmarks/RESULTS.md), train_speed_log.txt, loader_speed_gpu.md, loader_speed_log.txt, gpu.txt.
+#   4. Then a second call, the same way: bash benchmarks/gpu_accuracy.sh (the full S10 recipe on
+#      Fashion-MNIST for results/, and the fast-vs-classic accuracy comparison).
 #
 # What it runs (about 6-8 minutes on an H100; each step has its own time limit so the logs always
 # come back): benchmarks/train_speed.py for custom_resnet (S10) and resnet18 (S7), classic and fast
