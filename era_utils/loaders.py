@@ -13,6 +13,7 @@ import torch
 from era_utils.data import ImageArrays, load_dataset
 from era_utils.gpu_loader import GPULoader
 from era_utils.transforms import NO_AUGMENT, AugmentSpec, make_loader
+from era_utils.utils import get_device
 
 LOADERS = ("auto", "gpu", "albumentations")
 
@@ -56,7 +57,7 @@ def make_loaders(
     seed: Optional[int] = None,
     num_workers: int = 2,
     channels_last: bool = False,
-    drop_last: bool = False,
+    drop_last: Union[bool, str] = "auto",
 ) -> tuple[Union[GPULoader, torch.utils.data.DataLoader], Union[GPULoader, torch.utils.data.DataLoader]]:
     """(train_loader, test_loader), both yielding (images, labels).
 
@@ -65,8 +66,9 @@ def make_loaders(
     `loader`: "gpu" keeps the data on `device` and augments whole batches there; "albumentations"
     augments per image in `num_workers` DataLoader workers; "auto" is gpu for an AugmentSpec.
     The test loader only normalises and keeps the dataset's order. `drop_last` drops the training
-    loader's short last batch (every epoch sees another random one left out): a compiled model
-    then meets one batch shape only.
+    loader's short last batch (every epoch leaves out another random few images), so that the
+    model `fit` compiles on a GPU meets one batch shape only; "auto" = on when `device` is a CUDA
+    GPU and the data holds at least one full batch.
     """
     if loader not in LOADERS:
         raise ValueError(f"loader must be one of {LOADERS}, got {loader!r}")
@@ -79,6 +81,8 @@ def make_loaders(
             "workers: use loader='albumentations' (or 'auto')"
         )
     classes = list(train.classes) or None
+    if drop_last == "auto":
+        drop_last = get_device(device).type == "cuda" and len(train.labels) >= batch_size
     if loader == "gpu" or (loader == "auto" and not per_image):
         # channels_last batches match fit()'s channels_last model on CUDA: no per-step layout copies.
         kw = dict(mean=mean, std=std, device=device, classes=classes, channels_last=channels_last)

@@ -98,8 +98,7 @@ def run_recipe(
         train_loader, test_loader = make_loaders(
             train, test, augment, mean, std, recipe.batch_size, loader=loader, device=dev,
             seed=recipe.seed, num_workers=num_workers, channels_last=fast_cuda,
-            # Compiled on CUDA: one batch shape, one compilation (unless the data is under one batch).
-            drop_last=fast_cuda and len(train) >= recipe.batch_size)
+            drop_last="auto" if fast else False)  # auto: on CUDA, so the compiled model meets one shape
     except ValueError as err:
         raise ValueError(f"recipe {recipe.name!r}: {err}") from None
     loader_used = "gpu" if isinstance(train_loader, GPULoader) else "albumentations"

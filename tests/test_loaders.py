@@ -7,6 +7,7 @@ import torch
 from fake_data import write_cifar10
 
 from era_utils.gpu_loader import GPULoader
+from era_utils import loaders
 from era_utils.loaders import load_splits, make_loaders
 from era_utils.transforms import S10_AUGMENT, hw2p2_train_transform
 
@@ -44,6 +45,19 @@ def test_spec_gives_the_gpu_loader_and_callables_the_worker_path(cifar):
     tr, _ = make_loaders(train, test, hw, mean, std, 8, num_workers=0)
     assert isinstance(tr, torch.utils.data.DataLoader)
     assert next(iter(tr))[0].shape == (8, 3, 32, 32)
+
+
+def test_drop_last_auto_is_on_for_cuda_only_with_a_full_batch(cifar, monkeypatch):
+    train, test = cifar  # 50 training images
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    tr, _ = make_loaders(train, test, S10_AUGMENT, mean, std, 16, device="cpu", drop_last=True)
+    assert len(tr) == 3  # the short last batch of 2 is dropped
+    kw = dict(loader="albumentations", num_workers=0)
+    assert not make_loaders(train, test, S10_AUGMENT, mean, std, 16, device="cpu", **kw)[0].drop_last
+    monkeypatch.setattr(loaders, "get_device", lambda device=None: torch.device("cuda"))
+    assert make_loaders(train, test, S10_AUGMENT, mean, std, 16, **kw)[0].drop_last  # compiled on CUDA
+    assert not make_loaders(train, test, S10_AUGMENT, mean, std, 64, **kw)[0].drop_last  # < 1 batch
+    assert not make_loaders(train, test, S10_AUGMENT, mean, std, 16, drop_last=False, **kw)[0].drop_last
 
 
 def test_bad_choices_are_named(cifar):
