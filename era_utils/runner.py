@@ -17,7 +17,8 @@ import torch
 
 from era_utils import analysis, gradcam, plots
 from era_utils.data import dataset_stats
-from era_utils.engine import cosine_warm_restarts, fit, make_criterion, make_optimizer, one_cycle
+from era_utils.engine import (cosine_warm_restarts, fit, make_criterion, make_optimizer, one_cycle,
+                              resolve_amp, resolve_compile)
 from era_utils.gpu_loader import GPULoader
 from era_utils.loaders import LOADERS, load_splits, make_loaders
 from era_utils.lr_finder import find_lr
@@ -115,6 +116,11 @@ def run_recipe(
     files.append("summary.txt")
     params = sum(p.numel() for p in model.parameters())
     say(f"  model: {recipe.model} ({info.family}), {params:,} parameters; loader: {loader_used}; device: {dev}")
+    amp_dtype, _ = resolve_amp(dev, amp)
+    use_compile = resolve_compile(dev, "auto") if fast else False
+    precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[amp_dtype]
+    say(f"  {'fast' if fast else 'classic'} path: {precision}, {'channels_last' if fast_cuda else 'NCHW'}, "
+        f"{'torch.compile' if use_compile else 'eager'}, {'fused' if fast_cuda else 'default'} optimizer kernels")
 
     # -- LR range test (S10), then the optimiser and schedule -------------------------------------
     criterion = make_criterion(recipe.label_smoothing)
@@ -163,7 +169,7 @@ def run_recipe(
     train_start = time.perf_counter()
     history = fit(model, train_loader, test_loader, optimizer, epochs, criterion=criterion,
                   scheduler=scheduler, device=dev, amp=amp,
-                  channels_last="auto" if fast else False, compile="auto" if fast else False,
+                  channels_last=fast_cuda, compile=use_compile,
                   # A GPU epoch can take under a second: a 78 MB checkpoint every epoch would double it.
                   checkpoint_path=out / "checkpoint.pt", checkpoint_interval=60.0,
                   resume=resume, verbose=verbose)
@@ -207,6 +213,9 @@ def run_recipe(
         "loader": loader_used,
         "fast": fast,
         "amp": amp,
+        "precision": precision,
+        "channels_last": fast_cuda,
+        "compile": bool(use_compile),
         "device": str(dev),
         "device_name": device_name(dev),
         "train_seconds": round(train_seconds, 1),  # fit's wall time: training, evaluation, checkpoints
