@@ -206,7 +206,8 @@ def training_cells(title: str) -> list:
     return [
         md("## Training\n`fit` trains for `EPOCHS` epochs, stepping the scheduler after every batch, and "
            "evaluates on the test set after each epoch; it returns a `History` (loss and accuracy per "
-           "epoch, LR per step). Mixed precision and channels-last switch on by themselves on a GPU."),
+           "epoch, LR per step). Mixed precision, channels-last and `torch.compile` switch on by themselves "
+           "on a GPU (the first epoch then includes compiling the model)."),
         code("history = fit(model, train_loader, test_loader, optimizer, EPOCHS, criterion=criterion,\n"
              "              scheduler=scheduler, device=device)"),
         md("Loss and accuracy per epoch, train and test: the gap between the two is the overfitting."),
