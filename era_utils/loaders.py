@@ -83,6 +83,8 @@ def make_loaders(
     classes = list(train.classes) or None
     if drop_last == "auto":
         drop_last = get_device(device).type == "cuda" and len(train.labels) >= batch_size
+    elif not isinstance(drop_last, bool):
+        raise ValueError(f"drop_last must be True, False or 'auto', got {drop_last!r}")
     if loader == "gpu" or (loader == "auto" and not per_image):
         # channels_last batches match fit()'s channels_last model on CUDA: no per-step layout copies.
         kw = dict(mean=mean, std=std, device=device, classes=classes, channels_last=channels_last)

@@ -69,3 +69,5 @@ def test_bad_choices_are_named(cifar):
         make_loaders(train, test, hw2p2_train_transform(mean, std, size=None), mean, std, 8, loader="gpu")
     with pytest.raises(TypeError, match="AugmentSpec or a callable"):
         make_loaders(train, test, "s10", mean, std, 8)
+    with pytest.raises(ValueError, match="drop_last must be True, False or 'auto'"):
+        make_loaders(train, test, S10_AUGMENT, mean, std, 8, drop_last="yes")
