@@ -68,7 +68,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from era_utils.data import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
-from era_utils.engine import fit, make_criterion, make_optimizer, one_cycle, resolve_amp, evaluate  # noqa: E402
+from era_utils.engine import (evaluate, fit, make_criterion, make_optimizer, one_cycle,  # noqa: E402
+                              precision_name, resolve_amp)
 from era_utils.gpu_loader import GPULoader  # noqa: E402
 from era_utils.models import create_model  # noqa: E402
 from era_utils.recipes import Recipe, get_recipe  # noqa: E402
@@ -352,7 +353,7 @@ def run_path(model_name: str, path: str, images: np.ndarray, labels: np.ndarray,
                                   shuffle=False, num_workers=num_workers)
         images_per_epoch = len(images)
         loader_text = f"albumentations DataLoader, num_workers={num_workers}"
-    amp_text = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[amp_dtype]
+    amp_text = precision_name(amp_dtype)
     compile_text = ("torch.compile" + (f"({use_compile})" if isinstance(use_compile, str) else "")
                     if use_compile else "eager")
     config = (f"{loader_text}; {amp_text}; {'channels_last' if channels_last else 'NCHW'}; {compile_text}; "

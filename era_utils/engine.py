@@ -47,6 +47,7 @@ __all__ = [
     "AMP_MODES",
     "History",
     "resolve_amp",
+    "precision_name",
     "resolve_compile",
     "train_one_epoch",
     "evaluate",
@@ -153,6 +154,11 @@ def resolve_amp(device: str | torch.device, amp: str = "auto") -> tuple[torch.dt
             "amp='bf16' or amp='off'."
         )
     return torch.float16, _grad_scaler("cuda")
+
+
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """How a `resolve_amp` dtype trains, in words: "fp32", "bf16 autocast", "fp16 autocast + GradScaler"."""
+    return {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[amp_dtype]
 
 
 def resolve_compile(device: str | torch.device, compile: bool | str = "auto") -> bool | str:

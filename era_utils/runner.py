@@ -18,7 +18,7 @@ import torch
 from era_utils import analysis, gradcam, plots
 from era_utils.data import dataset_stats
 from era_utils.engine import (cosine_warm_restarts, fit, make_criterion, make_optimizer, one_cycle,
-                              resolve_amp, resolve_compile)
+                              precision_name, resolve_amp, resolve_compile)
 from era_utils.gpu_loader import GPULoader
 from era_utils.loaders import LOADERS, load_splits, make_loaders
 from era_utils.lr_finder import find_lr
@@ -118,7 +118,7 @@ def run_recipe(
     say(f"  model: {recipe.model} ({info.family}), {params:,} parameters; loader: {loader_used}; device: {dev}")
     amp_dtype, _ = resolve_amp(dev, amp)
     use_compile = resolve_compile(dev, "auto") if fast else False
-    precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[amp_dtype]
+    precision = precision_name(amp_dtype)
     say(f"  {'fast' if fast else 'classic'} path: {precision}, {'channels_last' if fast_cuda else 'NCHW'}, "
         f"{'torch.compile' if use_compile else 'eager'}, {'fused' if fast_cuda else 'default'} optimizer kernels")
 
