@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs: list[dict] = []
     started = datetime.datetime.now(datetime.timezone.utc)
 
-    def write_report() -> str:
+    def write_report() -> tuple[str, dict]:
         header = {
             "command": "python benchmarks/" + Path(__file__).name + " "
                        + shlex.join(argv if argv is not None else sys.argv[1:]),
@@ -135,13 +135,13 @@ def main(argv: list[str] | None = None) -> dict:
             header["note"] = args.note
         if len(runs) < len(seeds) * len(PATHS):
             header["status"] = f"{len(runs)} of {len(seeds) * len(PATHS)} runs done"
-        report = render(header, runs, summarise(runs))
+        stats = summarise(runs)
+        report = render(header, runs, stats)
         if args.out:
             Path(args.out).write_text(report)
         if args.json:
-            Path(args.json).write_text(json.dumps({"header": header, "runs": runs, "stats": summarise(runs)},
-                                                  indent=1) + "\n")
-        return report
+            Path(args.json).write_text(json.dumps({"header": header, "runs": runs, "stats": stats}, indent=1) + "\n")
+        return report, stats
 
     # This checkout first; keep what was on the path (the GPU machine's carried wheels live there).
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -161,8 +161,9 @@ def main(argv: list[str] | None = None) -> dict:
                   f"training {metrics['train_seconds']:.0f} s", flush=True)
             write_report()  # after every run: a run cut short by a time limit keeps what it measured
 
-    print(write_report())
-    return summarise(runs)
+    report, stats = write_report()
+    print(report)
+    return stats
 
 
 if __name__ == "__main__":

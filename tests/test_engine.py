@@ -301,7 +301,7 @@ def test_fit_compiles_only_the_training_pass(monkeypatch):
     assert len(history.test_acc) == 2  # evaluated, eagerly: the wrapper saw no eval-mode call
 
 
-def test_fit_times_the_training_pass_apart(monkeypatch):
+def test_fit_times_the_training_pass_apart():
     data = tiny_data(n=32)
     model = tiny_model()
     opt = make_optimizer("adam", model.parameters(), lr=1e-3)
