@@ -31,15 +31,17 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from era_utils.engine import make_optimizer, one_cycle, train_one_epoch  # noqa: E402
+from era_utils.engine import train_one_epoch  # noqa: E402
+from era_utils.recipes import get_recipe  # noqa: E402
 from era_utils.utils import device_name  # noqa: E402
+
+RECIPE = get_recipe("s10").override(epochs=1)  # Adam + One Cycle, built by the recipe as a run builds it
 
 
 def setup(steps: int, batch: int) -> tuple[nn.Module, torch.optim.Optimizer, object, list]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 10))
-    opt = make_optimizer("adam", model.parameters(), 1e-3)
-    sched = one_cycle(opt, 1e-3, 1, steps, peak_epoch=0.3)
+    opt, sched = RECIPE.configure_optimizers(model, steps_per_epoch=steps, max_lr=1e-3)
     batches = [(torch.randn(batch, 3, 4, 4), torch.randint(0, 10, (batch,))) for _ in range(steps)]
     return model, opt, sched, batches
 

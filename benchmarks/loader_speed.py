@@ -28,7 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from era_utils.gpu_loader import GPULoader  # noqa: E402
-from era_utils.transforms import S10_AUGMENT, make_loader  # noqa: E402
+from era_utils.loaders import worker_loader  # noqa: E402
+from era_utils.transforms import S10_AUGMENT  # noqa: E402
 from era_utils.utils import device_name, get_device  # noqa: E402
 
 
@@ -79,8 +80,8 @@ def main(argv: list[str] | None = None) -> str:
         import albumentations  # noqa: F401  (imported before the clock starts: import time is not loading)
 
         start = time.perf_counter()
-        loader = make_loader((images, labels), S10_AUGMENT, mean, std, args.batch_size, shuffle=True,
-                             num_workers=args.num_workers, seed=0, pin_memory=device.type == "cuda")
+        loader = worker_loader((images, labels), S10_AUGMENT, mean, std, args.batch_size, shuffle=True,
+                               num_workers=args.num_workers, seed=0, pin_memory=device.type == "cuda")
         setup = time.perf_counter() - start
         rows.append(("albumentations DataLoader", f"num_workers={args.num_workers}, to {device.type}", setup,
                      time_epochs(loader, device, args.epochs, to_device=True)))

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -67,14 +68,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from era_utils.data import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
-from era_utils.engine import (evaluate, fit, make_criterion, make_optimizer, one_cycle,  # noqa: E402
-                              precision_name, resolve_amp)
+from era_utils import steps  # noqa: E402
+from era_utils.data import CIFAR10_MEAN, CIFAR10_STD, ImageArrays  # noqa: E402
+from era_utils.engine import evaluate  # noqa: E402
 from era_utils.gpu_loader import GPULoader  # noqa: E402
 from era_utils.models import create_model  # noqa: E402
-from era_utils.recipes import Recipe, get_recipe  # noqa: E402
-from era_utils.transforms import NO_AUGMENT, make_loader  # noqa: E402
-from era_utils.utils import device_name, get_device, set_seed  # noqa: E402
+from era_utils.recipes import get_recipe  # noqa: E402
+from era_utils.speed import precision_name  # noqa: E402
+from era_utils.utils import device_name, get_device  # noqa: E402
 
 # ----------------------------------------------------------------------------- settings
 
@@ -242,16 +243,6 @@ def synthetic_cifar(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _peak_epoch(recipe: Recipe, epochs: int, steps_per_epoch: int) -> float:
-    """The recipe's One Cycle peak, moved inside a shorter run (only speed is measured here).
-
-    Kept at >= 2 steps of warm-up and >= 1 step after the peak whenever the run is long enough.
-    """
-    total_steps = epochs * steps_per_epoch
-    peak_steps = max(2, min(round(recipe.peak_epoch * steps_per_epoch), total_steps - 1))
-    return peak_steps / steps_per_epoch
-
-
 # ----------------------------------------------------------------------------- one path
 
 
@@ -324,63 +315,43 @@ def run_path(model_name: str, path: str, images: np.ndarray, labels: np.ndarray,
              test_labels: np.ndarray, device: torch.device, *, epochs: int, warmup_epochs: int,
              compile: bool | str, amp: str, num_workers: int, drop_last: bool, evaluate_test: bool,
              count_syncs: bool, train_flops: float, seed: int = 0) -> Row:
-    """Train `model_name` with its recipe for warmup_epochs + epochs through `fit`; time each epoch."""
-    recipe = get_recipe(MODEL_RECIPES[model_name])
-    mean, std = CIFAR10_MEAN, CIFAR10_STD
-    set_seed(seed)
+    """Train `model_name` with its recipe for warmup_epochs + epochs through the run's own steps
+    (era_utils.steps: the loaders, model, optimizer and schedule `era-utils run` builds); time each epoch."""
     fast = path == "fast"
-    drop_last = drop_last and len(images) >= recipe.batch_size  # a tiny smoke run has no full batch
-    amp_mode = amp if fast else "off"
-    amp_dtype, _ = resolve_amp(device, amp_mode)
-    channels_last = fast and device.type == "cuda"  # what fit's channels_last="auto" picks
-    use_compile = compile if fast else False
-    # cuDNN autotuning pays off for fixed shapes (airbench turns it on); torch's default is off.
-    torch.backends.cudnn.benchmark = fast and device.type == "cuda"
-
-    if fast:
-        # The loader yields channels_last batches when the model runs channels_last: no extra copies.
-        train_loader = GPULoader(images, labels, recipe.batch_size, spec=recipe.augment, mean=mean, std=std,
-                                 device=device, shuffle=True, drop_last=drop_last, seed=seed,
-                                 channels_last=channels_last)
-        test_loader = GPULoader(test_images, test_labels, recipe.batch_size, spec=NO_AUGMENT, mean=mean,
-                                std=std, device=device, shuffle=False, channels_last=channels_last)
-        images_per_epoch = len(train_loader) * recipe.batch_size if drop_last else train_loader.dataset_size
-        loader_text = f"GPULoader on {device.type}{', drop_last' if drop_last else ''}"
+    total = warmup_epochs + epochs
+    recipe = get_recipe(MODEL_RECIPES[model_name]).override(epochs=total, seed=seed)
+    plan = steps.plan_run(recipe, device=str(device), fast=fast, amp=amp if fast else None,
+                          compile=compile if fast else False, num_workers=num_workers, verbose=False,
+                          checkpoints=False)
+    # drop_last: what `era-utils run` does on CUDA (one batch shape, one compiled graph); here on
+    # every device unless --keep-last, and only when the data holds a full batch (tiny smoke runs).
+    drop = fast and drop_last and len(images) >= recipe.batch_size
+    plan = dataclasses.replace(plan, fast=dataclasses.replace(plan.fast, drop_last=drop))
+    data = steps.Data("synthetic CIFAR-shaped", ImageArrays(images, labels), ImageArrays(test_images, test_labels),
+                      CIFAR10_MEAN, CIFAR10_STD)
+    steps.start(plan)  # seeds; cuDNN autotuning on the fast path (airbench turns it on), off on the classic
+    train_loader, test_loader = steps.build_loaders(plan, data)
+    if isinstance(train_loader, GPULoader):
+        images_per_epoch = len(train_loader) * recipe.batch_size if drop else train_loader.dataset_size
+        loader_text = f"GPULoader on {device.type}{', drop_last' if drop else ''}"
     else:
-        train_loader = make_loader((images, labels), recipe.augment, mean, std, recipe.batch_size, shuffle=True,
-                                   num_workers=num_workers, seed=seed)
-        test_loader = make_loader((test_images, test_labels), NO_AUGMENT, mean, std, recipe.batch_size,
-                                  shuffle=False, num_workers=num_workers)
         images_per_epoch = len(images)
-        loader_text = f"albumentations DataLoader, num_workers={num_workers}"
-    amp_text = precision_name(amp_dtype)
-    compile_text = ("torch.compile" + (f"({use_compile})" if isinstance(use_compile, str) else "")
-                    if use_compile else "eager")
-    config = (f"{loader_text}; {amp_text}; {'channels_last' if channels_last else 'NCHW'}; {compile_text}; "
+        loader_text = f"workers DataLoader (albumentations), num_workers={num_workers}"
+    fast_path = plan.fast
+    compile_text = ("torch.compile" + (f"({fast_path.compile})" if isinstance(fast_path.compile, str) else "")
+                    if fast_path.compile else "eager")
+    config = (f"{loader_text}; {precision_name(fast_path.amp_dtype)}; "
+              f"{'channels_last' if fast_path.channels_last else 'NCHW'}; {compile_text}; "
               f"cudnn.benchmark {'on' if torch.backends.cudnn.benchmark else 'off'}")
 
-    model = create_model(recipe.model).to(device)
-    # Fast: fused optimizer kernels on CUDA (make_optimizer's default there); classic: torch's default.
-    optimizer = make_optimizer(recipe.optimizer, model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                               nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
-                               fused=None if fast else False)
-    total = warmup_epochs + epochs
-    steps = len(train_loader)
-    try:
-        scheduler = one_cycle(optimizer, recipe.lr, total, steps, peak_epoch=_peak_epoch(recipe, total, steps))
-    except ValueError as exc:  # a run too short for One Cycle (tiny smoke runs): a constant LR costs the same
-        scheduler = None
-        config += f"; constant LR (One Cycle refused {total} x {steps} steps: {exc})"
-    criterion = make_criterion(recipe.label_smoothing)
-
+    model = steps.build_model(plan, data)
+    optimizer, scheduler = steps.optimizer_and_schedule(plan, model, train_loader)  # the recipe's LR, fused on CUDA
     sync(device)
     with count_host_syncs(device, count_syncs) as syncs:
-        history = fit(model, train_loader, None, optimizer, total, criterion=criterion, scheduler=scheduler,
-                      device=device, amp=amp_mode, channels_last=channels_last, compile=use_compile,
-                      verbose=False)
+        history = steps.train(plan, model, train_loader, None, optimizer, scheduler)
     sync(device)  # fit's epochs end on a device read; this makes sure nothing is left queued
     row = Row(model_name, recipe.name, path, config, recipe.batch_size, images_per_epoch, len(train_loader),
-              recipe.epochs, history.epoch_times[:warmup_epochs], history.epoch_times[warmup_epochs:],
+              get_recipe(recipe.name).epochs, history.epoch_times[:warmup_epochs], history.epoch_times[warmup_epochs:],
               train_flops, host_syncs=syncs["count"])
 
     if evaluate_test:
@@ -389,13 +360,14 @@ def run_path(model_name: str, path: str, images: np.ndarray, labels: np.ndarray,
         for _ in range(2):  # warm-up pass (cuDNN autotuning, workers), then the timed pass
             sync(device)
             start = time.perf_counter()
-            evaluate(model, test_loader, criterion, device, amp_dtype=amp_dtype, channels_last=channels_last)
+            evaluate(model, test_loader, recipe.criterion(), device, amp_dtype=fast_path.amp_dtype,
+                     channels_last=fast_path.channels_last)
             sync(device)
             seconds.append(time.perf_counter() - start)
         row.eval_warmup_seconds, row.eval_seconds = seconds
         row.eval_images = len(test_images)
     del model, optimizer, scheduler, train_loader, test_loader
-    if use_compile:
+    if fast_path.compile:
         torch._dynamo.reset()  # free the compiled graphs before the next model
     if device.type == "cuda":
         torch.cuda.empty_cache()

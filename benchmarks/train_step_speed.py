@@ -35,8 +35,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from era_utils.engine import resolve_amp, train_one_epoch
+from era_utils.engine import train_one_epoch
 from era_utils.models import create_model
+from era_utils.recipes import get_recipe
+from era_utils.speed import resolve_amp
 from era_utils.utils import device_name, get_device
 
 CIFAR_TRAIN_IMAGES = 50_000  # images per CIFAR-10 training epoch, for the projected epoch time
@@ -82,7 +84,7 @@ def synthetic_pixels(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
             rng.integers(0, 10, n).astype(np.int64))
 
 
-def make_loader(pixels: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device,
+def step_loader(pixels: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device,
                 on_device: bool):
     """A DataLoader over normalised CPU tensors, or the GPU-resident loader."""
     if on_device:
@@ -110,12 +112,14 @@ def time_config(model_name: str, config: Config, device: torch.device, batch_siz
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     run_model = torch.compile(model) if use_compile else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    # S7's optimizer (SGD, Nesterov momentum, weight decay) as the recipe builds it; a constant LR,
+    # since the warm-up and timed passes are separate calls (the schedule's cost is measured in train_speed.py).
+    optimizer, _ = get_recipe("s7").override(schedule="constant").configure_optimizers(model, steps)
     criterion = nn.CrossEntropyLoss()
     pixels, labels = synthetic_pixels((warmup + steps) * batch_size)
     split = warmup * batch_size
-    warm = make_loader(pixels[:split], labels[:split], batch_size, device, on_device)
-    timed = make_loader(pixels[split:], labels[split:], batch_size, device, on_device)
+    warm = step_loader(pixels[:split], labels[:split], batch_size, device, on_device)
+    timed = step_loader(pixels[split:], labels[split:], batch_size, device, on_device)
     benchmark_before = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = config.cudnn_benchmark
     kwargs = dict(scaler=scaler, amp_dtype=amp_dtype, channels_last=config.channels_last,

@@ -3,10 +3,13 @@
 Every step of an assignment is one call: data, augmentation, model, LR range test, One Cycle
 training, curves, misclassified gallery, GradCAM, face verification and Kaggle CSVs.
 
-    from era_utils import create_model, fit, find_lr, get_device, set_seed
-    from era_utils import plots, analysis, gradcam, verification
+    from era_utils import get_device, set_seed, summary
+    from era_utils.steps import plan_run, load_data, build_loaders, build_model, train
+    from era_utils import analysis, plots
 
-Submodules and the names below are imported on first use, so `import era_utils` stays quick.
+Every other public name has one home, its module (`era_utils.engine.fit`,
+`era_utils.models.create_model`, ...); the submodules are imported on first use, so
+`import era_utils` stays quick.
 """
 from __future__ import annotations
 
@@ -25,30 +28,17 @@ from era_utils.utils import get_device, set_seed  # noqa: E402
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "analysis", "data", "engine", "gpu_loader", "gradcam", "lr_finder", "models", "plots",
-    "recipes", "runner", "schedules", "transforms", "verification",
+    "analysis", "batches", "checkpoint", "data", "engine", "files", "gpu_loader", "gradcam", "kaggle",
+    "loaders", "lr_finder", "models", "plots", "recipes", "runner", "schedules", "speed", "steps",
+    "transforms", "utils", "verification",
 )
-# Public name -> module that defines it (imported lazily by __getattr__).
-_NAMES = {
-    "create_model": "era_utils.models", "list_models": "era_utils.models",
-    "load_dataset": "era_utils.data", "dataset_stats": "era_utils.data",
-    "GPULoader": "era_utils.gpu_loader", "make_loader": "era_utils.transforms",
-    "S7_AUGMENT": "era_utils.transforms", "S10_AUGMENT": "era_utils.transforms",
-    "fit": "era_utils.engine", "History": "era_utils.engine",
-    "make_optimizer": "era_utils.schedules", "one_cycle": "era_utils.schedules",
-    "cosine_warm_restarts": "era_utils.schedules", "find_lr": "era_utils.lr_finder",
-    "get_misclassified": "era_utils.analysis", "get_recipe": "era_utils.recipes",
-    "run_recipe": "era_utils.runner",
-}
 
-__all__ = ["get_device", "set_seed", "summary", "__version__", *_SUBMODULES, *_NAMES]
+__all__ = ["get_device", "set_seed", "summary", "__version__", *_SUBMODULES]
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"era_utils.{name}")
-    if name in _NAMES:
-        return getattr(importlib.import_module(_NAMES[name]), name)
     raise AttributeError(f"module 'era_utils' has no attribute {name!r}")
 
 

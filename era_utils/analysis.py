@@ -1,24 +1,37 @@
-"""What did the model get wrong? Predictions over a loader, misclassified examples, per-class accuracy
-and the confusion matrix.
+"""What did the model get wrong? One pass over a loader (`predict`), then everything read from it:
+misclassified and highest-loss examples, per-class accuracy, the confusion matrix, embeddings.
 
-Compute here, draw in `era_utils.plots` (fastai's interpretation split): every function returns
-arrays or dataclasses, never a figure. A loader is anything that yields `(images, labels)` batches:
-a torch DataLoader or `era_utils.gpu_loader.GPULoader`.
+fastai's interpretation split: `predict` runs the model once and keeps what every analysis needs
+(labels, predictions, probabilities, per-sample loss, positions; embeddings on request); the
+functions here turn that into arrays or dataclasses, and `era_utils.plots` draws them. A loader is
+anything that yields `(images, labels)` batches (or images alone): a torch DataLoader or
+`era_utils.gpu_loader.GPULoader`.
+
+    preds = predict(model, test_loader)            # the one pass
+    wrong = preds.misclassified(10)                 # -> plots.plot_misclassified, gradcam.gradcam
+    worst = preds.top_losses(10)                    # -> plots.plot_top_losses
+    cm = confusion_matrix(preds)                    # -> plots.plot_confusion_matrix
 """
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from era_utils.utils import eval_mode
+from era_utils.engine import inference_pass
+from era_utils.loaders import can_fetch_inputs, inputs_at
+from era_utils.speed import resolve_amp
+from era_utils.utils import model_device
 
 __all__ = [
-    "Misclassified",
+    "MAX_KEPT_CLASSES",
+    "Example",
     "Predictions",
     "confusion_matrix",
     "denormalize",
@@ -28,32 +41,12 @@ __all__ = [
     "predict",
 ]
 
-
-# --------------------------------------------------------------------------- helpers
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (or buffer); cpu for a parameter-free model."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
+# Full probability rows are kept up to this many classes: HW2P2's 35,000 dev images x 7000
+# identities would be ~1 GB of float32. Above it only each prediction's own probability is kept.
+MAX_KEPT_CLASSES = 100
 
 
-def _logits_of(output: torch.Tensor | tuple | list) -> torch.Tensor:
-    # forward(x, return_embedding=True) gives (logits, embedding); plain forward gives logits.
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def _split_batch(batch: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise TypeError(
-            "The loader must yield (images, labels) batches; got "
-            f"{type(batch).__name__}. Wrap your dataset so __getitem__ returns (image, label)."
-        )
-    images, labels = batch[0], batch[1]
-    return images, torch.as_tensor(labels)
+# --------------------------------------------------------------------------- display helpers
 
 
 def _as_stats(values: Sequence[float] | torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
@@ -80,9 +73,9 @@ def _normalize_in(loader: object) -> object | None:
     return None
 
 
-def _loader_stats(loader: object, mean, std) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Explicit mean/std win; else the loader's own `.mean`/`.std` (GPULoader has them); else the
-    Normalize inside a DataLoader's dataset transform (make_loader's albumentations pipeline)."""
+def loader_stats(loader: object, mean=None, std=None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The mean/std a loader normalises with: explicit ones win; else its own `.mean`/`.std`
+    (GPULoader); else the Normalize inside a DataLoader's dataset transform."""
     if mean is None and std is None:
         normalize = None if hasattr(loader, "mean") else _normalize_in(loader)
         source = normalize if normalize is not None else loader
@@ -95,73 +88,131 @@ def denormalize(
     mean: Sequence[float] | torch.Tensor | None = None,
     std: Sequence[float] | torch.Tensor | None = None,
 ) -> np.ndarray:
-    """Undo Normalize: `x` (B, C, H, W) or (C, H, W) -> float32 numpy (B, H, W, C) or (H, W, C) in [0, 1].
+    """Undo Normalize: `x` (..., C, H, W) -> float32 numpy (..., H, W, C) in [0, 1].
 
-    With no mean/std the input is taken to be in [0, 1] already and only clipped.
+    Any number of leading dimensions (a batch, rows of batches) or none. With no mean/std the
+    input is taken to be in [0, 1] already and only clipped.
     """
     t = torch.as_tensor(x).detach().to("cpu", torch.float32)
-    single = t.dim() == 3
-    if single:
-        t = t.unsqueeze(0)
-    if t.dim() != 4:
-        raise ValueError(f"denormalize expects (B, C, H, W) or (C, H, W); got shape {tuple(t.shape)}")
-    c = t.shape[1]
+    if t.dim() < 3:
+        raise ValueError(f"denormalize expects (C, H, W) images, optionally batched; got shape {tuple(t.shape)}")
+    c = t.shape[-3]
+    view = (-1, 1, 1)
     m, s = _as_stats(mean), _as_stats(std)
     if s is not None:
         if s.numel() not in (1, c):
             raise ValueError(f"std has {s.numel()} values but the images have {c} channels")
-        t = t * s.view(1, -1, 1, 1)
+        t = t * s.view(view)
     if m is not None:
         if m.numel() not in (1, c):
             raise ValueError(f"mean has {m.numel()} values but the images have {c} channels")
-        t = t + m.view(1, -1, 1, 1)
-    out = t.clamp_(0.0, 1.0).permute(0, 2, 3, 1).numpy()  # (B, H, W, C)
-    return out[0] if single else out
+        t = t + m.view(view)
+    return t.clamp(0.0, 1.0).movedim(-3, -1).numpy()  # (..., H, W, C); never the caller's tensor
 
 
-# --------------------------------------------------------------------------- predictions
+# --------------------------------------------------------------------------- the one pass
+
+
+@dataclass
+class Example:
+    """One test image and what the model made of it: for galleries and GradCAM."""
+
+    image: np.ndarray  # (H, W, C) float32 in [0, 1], de-normalised for display
+    input: torch.Tensor  # (C, H, W) the normalised tensor the model saw (feed it to gradcam)
+    true: int  # true class index (-1: unlabelled)
+    pred: int  # predicted class index
+    confidence: float  # softmax probability of the predicted class, in [0, 1]
+    loss: float  # cross-entropy of the true class (nan when unlabelled)
+    index: int  # position in the loader's order (= dataset index for an unshuffled loader)
 
 
 @dataclass
 class Predictions:
     """Everything one pass over a loader produced, on the CPU, in the loader's order.
 
-    `inputs` (the normalised model inputs) is kept only with `predict(..., keep_inputs=True)`:
-    10k CIFAR images are 120 MB as float32.
+    Images are not kept (10k CIFAR inputs are 120 MB; a face dev set many GB): the examples a
+    gallery shows are fetched again from the loader by position (`loaders.inputs_at`), or taken
+    from `inputs` when predict was asked to keep them.
     """
 
-    logits: torch.Tensor  # (N, K) float32
-    probs: torch.Tensor  # (N, K) softmax of the logits
-    preds: torch.Tensor  # (N,) int64 argmax
-    targets: torch.Tensor  # (N,) int64 true labels
-    inputs: torch.Tensor | None = None  # (N, C, H, W) normalised, only if kept
-    mean: torch.Tensor | None = None  # (C,) used by images()
-    std: torch.Tensor | None = None  # (C,)
+    labels: torch.Tensor  # (N,) int64 true labels, -1 = unlabelled
+    preds: torch.Tensor  # (N,) int64 argmax of the logits
+    confidence: torch.Tensor  # (N,) float32 softmax probability of the prediction
+    losses: torch.Tensor  # (N,) float32 per-sample cross-entropy (no label smoothing); nan if unlabelled
+    indices: torch.Tensor  # (N,) int64 position in the loader's order
+    num_classes: int
+    probs: torch.Tensor | None = None  # (N, K) float32, kept up to MAX_KEPT_CLASSES classes
+    embeddings: torch.Tensor | None = None  # (N, D) float32 penultimate features, with embeddings=True
+    inputs: torch.Tensor | None = field(default=None, repr=False)  # (N, C, H, W), with keep_inputs=True
+    mean: torch.Tensor | None = None  # (C,) the loader's normalisation, for display
+    std: torch.Tensor | None = None
+    loader: Any = field(default=None, repr=False)  # where `examples` fetches images from
 
     def __len__(self) -> int:
-        return int(self.targets.numel())
+        return int(self.labels.numel())
 
     @property
     def correct(self) -> torch.Tensor:
-        """(N,) bool: prediction equals the true label."""
-        return self.preds == self.targets
+        """(N,) bool: prediction equals the true label (False for unlabelled images)."""
+        return self.preds == self.labels
 
     @property
     def accuracy(self) -> float:
-        """Overall accuracy in % (the unit History uses)."""
-        return 100.0 * float(self.correct.float().mean()) if len(self) else float("nan")
+        """Accuracy in % over the labelled images (the unit History uses); nan with none."""
+        labelled = self.labels >= 0
+        if not bool(labelled.any()):
+            return float("nan")
+        return 100.0 * float(self.correct[labelled].double().mean())
 
-    @property
-    def confidence(self) -> torch.Tensor:
-        """(N,) probability the model gave its own prediction."""
-        return self.probs.max(dim=1).values
+    def _inputs(self, index: torch.Tensor) -> torch.Tensor:
+        if self.inputs is not None:
+            return self.inputs[index]
+        if self.loader is None:
+            raise ValueError("No images to show: predict(..., keep_inputs=True), or keep the loader.")
+        return inputs_at(self.loader, index)
 
     def images(self, index: int | Sequence[int] | torch.Tensor | slice | None = None) -> np.ndarray:
-        """De-normalised images (N, H, W, C) float32 in [0, 1] (all, or those at `index`)."""
-        if self.inputs is None:
-            raise ValueError("No images kept: call predict(model, loader, keep_inputs=True).")
-        x = self.inputs if index is None else self.inputs[index]
-        return denormalize(x, self.mean, self.std)
+        """De-normalised images (k, H, W, C) float32 in [0, 1] (all, or those at `index`)."""
+        if index is None:
+            index = slice(None)
+        if isinstance(index, slice):
+            index = self.indices[index]
+        index = torch.as_tensor(np.asarray(index), dtype=torch.long).reshape(-1)
+        return denormalize(self._inputs(index), self.mean, self.std)
+
+    def examples(self, index: Sequence[int] | np.ndarray | torch.Tensor) -> list[Example]:
+        """The images at positions `index`, with their labels, predictions, confidence and loss."""
+        index = torch.as_tensor(np.asarray(index), dtype=torch.long).reshape(-1)
+        if not index.numel():
+            return []
+        inputs = self._inputs(index).clone()  # a normal tensor, not an inference one: GradCAM needs autograd
+        images = denormalize(inputs, self.mean, self.std)  # (k, H, W, C)
+        return [
+            Example(image=images[k], input=inputs[k], true=int(self.labels[i]), pred=int(self.preds[i]),
+                    confidence=float(self.confidence[i]), loss=float(self.losses[i]), index=int(i))
+            for k, i in enumerate(index.tolist())
+        ]
+
+    def misclassified(self, n: int | None = 10, *, most_confident: bool = False) -> list[Example]:
+        """The first `n` wrong predictions in the loader's order (or, with `most_confident`, the `n`
+        the model was surest of, surest first); fewer, with a warning, if fewer exist."""
+        if n is not None and n < 0:
+            raise ValueError(f"n must be >= 0 (or None for all); got {n}")
+        wrong = ((self.preds != self.labels) & (self.labels >= 0)).nonzero().flatten()
+        if most_confident:
+            wrong = wrong[self.confidence[wrong].argsort(descending=True, stable=True)]
+        picked = wrong if n is None else wrong[:n]
+        if n is not None and len(picked) < n:
+            warnings.warn(f"Only {len(picked)} misclassified images in {len(self)} (asked for {n}); "
+                          f"returning {len(picked)}.", stacklevel=2)
+        return self.examples(picked)
+
+    def top_losses(self, n: int = 10) -> list[Example]:
+        """The `n` labelled images with the highest loss, highest first (fastai's plot_top_losses):
+        the confident mistakes, and the right answers the model was least sure of."""
+        labelled = (self.labels >= 0).nonzero().flatten()
+        order = self.losses[labelled].argsort(descending=True, stable=True)
+        return self.examples(labelled[order[:n]])
 
 
 def predict(
@@ -169,55 +220,76 @@ def predict(
     loader: Iterable,
     device: str | torch.device | None = None,
     *,
-    keep_inputs: bool = False,
+    embeddings: bool = False,
+    keep_inputs: bool | str = "auto",
+    amp: str = "auto",
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    verbose: bool = False,
 ) -> Predictions:
-    """One pass over `loader` in eval mode without autograd; the model's train/eval mode is restored.
+    """Run `model` once over `loader` (eval mode, no autograd; its train/eval flags restored) and keep
+    what every analysis reads: labels, predictions, confidences, per-sample losses, positions, the
+    probabilities (up to MAX_KEPT_CLASSES classes) and, with `embeddings`, the penultimate features.
 
-    `device` defaults to where the model already is. mean/std (else the loader's `.mean`/`.std`, or
-    the Normalize in its dataset's transform) only de-normalise images later, in `Predictions.images()`.
+    `device` defaults to where the model is; `amp` as in fit ("auto": autocast on CUDA only).
+    The few examples a gallery shows are fetched again from the loader by position (an unshuffled
+    GPULoader or DataLoader); `keep_inputs=True` keeps every input instead (memory: 120 MB for 10k
+    CIFAR images), "auto" does so only for a loader that cannot give its images back. mean/std
+    (else the loader's own, or the Normalize in its dataset's transform) de-normalise for display.
     """
     device = model_device(model) if device is None else torch.device(device)
     model.to(device)
-    logits, targets, inputs = [], [], []
-    with eval_mode(model), torch.inference_mode():
-        for batch in loader:
-            x, y = _split_batch(batch)
-            out = _logits_of(model(x.to(device, non_blocking=True))).float()  # (B, K)
-            logits.append(out.cpu())
-            targets.append(y.detach().cpu().long())
-            if keep_inputs:
-                inputs.append(x.detach().to("cpu", torch.float32))
-    if not logits:
-        raise ValueError("The loader yielded no batches: is the dataset empty?")
-    # clone() outside inference mode: inference tensors cannot enter autograd later (GradCAM).
-    all_logits = torch.cat(logits).clone()
-    m, s = _loader_stats(loader, mean, std)
+    amp_dtype, _ = resolve_amp(device, amp)
+    chunks: dict[str, list[torch.Tensor]] = {k: [] for k in ("labels", "preds", "confidence", "losses",
+                                                             "probs", "embeddings", "inputs")}
+    num_classes = 0
+
+    def keep(step: int, logits: torch.Tensor, labels: torch.Tensor, embedding: torch.Tensor | None) -> None:
+        nonlocal num_classes
+        logits = logits.float()  # (B, K)
+        num_classes = logits.shape[1]
+        probs = logits.softmax(dim=1)
+        confidence, preds = probs.max(dim=1)
+        losses = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+        losses = torch.where(labels >= 0, losses, torch.full_like(losses, float("nan")))
+        for name, value in (("labels", labels), ("preds", preds), ("confidence", confidence),
+                            ("losses", losses)):
+            chunks[name].append(value.cpu())
+        if logits.shape[1] <= MAX_KEPT_CLASSES:
+            chunks["probs"].append(probs.cpu())
+        if embedding is not None:
+            chunks["embeddings"].append(embedding.float().cpu())
+
+    if keep_inputs == "auto":
+        keep_inputs = not can_fetch_inputs(loader)
+    source = _Recording(loader, chunks["inputs"]) if keep_inputs else loader
+    inference_pass(model, source, keep, device, amp_dtype=amp_dtype, embeddings=embeddings,
+                   labelled=False, desc="predict", verbose=verbose)
+    # clone(): tensors made in inference mode cannot enter autograd later (GradCAM).
+    out = {k: torch.cat(v).clone() if v else None for k, v in chunks.items()}
+    m, s = loader_stats(loader, mean, std)
     return Predictions(
-        logits=all_logits,
-        probs=all_logits.softmax(dim=1),
-        preds=all_logits.argmax(dim=1),
-        targets=torch.cat(targets).clone(),
-        inputs=torch.cat(inputs).clone() if keep_inputs else None,
-        mean=m,
-        std=s,
+        labels=out["labels"], preds=out["preds"], confidence=out["confidence"], losses=out["losses"],
+        indices=torch.arange(len(out["labels"])), num_classes=num_classes, probs=out["probs"],
+        embeddings=out["embeddings"], inputs=out["inputs"], mean=m, std=s, loader=loader,
     )
 
 
-# --------------------------------------------------------------------------- misclassified
+class _Recording:
+    """A loader that also copies each batch's images to the CPU as they pass (predict's keep_inputs)."""
 
+    def __init__(self, loader: Iterable, sink: list[torch.Tensor]) -> None:
+        self.loader, self.sink = loader, sink
 
-@dataclass
-class Misclassified:
-    """One wrong prediction, ready for the gallery and for GradCAM."""
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
 
-    image: np.ndarray  # (H, W, C) float32 in [0, 1], de-normalised for display
-    input: torch.Tensor  # (C, H, W) the normalised tensor the model saw (feed it to gradcam)
-    true: int  # true class index
-    pred: int  # predicted class index
-    confidence: float  # softmax probability of the predicted class, in [0, 1]
-    index: int  # position in the loader's iteration order (a shuffled loader has no fixed order)
+    def __iter__(self):
+        for batch in self.loader:
+            images = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+            if isinstance(images, torch.Tensor):  # anything else: the pass names the problem
+                self.sink.append(images.detach().to("cpu", torch.float32))
+            yield batch
 
 
 def get_misclassified(
@@ -226,83 +298,11 @@ def get_misclassified(
     n: int | None = 10,
     *,
     device: str | torch.device | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
     most_confident: bool = False,
-) -> list[Misclassified]:
-    """The first `n` wrong predictions (or, with `most_confident`, the `n` wrong ones the model was
-    surest of, most confident first). Exactly `n`, fewer only if fewer exist (with a warning).
-
-    Memory stays O(n): only the kept candidates' inputs are stored. `n=None` keeps every mistake.
-    mean/std (else the loader's `.mean`/`.std`, or the Normalize in its dataset's transform)
-    de-normalise the images; without any, the inputs are shown as they are, clipped to [0, 1].
-    """
-    if n is not None and n < 0:
-        raise ValueError(f"n must be >= 0 (or None for all); got {n}")
-    device = model_device(model) if device is None else torch.device(device)
-    model.to(device)
-    m, s = _loader_stats(loader, mean, std)
-
-    # Candidates so far, on the CPU: normalised inputs (k, C, H, W), true, pred, confidence, index.
-    kept_x: torch.Tensor | None = None
-    kept = {
-        "true": torch.empty(0, dtype=torch.long),
-        "pred": torch.empty(0, dtype=torch.long),
-        "conf": torch.empty(0),
-        "index": torch.empty(0, dtype=torch.long),
-    }
-    seen = 0
-    with eval_mode(model), torch.inference_mode():
-        for batch in loader:
-            x, y = _split_batch(batch)
-            probs = _logits_of(model(x.to(device, non_blocking=True))).float().softmax(dim=1).cpu()
-            conf, pred = probs.max(dim=1)  # (B,), (B,)
-            y = y.detach().cpu().long()
-            wrong = (pred != y) & (y >= 0)  # label -1 = unlabelled test image, never "wrong"
-            idx = wrong.nonzero().flatten()
-            if idx.numel():
-                new_x = x.detach()[idx.to(x.device)].to("cpu", torch.float32)
-                kept_x = new_x if kept_x is None else torch.cat([kept_x, new_x])
-                kept["true"] = torch.cat([kept["true"], y[idx]])
-                kept["pred"] = torch.cat([kept["pred"], pred[idx]])
-                kept["conf"] = torch.cat([kept["conf"], conf[idx]])
-                kept["index"] = torch.cat([kept["index"], idx + seen])
-                if n is not None and kept_x.shape[0] > n:
-                    if most_confident:
-                        order = kept["conf"].argsort(descending=True, stable=True)[:n]
-                    else:
-                        order = torch.arange(n)
-                    kept_x = kept_x[order]
-                    kept = {k: v[order] for k, v in kept.items()}
-            seen += int(y.numel())
-            if n is not None and not most_confident and kept_x is not None and kept_x.shape[0] >= n:
-                break  # the first n mistakes are found; no need to run the rest of the data
-
-    count = 0 if kept_x is None else kept_x.shape[0]
-    if n is not None and count < n:
-        warnings.warn(
-            f"Only {count} misclassified images in {seen} (asked for {n}); returning {count}.",
-            stacklevel=2,
-        )
-    if count == 0:
-        return []
-    if most_confident:
-        order = kept["conf"].argsort(descending=True, stable=True)
-        kept_x = kept_x[order]
-        kept = {k: v[order] for k, v in kept.items()}
-    kept_x = kept_x.clone()  # a normal tensor, not an inference tensor: GradCAM needs autograd
-    images = denormalize(kept_x, m, s)  # (k, H, W, C)
-    return [
-        Misclassified(
-            image=images[i],
-            input=kept_x[i],
-            true=int(kept["true"][i]),
-            pred=int(kept["pred"][i]),
-            confidence=float(kept["conf"][i]),
-            index=int(kept["index"][i]),
-        )
-        for i in range(count)
-    ]
+) -> list[Example]:
+    """`predict(model, loader).misclassified(n)`: the first `n` wrong predictions (or the `n` the
+    model was surest of), for a notebook that needs nothing else from the pass."""
+    return predict(model, loader, device).misclassified(n, most_confident=most_confident)
 
 
 # --------------------------------------------------------------------------- per class
@@ -312,7 +312,7 @@ def _preds_targets(
     preds: Predictions | torch.Tensor | np.ndarray | Sequence[int], targets
 ) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(preds, Predictions):
-        preds, targets = preds.preds, preds.targets
+        preds, targets = preds.preds, preds.labels
     if targets is None:
         raise ValueError("Pass a Predictions object, or both preds and targets.")
     p = np.asarray(torch.as_tensor(preds).cpu()).astype(np.int64).ravel()
@@ -330,7 +330,7 @@ def confusion_matrix(
 ) -> np.ndarray:
     """(K, K) int64 counts: row = true class, column = predicted class."""
     if num_classes is None and isinstance(preds, Predictions):
-        num_classes = preds.logits.shape[1]
+        num_classes = preds.num_classes
     p, t = _preds_targets(preds, targets)
     if num_classes is None:
         num_classes = int(max(p.max(initial=-1), t.max(initial=-1))) + 1

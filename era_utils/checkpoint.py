@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from era_utils.files import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -145,16 +146,8 @@ def save_checkpoint(
         "torch_version": str(torch.__version__),
         "extra": extra or {},
     }
-    # Temp file in the same folder so os.replace is an atomic rename on the same filesystem.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path, "wb") as f:  # a session killed mid-save keeps the previous checkpoint
+        torch.save(payload, f)
     return path
 
 

@@ -6,11 +6,11 @@ import shlex
 import sys
 from typing import Optional, Sequence
 
-from era_utils.engine import AMP_MODES
-from era_utils.recipes import RECIPES, get_recipe
-from era_utils.loaders import LOADERS
+from era_utils.recipes import RECIPES
+from era_utils.speed import AMP_MODES
 
-DATASETS = ("cifar10", "fashion_mnist")
+DATASETS = ("cifar10", "fashion_mnist", "faces")  # era_utils.steps.RUN_DATASETS, without importing torch
+LOADERS = ("auto", "gpu", "workers")  # era_utils.loaders.LOADERS
 
 
 def _positive_int(text: str) -> int:
@@ -32,9 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list the recipes and the models")
     run = sub.add_parser("run", help="run a recipe and write its figures and metrics to --out")
     run.add_argument("recipe", choices=list(RECIPES), help="the assignment recipe")
-    run.add_argument("--dataset", choices=DATASETS, help="dataset (default: the recipe's, cifar10)")
+    run.add_argument("--dataset", choices=DATASETS,
+                     help="dataset (default: the recipe's: cifar10; faces for hw2p2, from --data-dir)")
     run.add_argument("--data-dir", help="folder with the dataset (default: ./data for CIFAR-10; "
-                     "Debian's /usr/share/datasets/fashion-mnist for Fashion-MNIST)")
+                     "Debian's /usr/share/datasets/fashion-mnist for Fashion-MNIST; HW2P2's unzipped "
+                     "Kaggle folder with train/ dev/ test/ for faces)")
     run.add_argument("--download", action="store_true", help="download the dataset if missing (Colab)")
     run.add_argument("--epochs", type=_positive_int, help="override the recipe's epochs")
     run.add_argument("--batch-size", type=_positive_int, help="override the recipe's batch size")
@@ -44,19 +46,26 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train on N images (stratified) and test on max(1000, N/5)")
     run.add_argument("--test-subset", type=_positive_int, help="test on N images")
     run.add_argument("--loader", choices=LOADERS, default="auto",
-                     help="gpu: data on the device, batched augmentation; albumentations: per image "
-                     "on CPU workers; auto: gpu (default)")
+                     help="gpu: data on the device, batched augmentation; workers: per image on CPU "
+                     "workers (albumentations, or HW2P2's torchvision pipeline); auto: gpu on the fast "
+                     "path where the augmentation allows (default)")
     run.add_argument("--classic", action="store_true",
-                     help="turn the fast path off: albumentations DataLoader, fp32, eager (the fast path: data on the "
-                     "device, bf16/fp16, channels_last, torch.compile and fused optimizer on CUDA)")
+                     help="turn the fast path off: per-image augmentation on CPU workers, fp32, eager (the fast "
+                     "path: data on the device, bf16/fp16, channels_last, torch.compile and fused optimizer on CUDA)")
+    run.add_argument("--quick", action="store_true",
+                     help="CI's smoke run: the recipe on a few hundred Fashion-MNIST images for one epoch on the CPU")
     run.add_argument("--amp", choices=AMP_MODES,
                      help="mixed precision: auto (bf16/fp16 on CUDA, off elsewhere; the default), "
                      "bf16 (also fast on CPUs with native bf16), fp16, off")
-    run.add_argument("--workers", type=int, default=2, help="DataLoader workers (albumentations loader)")
+    run.add_argument("--workers", type=int, help="DataLoader worker processes of the workers loader (default 2; "
+                     "0 with --quick)")
     run.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
     run.add_argument("--seed", type=int, help="override the recipe's seed")
     run.add_argument("--out", help="output folder (default: runs/RECIPE)")
     run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (written at most once a minute, and at the end)")
+    run.add_argument("--dev-pairs", help="faces: the labelled verification pairs file (a b label per line)")
+    run.add_argument("--test-pairs", help="faces: the unlabelled verification pairs file (a b per line)")
+    run.add_argument("--pairs-root", help="faces: the folder the pairs files' paths are relative to")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -82,32 +91,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
 
     from era_utils.runner import run_recipe
+    from era_utils.steps import plan_run
 
-    recipe = get_recipe(args.recipe)
-    changes = {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed}
-    if args.lr is not None:
-        changes.update(lr=args.lr, use_lr_finder=False)
-    recipe = recipe.override(**{k: v for k, v in changes.items() if v is not None})
     if args.classic and args.loader == "gpu":
-        parser.error("--classic uses the albumentations DataLoader; drop --loader gpu")
+        parser.error("--classic augments per image on CPU workers; drop --loader gpu")
     try:
-        run_recipe(
-            recipe,
-            dataset=args.dataset,
-            data_dir=args.data_dir,
-            download=args.download,
-            subset=args.subset,
-            test_subset=args.test_subset,
-            loader="albumentations" if args.classic else args.loader,
-            device=args.device,
-            out=args.out or f"runs/{recipe.name}",
-            resume=args.resume,
-            fast=not args.classic,
-            amp=args.amp,
-            num_workers=args.workers,
-            verbose=not args.quiet,
-            command="era-utils " + " ".join(shlex.quote(a) for a in argv),
-        )
+        plan = plan_run(
+            args.recipe, quick=args.quick, dataset=args.dataset, data_dir=args.data_dir,
+            download=args.download, subset=args.subset, test_subset=args.test_subset, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, loader=args.loader,
+            fast=not args.classic, amp=args.amp, num_workers=args.workers, out=args.out, resume=args.resume,
+            verbose=not args.quiet, dev_pairs=args.dev_pairs, test_pairs=args.test_pairs,
+            pairs_root=args.pairs_root)
+        run_recipe(plan, command="era-utils " + " ".join(shlex.quote(a) for a in argv))
     except (FileNotFoundError, ValueError) as err:  # bad data folder or input: a message, not a trace
         print(f"era-utils: error: {err}", file=sys.stderr)
         return 2

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from era_utils.transforms import apply_transform
+
 __all__ = [
     "CIFAR10_CLASSES",
     "CIFAR10_MEAN",
@@ -32,6 +34,8 @@ __all__ = [
     "FASHION_MNIST_STD",
     "FASHION_MNIST_SYSTEM_DIR",
     "FaceFolder",
+    "HW2P2_MEAN",
+    "HW2P2_STD",
     "ImageArrays",
     "ImageFiles",
     "Pair",
@@ -41,6 +45,8 @@ __all__ = [
     "load_dataset",
     "load_fashion_mnist",
     "load_image",
+    "pair_label",
+    "pair_paths",
     "read_idx",
     "read_pairs",
 ]
@@ -70,6 +76,10 @@ _FASHION_MNIST_STATS = {
     (32, "pad"): ((0.2190,), (0.3318,)),
     (32, "resize"): ((0.2854,), (0.3384,)),
 }
+
+# HW2P2's face images (RGB, 224x224), per channel over the train split (measured in seed 001).
+HW2P2_MEAN = (0.5116, 0.4026, 0.3519)
+HW2P2_STD = (0.3073, 0.2697, 0.2587)
 
 # Where Debian/Ubuntu's `apt-get install dataset-fashion-mnist` puts the IDX .gz files.
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -502,22 +512,6 @@ def load_image(path: str | os.PathLike, expected_size: tuple[int, int] | None = 
     return img
 
 
-def _apply(transform: Callable | None, img: np.ndarray) -> Any:
-    """Run `transform` on an HWC uint8 RGB image in the form its library expects."""
-    if transform is None:
-        return img
-    module = type(transform).__module__ or ""
-    if module.startswith("albumentations"):
-        return transform(image=img)["image"]
-    if module.startswith("torchvision"):
-        # A PIL image suits both v1 (ToTensor) and v2 (ToImage) pipelines, as ImageFolder does;
-        # v2 would pass a bare numpy array through most transforms untouched.
-        from PIL import Image
-
-        return transform(Image.fromarray(img))
-    return transform(img)
-
-
 class FaceFolder(Dataset):
     """HW2P2 classification folders: root/<split>/<identity>/*.jpg -> (image, label).
 
@@ -587,7 +581,7 @@ class FaceFolder(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         path, label = self.samples[index]
-        return _apply(self.transform, load_image(path, self.expected_size)), label
+        return apply_transform(self.transform, load_image(path, self.expected_size)), label
 
 
 class ImageFiles(Dataset):
@@ -607,7 +601,7 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        return _apply(self.transform, load_image(self.paths[index], self.expected_size)), index
+        return apply_transform(self.transform, load_image(self.paths[index], self.expected_size)), index
 
 
 @dataclass(frozen=True)
@@ -618,6 +612,20 @@ class Pair:
     b: Path
     label: int | None = None
     pair_id: str = ""  # the two paths exactly as written in the file, space-separated (Kaggle Id)
+
+
+def pair_paths(pair: Any) -> tuple[Path, Path]:
+    """(a, b) of a `Pair` or of a plain `(a, b[, label])` tuple."""
+    if hasattr(pair, "a") and hasattr(pair, "b"):
+        return Path(pair.a), Path(pair.b)
+    return Path(pair[0]), Path(pair[1])
+
+
+def pair_label(pair: Any) -> int | None:
+    """The 0/1 label of a `Pair` or of an `(a, b, label)` tuple; None when unlabelled."""
+    if hasattr(pair, "label"):
+        return pair.label
+    return pair[2] if len(pair) > 2 else None
 
 
 def read_pairs(

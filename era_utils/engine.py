@@ -1,67 +1,57 @@
-"""The training engine every notebook uses: train_one_epoch, evaluate, fit -> History.
+"""The training engine every notebook uses: train_one_epoch, evaluate, fit -> History, and the one
+loop that runs a model over a loader for inference (`inference_pass`).
 
 Built for speed on a GPU without changing what is computed:
 - mixed precision (bf16 where the GPU has it, else fp16 with a GradScaler; off on the CPU),
-  channels_last on CUDA, optional torch.compile;
+  channels_last on CUDA, optional torch.compile (all decided by `era_utils.speed`);
 - no host-device sync per batch: loss sum, correct count, label range and "first NaN step" are
   accumulated as device tensors and read every `sync_every` steps (progress bar, NaN check) and
   once at the end of the epoch;
 - any loader yielding (images, labels): a DataLoader (copied with non_blocking=True) or the
   GPU-resident loader (tensors already on the device, the copies are no-ops).
-Every scheduler is stepped once per batch, after optimizer.step(). Checkpoints (one per epoch,
-written atomically) let `fit(..., checkpoint_path=..., resume=True)` carry on after a crash.
-Optimisers, the loss and the LR schedules live in `era_utils.schedules`, checkpoint files in
-`era_utils.checkpoint`; both are re-exported here.
+Every scheduler is stepped once per batch, after optimizer.step(). Checkpoints (written
+atomically by `era_utils.checkpoint`) let `fit(..., checkpoint_path=..., resume=True)` carry on
+after a crash. The optimizer and schedule come from the recipe (`Recipe.configure_optimizers`).
 """
 from __future__ import annotations
 
-import importlib.util
+import inspect
 import json
 import os
 import time
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from era_utils.checkpoint import (
-    load_checkpoint,
-    read_checkpoint,
-    restore_checkpoint,
-    save_checkpoint,
-    unwrap_model,
+from era_utils.batches import (
+    check_label_range,
+    check_logits,
+    label_range_error,
+    loader_length,
+    loss_or_label_error,
+    to_device,
+    unpack_batch,
+    unpack_inference_batch,
 )
-from era_utils.schedules import (
-    cosine_warm_restarts,
-    make_criterion,
-    make_optimizer,
-    one_cycle,
-)
-from era_utils.utils import eval_mode, get_device, keep_modes
+from era_utils.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
+from era_utils.files import write_json
+from era_utils.speed import autocast, resolve_amp, resolve_compile
+from era_utils.utils import eval_mode, get_device, keep_modes, model_device
 
 __all__ = [
-    "AMP_MODES",
+    "DEFAULT_SYNC_EVERY",
     "History",
-    "resolve_amp",
-    "precision_name",
-    "resolve_compile",
-    "train_one_epoch",
     "evaluate",
     "fit",
-    "make_optimizer",
-    "make_criterion",
-    "one_cycle",
-    "cosine_warm_restarts",
-    "save_checkpoint",
-    "load_checkpoint",
-    "unwrap_model",
+    "inference_pass",
+    "train_one_epoch",
 ]
 
-AMP_MODES = ("auto", "bf16", "fp16", "off")
 # Steps between device reads (progress-bar postfix, NaN and label checks). Each read waits for
 # the GPU queue to drain; once per 50 steps costs ~1-2% on a small model, once per step ~10-30%.
 DEFAULT_SYNC_EVERY = 50
@@ -106,165 +96,13 @@ class History:
         return cls(**{k: [float(v) for v in data[k]] for k in names if k in data})
 
     def to_json(self, path: str | os.PathLike) -> Path:
-        """Write the history as JSON (parent folders are created); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
-        return path
+        """Write the history as strict JSON, atomically (parent folders are created); returns the path."""
+        return write_json(path, self.to_dict(), indent=1)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "History":
         """Read a history written by `to_json`."""
         return cls.from_dict(json.loads(Path(path).read_text()))
-
-
-# ----------------------------------------------------------------------------- AMP
-
-
-def _grad_scaler(device_type: str, enabled: bool = True) -> Any:
-    """A GradScaler for `device_type` (torch.amp's since torch 2.3, torch.cuda.amp's before)."""
-    amp_scaler = getattr(torch.amp, "GradScaler", None)
-    if amp_scaler is not None:
-        return amp_scaler(device_type, enabled=enabled)
-    return torch.cuda.amp.GradScaler(enabled=enabled)
-
-
-def resolve_amp(device: str | torch.device, amp: str = "auto") -> tuple[torch.dtype | None, Any]:
-    """Turn amp="auto"|"bf16"|"fp16"|"off" into (autocast dtype or None, GradScaler or None).
-
-    "auto": bf16 on CUDA GPUs that run it natively (compute capability >= 8: A100, L4, H100),
-    fp16 + GradScaler on older ones (T4, V100), off on CPU and MPS. bf16 needs no scaler: it has
-    fp32's exponent range, so gradients do not underflow.
-    """
-    device = torch.device(device)
-    if amp not in AMP_MODES:
-        raise ValueError(f"amp must be one of {list(AMP_MODES)}, got {amp!r}.")
-    if amp == "off":
-        return None, None
-    if amp == "auto":
-        if device.type != "cuda":
-            return None, None
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        amp = "bf16" if torch.cuda.get_device_capability(index)[0] >= 8 else "fp16"
-    if amp == "bf16":
-        return torch.bfloat16, None
-    if device.type != "cuda":
-        raise ValueError(
-            f"amp='fp16' needs a CUDA GPU (it trains with a GradScaler); on {device.type} use "
-            "amp='bf16' or amp='off'."
-        )
-    return torch.float16, _grad_scaler("cuda")
-
-
-def precision_name(amp_dtype: torch.dtype | None) -> str:
-    """How a `resolve_amp` dtype trains, in words: "fp32", "bf16 autocast", "fp16 autocast + GradScaler"."""
-    return {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[amp_dtype]
-
-
-def resolve_compile(device: str | torch.device, compile: bool | str = "auto") -> bool | str:
-    """Turn compile="auto"|True|False|mode into what fit passes on: False or True/a torch.compile mode.
-
-    "auto": on for CUDA when Triton (inductor's GPU code generator) is installed, off elsewhere:
-    on the CPU inductor needs a C++ compiler and gains little for these convolution-bound nets.
-    """
-    if compile == "auto":
-        return torch.device(device).type == "cuda" and importlib.util.find_spec("triton") is not None
-    if isinstance(compile, (bool, str)):
-        return compile
-    raise ValueError(f"compile must be True, False, 'auto' or a torch.compile mode, got {compile!r}.")
-
-
-# ----------------------------------------------------------------------------- batch checks
-
-_EXPECTED = (
-    "(images, labels) pairs: images a float tensor (B, C, H, W) and labels an integer tensor (B,) "
-    "of class indices"
-)
-
-
-def _describe(obj: Any) -> str:
-    """A short description of what a loader yielded, for error messages."""
-    if isinstance(obj, torch.Tensor):
-        return f"Tensor{tuple(obj.shape)} {str(obj.dtype).replace('torch.', '')}"
-    if isinstance(obj, (tuple, list)):
-        inner = ", ".join(_describe(o) for o in obj[:4]) + (", ..." if len(obj) > 4 else "")
-        return f"a {type(obj).__name__} of {len(obj)} items ({inner})"
-    if isinstance(obj, dict):
-        return f"a dict with keys {list(obj)[:6]}"
-    return f"a {type(obj).__name__}"
-
-
-def _unpack_batch(batch: Any, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check one batch's structure (host-side metadata only, no sync) and split it."""
-    if not (
-        isinstance(batch, (tuple, list))
-        and len(batch) == 2
-        and all(isinstance(t, torch.Tensor) for t in batch)
-    ):
-        raise ValueError(
-            f"The loader must yield {_EXPECTED}, but batch {step + 1} was {_describe(batch)}. "
-            "If the dataset returns extra items or a dict, map each sample to (image, label) first."
-        )
-    images, labels = batch
-    if labels.ndim != 1 or images.ndim == 0 or labels.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"Batch {step + 1}: labels must have shape (B,) with B = images.shape[0], but got images "
-            f"{tuple(images.shape)} and labels {tuple(labels.shape)}. One-hot labels are not "
-            "supported: pass class indices."
-        )
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise ValueError(
-            f"Batch {step + 1}: labels must be integer class indices, got dtype "
-            f"{str(labels.dtype).replace('torch.', '')}. Convert them with labels.long()."
-        )
-    return images, labels
-
-
-def _num_outputs(logits: Any, labels: torch.Tensor) -> int:
-    """Check the model's output against the batch and return its number of classes."""
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(
-            f"The model returned {_describe(logits)}; the engine expects logits, one tensor "
-            "(B, num_classes)."
-        )
-    if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"The model's output has shape {tuple(logits.shape)}; expected logits (B, num_classes) "
-            f"with B = {labels.shape[0]} (the batch size)."
-        )
-    return int(logits.shape[1])
-
-
-def _label_range_error(lo: int, hi: int, num_outputs: int, where: str) -> ValueError:
-    if lo < 0:
-        problem = f"has a negative label ({lo}); -1 marks unlabelled images, which cannot be scored"
-    else:
-        problem = (
-            f"has labels up to {hi} (max label {hi}); build the model with num_classes={hi + 1} "
-            "or more, or fix the dataset's labels"
-        )
-    return ValueError(
-        f"Labels must be class indices in [0, {num_outputs - 1}] for a model with {num_outputs} "
-        f"outputs, but {where} {problem}."
-    )
-
-
-def _check_label_range(labels: torch.Tensor, num_outputs: int, where: str) -> None:
-    """Eager range check (one sync): used on the first batch and when the loss itself fails."""
-    lo, hi = (int(v) for v in torch.stack([labels.min(), labels.max()]).tolist())
-    if lo < 0 or hi >= num_outputs:
-        raise _label_range_error(lo, hi, num_outputs, where)
-
-
-def _loss(criterion: nn.Module, logits: torch.Tensor, labels: torch.Tensor, num_outputs: int,
-          where: str) -> torch.Tensor:
-    """criterion(logits, labels), turning an out-of-range-label failure into a readable error."""
-    try:
-        return criterion(logits, labels)
-    except (IndexError, RuntimeError) as err:
-        # On the CPU cross_entropy raises for a bad label before any sync point could see it.
-        _check_label_range(labels, num_outputs, where)
-        raise err
 
 
 # ----------------------------------------------------------------------------- device-side sums
@@ -283,6 +121,7 @@ class _Running:
         self.first_bad = torch.full((), -1, **long)  # first step whose loss was NaN/inf, -1: none
         self.bad_value = torch.zeros((), dtype=torch.float32, device=device)
         self.seen = 0  # samples, counted on the host from shapes (no sync)
+        self.num_outputs = 0  # classes the model scores (from the logits' shape)
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         loss = loss.detach().float()
@@ -296,6 +135,7 @@ class _Running:
         self.bad_value = torch.where(newly_bad, loss, self.bad_value)
         self.step += 1
         self.seen += batch
+        self.num_outputs = int(logits.shape[1])
 
     def read(self) -> dict[str, float]:
         """Copy the sums to the host: the one place that waits for the device."""
@@ -312,17 +152,7 @@ class _Running:
 
 def _check_read(vals: dict[str, float], num_outputs: int, where: str) -> None:
     if vals["label_min"] < 0 or vals["label_max"] >= num_outputs:
-        raise _label_range_error(int(vals["label_min"]), int(vals["label_max"]), num_outputs, where)
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _len_or_none(loader: Any) -> int | None:
-    try:
-        return len(loader)
-    except TypeError:
-        return None
+        raise label_range_error(int(vals["label_min"]), int(vals["label_max"]), num_outputs, where)
 
 
 def _progress(loader: Iterable, desc: str, verbose: bool) -> tqdm:
@@ -332,24 +162,8 @@ def _progress(loader: Iterable, desc: str, verbose: bool) -> tqdm:
     (tqdm/tqdm#1598), which starts a DataLoader's worker processes twice per epoch and draws an
     extra shuffle seed. Handing it an iterator avoids both.
     """
-    return tqdm(iter(loader), total=_len_or_none(loader), desc=desc, disable=not verbose,
+    return tqdm(iter(loader), total=loader_length(loader), desc=desc, disable=not verbose,
                 leave=False, unit="batch", dynamic_ncols=True)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    images = images.to(device, non_blocking=True)  # a no-op for the GPU-resident loader
-    if channels_last and images.ndim == 4:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images
-
-
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:
-    return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
 
 # ----------------------------------------------------------------------------- train / evaluate
@@ -377,7 +191,7 @@ def train_one_epoch(
     the inputs; converting the model is the caller's job (fit does it).
     Raises FloatingPointError naming the epoch, step and LR if the loss becomes NaN/inf.
     """
-    device = _model_device(model) if device is None else torch.device(device)
+    device = model_device(model) if device is None else torch.device(device)
     sync_every = max(int(sync_every), 1)
     model.train()
     run = _Running(device)
@@ -396,17 +210,18 @@ def train_one_epoch(
 
     with _progress(loader, f"epoch {epoch + 1} train", verbose) as bar:
         for step, batch in enumerate(bar):
-            images, labels = _unpack_batch(batch, step)
-            images = _to_device(images, device, channels_last)
+            images, labels = unpack_batch(batch, step)
+            images = to_device(images, device, channels_last)
             labels = labels.to(device, dtype=torch.long, non_blocking=True)
             lrs.append(float(optimizer.param_groups[0]["lr"]))  # the LR this step uses
             optimizer.zero_grad(set_to_none=True)
-            with _autocast(device, amp_dtype):
+            with autocast(device, amp_dtype):
                 logits = model(images)  # (B, num_classes)
                 if step == 0:
-                    num_outputs = _num_outputs(logits, labels)
-                    _check_label_range(labels, num_outputs, f"batch 1 of epoch {epoch + 1}")
-                loss = _loss(criterion, logits, labels, num_outputs, f"batch {step + 1} of epoch {epoch + 1}")
+                    num_outputs = check_logits(logits, labels)
+                    check_label_range(labels, num_outputs, f"batch 1 of epoch {epoch + 1}")
+                loss = loss_or_label_error(criterion, logits, labels, num_outputs,
+                                           f"batch {step + 1} of epoch {epoch + 1}")
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)  # skipped when the fp16 gradients overflowed
@@ -437,6 +252,71 @@ def train_one_epoch(
     return vals["loss"], vals["acc"], lrs
 
 
+def _accepts_return_embedding(model: nn.Module) -> bool:
+    try:
+        return "return_embedding" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _forward(model: nn.Module, images: torch.Tensor, embeddings: bool) -> tuple[Any, torch.Tensor | None]:
+    """(logits, embedding or None): one forward pass when the model can return both."""
+    if not embeddings:
+        return model(images), None
+    if _accepts_return_embedding(model):
+        return model(images, return_embedding=True)  # every era_utils model: (logits, (B, D))
+    embed = getattr(model, "embed", None)
+    if not callable(embed):
+        raise TypeError(
+            f"{type(model).__name__} has no embed(x) method. Every era_utils model has one "
+            "(create_model(...)); for your own classifier add `def embed(self, x)` returning the "
+            "pooled features that feed the last Linear layer, shape (B, D)."
+        )
+    return model(images), embed(images)
+
+
+def inference_pass(
+    model: nn.Module,
+    loader: Iterable,
+    on_batch: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor | None], None],
+    device: str | torch.device | None = None,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    embeddings: bool = False,
+    labelled: bool = True,
+    desc: str = "evaluate",
+    verbose: bool = False,
+) -> int:
+    """Run `model` once over `loader` in eval and inference mode; `on_batch(step, logits, labels,
+    embedding)` receives each batch's (B, K) logits, (B,) labels on the device and, with
+    `embeddings`, the (B, D) penultimate features. Returns the number of images.
+
+    `labelled=True`: every batch is (images, labels) with labels in [0, K) (evaluate); False: images
+    alone or labels of -1 are accepted too (predictions on an unlabelled test split). The model's
+    train/eval flags are put back afterwards, errors included.
+    """
+    device = model_device(model) if device is None else torch.device(device)
+    unpack = unpack_batch if labelled else unpack_inference_batch
+    seen = 0
+    with eval_mode(model), torch.inference_mode(), _progress(loader, desc, verbose) as bar:
+        for step, batch in enumerate(bar):
+            images, labels = unpack(batch, step)
+            images = to_device(images, device, channels_last)
+            labels = labels.to(device, dtype=torch.long, non_blocking=True)
+            with autocast(device, amp_dtype):
+                logits, embedding = _forward(model, images, embeddings)  # (B, K), (B, D) or None
+            if step == 0:
+                num_outputs = check_logits(logits, labels)
+                check_label_range(labels, num_outputs, f"batch 1 of the {desc} loader",
+                                  allow_unlabelled=not labelled)
+            on_batch(step, logits, labels, embedding)
+            seen += labels.shape[0]
+    if seen == 0:
+        raise ValueError(f"The {desc} loader yielded no batches: is the dataset empty?")
+    return seen
+
+
 def evaluate(
     model: nn.Module,
     loader: Iterable,
@@ -451,28 +331,20 @@ def evaluate(
 
     Every submodule's train/eval flag is put back afterwards. criterion=None: cross-entropy.
     """
-    device = _model_device(model) if device is None else torch.device(device)
+    device = model_device(model) if device is None else torch.device(device)
     criterion = nn.CrossEntropyLoss() if criterion is None else criterion
-    num_outputs = 0
-    with eval_mode(model), torch.inference_mode():
-        run = _Running(device)
-        with _progress(loader, "evaluate", verbose) as bar:
-            for step, batch in enumerate(bar):
-                images, labels = _unpack_batch(batch, step)
-                images = _to_device(images, device, channels_last)
-                labels = labels.to(device, dtype=torch.long, non_blocking=True)
-                with _autocast(device, amp_dtype):
-                    logits = model(images)  # (B, num_classes)
-                    if step == 0:
-                        num_outputs = _num_outputs(logits, labels)
-                        _check_label_range(labels, num_outputs, "batch 1 of the evaluation loader")
-                    loss = _loss(criterion, logits, labels, num_outputs,
-                                 f"batch {step + 1} of the evaluation loader")
-                run.update(loss, logits, labels)
-        if run.seen == 0:
-            raise ValueError("The evaluation loader yielded no batches.")
-        vals = run.read()
-    _check_read(vals, num_outputs, "the evaluation loader")
+    run = _Running(device)
+
+    def add(step: int, logits: torch.Tensor, labels: torch.Tensor, _embedding: Any) -> None:
+        where = f"batch {step + 1} of the evaluation loader"
+        with autocast(device, amp_dtype):
+            loss = loss_or_label_error(criterion, logits, labels, logits.shape[1], where)
+        run.update(loss, logits, labels)
+
+    inference_pass(model, loader, add, device, amp_dtype=amp_dtype, channels_last=channels_last,
+                   desc="evaluation", verbose=verbose)
+    vals = run.read()
+    _check_read(vals, run.num_outputs, "the evaluation loader")
     return vals["loss"], vals["acc"]
 
 
@@ -491,7 +363,7 @@ def _check_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer, epochs: i
     if getattr(scheduler, "optimizer", optimizer) is not optimizer:
         raise ValueError("The scheduler was built on a different optimizer than the one passed to fit.")
     total = getattr(scheduler, "total_steps", None)  # OneCycleLR
-    steps = _len_or_none(loader)
+    steps = loader_length(loader)
     if not isinstance(total, int) or steps is None or total == epochs * steps:
         return
     message = (

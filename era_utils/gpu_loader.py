@@ -133,6 +133,17 @@ class GPULoader:
         padded[:, pad:pad + height, pad:pad + width] = _as_tensor(batch).to(self.device)
         return self._augment(padded, torch.arange(b, device=self.device))
 
+    def inputs_at(self, index: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """The images at dataset positions `index` (k,), normalised and not augmented: (k, C, H, W)."""
+        index = torch.as_tensor(index, dtype=torch.int64).reshape(-1)
+        if index.numel() and not (0 <= int(index.min()) and int(index.max()) < self.dataset_size):
+            raise IndexError(f"positions must be in [0, {self.dataset_size}), got {index.tolist()[:5]}")
+        pad = self.spec.crop_padding
+        height, width = self.images.shape[1:3]
+        x = self._padded[index.to(self.device), pad:pad + height, pad:pad + width]  # (k, H, W, C)
+        out = x.to(torch.float32).sub_(self._mean255).mul_(self._inv_std255)
+        return out.to(self.dtype).permute(0, 3, 1, 2).contiguous()
+
     def _randint(self, high: int, size: int) -> torch.Tensor:
         """(size,) int64 uniform in [0, high) on the device, from the loader's generator."""
         draw = torch.randint(0, high, (size,), generator=self.generator, device=self._rng_device)

@@ -24,8 +24,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from era_utils.analysis import model_device
-from era_utils.utils import eval_mode
+from era_utils.utils import eval_mode, model_device
 
 __all__ = [
     "MIN_CAM_SIZE",
@@ -161,7 +160,7 @@ def gradcam(
     batch_size: int = 64,
 ) -> np.ndarray:
     """GradCAM maps for normalised `images` (N, C, H, W) (or (C, H, W), a list of those, or the
-    items `get_misclassified` returns: their `.input`) -> float32 numpy (N, H, W) in [0, 1].
+    examples `Predictions.misclassified` returns: their `.input`) -> float32 numpy (N, H, W) in [0, 1].
 
     `target_layer`: a module or dotted name; None picks `default_target_layer` for this input size.
     `targets`: None explains each image's predicted class; pass the true labels (one per image) to
@@ -169,7 +168,7 @@ def gradcam(
     batches of `batch_size`; the model's train/eval modes and parameter gradients are left as they were.
     """
     if isinstance(images, (list, tuple)):
-        # Misclassified items carry the normalised tensor the model saw as `.input`.
+        # Examples (analysis.Example) carry the normalised tensor the model saw as `.input`.
         images = torch.stack([torch.as_tensor(getattr(im, "input", im)) for im in images])
     x = torch.as_tensor(images)
     if x.dim() == 3:

@@ -1,22 +1,57 @@
-"""From a dataset name to the two loaders a run trains and tests with.
+"""From arrays to the loaders a run trains and tests with, and back from a loader to its images.
 
-The runner and the notebooks share these two calls, so "which loader, which subset" is decided in
-one place: `load_splits` (train and test arrays, optionally a stratified subset) and
-`make_loaders` (the GPU-resident loader, or albumentations / torchvision per image on CPU workers).
+Two ways to feed a model, named for where the augmentation runs:
+- "gpu": `GPULoader` keeps the whole dataset on the device and augments whole batches there
+  (an `AugmentSpec`: pad-and-crop, flip, cutout), so Colab's two vCPUs never starve the GPU;
+- "workers": a DataLoader whose workers augment one image at a time on the CPU, with the
+  albumentations pipeline of the same `AugmentSpec`, or any per-image transform (HW2P2's
+  torchvision pipeline: rotation and colour jitter have no batched version here).
+
+`load_splits` and `make_loaders` are the calls the run's steps make; `augment_examples` shows what
+a loader's augmentation does, and `inputs_at` fetches the inputs a prediction was made on.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+import random
+from typing import Any, Callable, Optional, Sequence, Union
 
+import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from era_utils.data import ImageArrays, load_dataset
 from era_utils.gpu_loader import GPULoader
-from era_utils.transforms import NO_AUGMENT, AugmentSpec, make_loader
+from era_utils.transforms import (
+    NO_AUGMENT,
+    AugmentSpec,
+    albumentations_transform,
+    apply_transform,
+    check_images,
+    check_mean_std,
+    seed_transform,
+)
 from era_utils.utils import get_device
 
-LOADERS = ("auto", "gpu", "albumentations")
+__all__ = [
+    "LOADERS",
+    "ArrayDataset",
+    "augment_examples",
+    "can_fetch_inputs",
+    "dataset_loader",
+    "inputs_at",
+    "load_splits",
+    "make_loaders",
+    "worker_init_fn",
+    "worker_loader",
+]
 
+LOADERS = ("auto", "gpu", "workers")
+Loader = Union[GPULoader, DataLoader]
+
+
+# ---------------------------------------------------------------------------------------------
+#  Arrays
+# ---------------------------------------------------------------------------------------------
 
 def load_splits(
     name: str,
@@ -44,6 +79,160 @@ def load_splits(
     return train, test
 
 
+# ---------------------------------------------------------------------------------------------
+#  The per-image path: a Dataset over arrays, DataLoader workers
+# ---------------------------------------------------------------------------------------------
+
+def _find_step(transform: Any, name: str) -> Any:
+    """The first step of class `name` inside an albumentations pipeline (nested ones too), or None."""
+    for step in getattr(transform, "transforms", []):
+        if type(step).__name__ == name:
+            return step
+        inner = _find_step(step, name)
+        if inner is not None:
+            return inner
+    return None
+
+
+def _check_transform_fits(transform: Any, images: np.ndarray) -> None:
+    """Catch a recipe built for other images: channels to normalise, crop size."""
+    normalize = _find_step(transform, "Normalize")
+    mean = getattr(normalize, "mean", None)
+    if mean is not None and np.ndim(mean) == 1 and len(mean) != images.shape[-1]:
+        raise ValueError(
+            f"the transform normalises {len(mean)} channel(s) but the images have {images.shape[-1]}; "
+            "build it with one mean/std value per channel"
+        )
+    crop = _find_step(transform, "RandomCrop")
+    if crop is not None and (crop.height, crop.width) != tuple(images.shape[1:3]):
+        raise ValueError(
+            f"the transform crops {crop.height}x{crop.width} but the images are "
+            f"{images.shape[1]}x{images.shape[2]}; build it with size={images.shape[1]}"
+        )
+
+
+class ArrayDataset(Dataset):
+    """uint8 (N, H, W, C) images and their labels, each image run through a per-image transform:
+    yields (CHW float32 tensor, int label).
+
+    The transform is an albumentations pipeline (called with `image=`) or any callable taking the
+    HWC array (e.g. HW2P2's torchvision v2 pipeline). Use it through `worker_loader` (which installs
+    `worker_init_fn`), or pass `worker_init_fn=worker_init_fn` to your own DataLoader: without it
+    every worker starts from the same albumentations RNG state and they repeat each other.
+    """
+
+    def __init__(self, images: np.ndarray, labels: Sequence[int] | np.ndarray, transform: Any,
+                 seed: int | None = None) -> None:
+        images = check_images(images)
+        if isinstance(images, torch.Tensor):
+            images = images.cpu().numpy()
+        labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
+        if labels.shape != (len(images),):
+            raise ValueError(f"labels must be shaped ({len(images)},) to match the images, got {labels.shape}")
+        _check_transform_fits(transform, images)
+        self.images = images  # (N, H, W, C) uint8
+        self.labels = labels  # (N,) int64
+        self.transform = transform
+        # albumentations pipelines take image=...; anything else (torchvision v2) is called plainly.
+        self._albumentations = hasattr(transform, "set_random_seed")
+        if seed is not None and self._albumentations:  # torchvision draws from torch's (seeded) RNG
+            seed_transform(transform, seed)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def augment(self, image: np.ndarray) -> torch.Tensor:
+        """One (H, W, C) uint8 image through the transform: a (C, H, W) float32 tensor."""
+        if self._albumentations:
+            out = self.transform(image=image)["image"]
+        else:  # a plain callable, e.g. the HW2P2 torchvision v2 pipeline
+            out = self.transform(image)
+        if not isinstance(out, torch.Tensor):  # a pipeline without ToTensorV2: HWC ndarray
+            array = np.ascontiguousarray(np.asarray(out).transpose(2, 0, 1))
+            out = torch.from_numpy(array)
+        if not out.is_floating_point():  # un-normalised uint8: scale to [0, 1] like ToTensor
+            out = out.float().div_(255.0)
+        return out.float()
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.augment(self.images[index]), int(self.labels[index])
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader worker set-up: reseed python, numpy, torch and the dataset's albumentations Compose.
+
+    The seed is torch's per-worker seed (the loader's base seed + worker_id), so workers differ from
+    each other and a DataLoader `generator` seeded the same way gives the same augmentations.
+    """
+    info = torch.utils.data.get_worker_info()
+    if info is None:  # called outside a worker: nothing to reseed
+        return
+    seed = info.seed % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    dataset = info.dataset
+    while dataset is not None:  # look through Subset/wrappers for the transform
+        transform = getattr(dataset, "transform", None)
+        if transform is not None and hasattr(transform, "set_random_seed"):
+            seed_transform(transform, seed)
+            break
+        dataset = getattr(dataset, "dataset", None)
+
+
+def dataset_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int = 2,
+                   seed: int | None = None, drop_last: bool = False, pin_memory: bool | None = None
+                   ) -> DataLoader:
+    """A DataLoader over any per-image dataset (arrays, face folders), its workers reseeded.
+
+    Workers are persistent (their start-up and RNG state carry across epochs) and reseeded by
+    `worker_init_fn`; `seed` fixes the shuffle order and the workers' base seed; `pin_memory=None`
+    pins when CUDA is available.
+    """
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        worker_init_fn=worker_init_fn,
+        generator=generator,  # draws the shuffle order and the workers' base seed
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=drop_last,
+    )
+
+
+def worker_loader(arrays: Any, augment: AugmentSpec | Any, mean: Sequence[float], std: Sequence[float],
+                  batch_size: int, shuffle: bool = True, num_workers: int = 2, seed: int | None = None,
+                  pin_memory: bool | None = None, *, drop_last: bool = False) -> DataLoader:
+    """A DataLoader over `arrays` (an ImageArrays, or an (images, labels) pair) that augments per
+    image in CPU workers.
+
+    `augment`: an `AugmentSpec` (built as an albumentations 2.x pipeline for these images), or a
+    ready per-image transform (an albumentations Compose, HW2P2's torchvision pipeline). `seed`
+    fixes shuffling and augmentation. Use `NO_AUGMENT` with shuffle=False for the test loader.
+    """
+    if hasattr(arrays, "images") and hasattr(arrays, "labels"):
+        images, labels = arrays.images, arrays.labels
+    elif isinstance(arrays, (tuple, list)) and len(arrays) == 2:
+        images, labels = arrays
+    else:
+        raise TypeError("arrays must have .images and .labels (an ImageArrays) or be an (images, labels) pair")
+    images = check_images(images)
+    mean_t, std_t = check_mean_std(mean, std, images.shape[-1])
+    if isinstance(augment, AugmentSpec):
+        transform = albumentations_transform(augment, mean_t, std_t, size=tuple(images.shape[1:3]))
+    else:
+        transform = augment
+    return dataset_loader(ArrayDataset(images, labels, transform, seed=seed), batch_size, shuffle=shuffle,
+                          num_workers=num_workers, seed=seed, drop_last=drop_last, pin_memory=pin_memory)
+
+
+# ---------------------------------------------------------------------------------------------
+#  Both paths
+# ---------------------------------------------------------------------------------------------
+
 def make_loaders(
     train: ImageArrays,
     test: ImageArrays,
@@ -58,12 +247,12 @@ def make_loaders(
     num_workers: int = 2,
     channels_last: bool = False,
     drop_last: Union[bool, str] = "auto",
-) -> tuple[Union[GPULoader, torch.utils.data.DataLoader], Union[GPULoader, torch.utils.data.DataLoader]]:
+) -> tuple[Loader, Loader]:
     """(train_loader, test_loader), both yielding (images, labels).
 
     `augment`: an `AugmentSpec` (S7 / S10: runs on either path), or a per-image callable such as
     `hw2p2_train_transform(...)` (rotation and colour jitter: CPU workers only).
-    `loader`: "gpu" keeps the data on `device` and augments whole batches there; "albumentations"
+    `loader`: "gpu" keeps the data on `device` and augments whole batches there; "workers"
     augments per image in `num_workers` DataLoader workers; "auto" is gpu for an AugmentSpec.
     The test loader only normalises and keeps the dataset's order. `drop_last` drops the training
     loader's short last batch (every epoch leaves out another random few images), so that the
@@ -78,23 +267,95 @@ def make_loaders(
     if per_image and loader == "gpu":
         raise ValueError(
             "this augmentation (e.g. HW2P2's rotation and colour jitter) runs per image on CPU "
-            "workers: use loader='albumentations' (or 'auto')"
+            "workers: use loader='workers' (or 'auto')"
         )
-    classes = list(train.classes) or None
     if drop_last == "auto":
         drop_last = get_device(device).type == "cuda" and len(train.labels) >= batch_size
     elif not isinstance(drop_last, bool):
         raise ValueError(f"drop_last must be True, False or 'auto', got {drop_last!r}")
     if loader == "gpu" or (loader == "auto" and not per_image):
         # channels_last batches match fit()'s channels_last model on CUDA: no per-step layout copies.
-        kw = dict(mean=mean, std=std, device=device, classes=classes, channels_last=channels_last)
+        kw = dict(mean=mean, std=std, device=device, classes=list(train.classes) or None,
+                  channels_last=channels_last)
         return (
             GPULoader(train.images, train.labels, batch_size, spec=augment, shuffle=True, seed=seed,
                       drop_last=drop_last, **kw),
             GPULoader(test.images, test.labels, batch_size, spec=NO_AUGMENT, shuffle=False, **kw),
         )
     return (
-        make_loader(train, augment, mean, std, batch_size, shuffle=True, num_workers=num_workers, seed=seed,
-                    drop_last=drop_last),
-        make_loader(test, NO_AUGMENT, mean, std, batch_size, shuffle=False, num_workers=num_workers),
+        worker_loader(train, augment, mean, std, batch_size, shuffle=True, num_workers=num_workers,
+                      seed=seed, drop_last=drop_last),
+        worker_loader(test, NO_AUGMENT, mean, std, batch_size, shuffle=False, num_workers=num_workers),
+    )
+
+
+def _transform_of(loader: Any) -> Any:
+    """The per-image dataset behind a DataLoader (through Subset and similar wrappers), or None."""
+    dataset = getattr(loader, "dataset", None)
+    for _ in range(5):
+        if dataset is None or callable(getattr(dataset, "augment", None)) or hasattr(dataset, "transform"):
+            return dataset
+        dataset = getattr(dataset, "dataset", None)
+    return None
+
+
+def augment_examples(augment: Any, images: Any, *, n: int = 5, rows: int = 2) -> torch.Tensor:
+    """The first `n` of `images` augmented `rows` times, as the model sees them: a normalised
+    (rows, n, C, H, W) float tensor on the CPU (de-normalise with the loader's mean/std to show it).
+
+    `augment`: a `GPULoader` (its batched augmentation), a DataLoader over an `ArrayDataset` or a
+    face folder (its per-image transform), or a per-image transform itself. `images`: uint8
+    (N, H, W, C) arrays or an ImageArrays.
+    """
+    raw = np.asarray(getattr(images, "images", images))[:n]
+    if raw.ndim == 3:
+        raw = raw[..., None]  # (n, H, W) gray
+    if isinstance(augment, GPULoader):
+        batches = [augment.augment(raw).float().cpu() for _ in range(rows)]
+    else:
+        dataset = _transform_of(augment) if isinstance(augment, DataLoader) else None
+        if dataset is not None and callable(getattr(dataset, "augment", None)):
+            one = dataset.augment  # ArrayDataset: exactly what its __getitem__ does
+        else:
+            transform = getattr(dataset, "transform", augment)
+            if not callable(transform):
+                raise TypeError(f"augment must be a GPULoader, a DataLoader or a transform, got {type(augment).__name__}")
+
+            def one(image: np.ndarray) -> torch.Tensor:
+                return torch.as_tensor(apply_transform(transform, image)).float()
+
+        batches = [torch.stack([one(np.ascontiguousarray(image)) for image in raw]) for _ in range(rows)]
+    return torch.stack(batches)  # (rows, n, C, H, W)
+
+
+def can_fetch_inputs(loader: Any) -> bool:
+    """Can `inputs_at` give this loader's inputs back by position (an unshuffled test loader)?"""
+    if isinstance(loader, GPULoader):
+        return not loader.shuffle and loader.spec.is_identity
+    return isinstance(loader, DataLoader) and isinstance(loader.sampler, SequentialSampler)
+
+
+def inputs_at(loader: Any, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """The normalised inputs (k, C, H, W) at positions `indices` of an unshuffled, unaugmented loader
+    (a test loader), on the CPU: the images a prediction was made on, fetched again.
+
+    A GPULoader gathers them on the device; a DataLoader reads them from its dataset, in which
+    position i of an unshuffled loader is item i.
+    """
+    index = torch.as_tensor(np.asarray(indices), dtype=torch.long).reshape(-1)
+    if isinstance(loader, GPULoader):
+        if loader.shuffle or not loader.spec.is_identity:
+            raise ValueError("inputs_at needs the test loader (shuffle=False, spec=NO_AUGMENT): a shuffled "
+                             "or augmenting GPULoader does not give an image the same input twice")
+        return loader.inputs_at(index).float().cpu()
+    if isinstance(loader, DataLoader):
+        if not isinstance(loader.sampler, SequentialSampler):
+            raise ValueError("inputs_at needs an unshuffled DataLoader (shuffle=False): with a shuffled "
+                             "one, position i of a pass is not item i of the dataset")
+        items = [loader.dataset[int(i)] for i in index]
+        return torch.stack([torch.as_tensor(item[0] if isinstance(item, (tuple, list)) else item)
+                            for item in items]).float()
+    raise TypeError(
+        f"cannot fetch images back from a {type(loader).__name__}: predict with keep_inputs=True, "
+        "or use a GPULoader or a DataLoader"
     )

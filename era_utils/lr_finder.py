@@ -9,7 +9,8 @@ Why not the library's own suggestion: its `plot()` takes the steepest gradient o
 which lands on whichever batch happened to be noisy, and it calls `plt.show()` unless given an
 axis. Here the curve is smoothed with a centred Gaussian (no lag, unlike an EMA, which shifts the
 curve to higher LRs) and the steepest descent is searched only before the smoothed minimum.
-S10 recipe: run `find_lr` first, then build `one_cycle(...)` with max_lr = the suggestion.
+S10: `steps.range_test` runs it with the recipe's settings, then the recipe builds One Cycle with
+max_lr = the suggestion (`Recipe.configure_optimizers`).
 """
 from __future__ import annotations
 
@@ -31,15 +32,14 @@ import torch_lr_finder.lr_finder as _lr_finder_lib
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 from tqdm.auto import tqdm
 
-from era_utils.engine import (
-    _check_label_range,
-    _grad_scaler,
-    _len_or_none,
-    _loss,
-    _num_outputs,
-    _unpack_batch,
-    resolve_amp,
+from era_utils.batches import (
+    check_label_range,
+    check_logits,
+    loader_length,
+    loss_or_label_error,
+    unpack_batch,
 )
+from era_utils.speed import grad_scaler, resolve_amp
 from era_utils.utils import get_device, keep_modes
 
 __all__ = ["LRFinderResult", "find_lr", "smooth_losses", "suggest_lr", "SUGGESTION_METHODS"]
@@ -128,6 +128,11 @@ class LRFinderResult:
     method: str = "steepest"
     stopped_early: bool = False  # the loss diverged (or became NaN/inf) before num_iter batches
 
+    def to_dict(self) -> dict[str, Any]:
+        """The curve and the suggestion as plain lists and numbers, ready for JSON."""
+        return {"lrs": self.lrs, "losses": self.losses, "smoothed": self.smoothed,
+                "suggestion": self.suggestion, "method": self.method, "stopped_early": self.stopped_early}
+
     def plot(self, ax: Axes | None = None) -> Figure:
         """Loss against LR (log axis) with the suggestion marked; never calls plt.show()."""
         from era_utils.plots import plot_lr_finder  # one drawing of this figure, shared with plots.py
@@ -160,9 +165,9 @@ class _WatchedLoss(nn.Module):
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         where = f"batch {len(self.losses) + 1} of the range test"
         if not self.losses:
-            self.num_outputs = _num_outputs(logits, labels)
-            _check_label_range(labels, self.num_outputs, where)
-        loss = _loss(self.criterion, logits, labels, self.num_outputs, where)
+            self.num_outputs = check_logits(logits, labels)
+            check_label_range(labels, self.num_outputs, where)
+        loss = loss_or_label_error(self.criterion, logits, labels, self.num_outputs, where)
         value = float(loss.detach())
         self.losses.append(value)
         if not math.isfinite(value):
@@ -180,7 +185,7 @@ class _Batches(TrainDataLoaderIter):
         self.count_this_pass = 0
 
     def inputs_labels_from_batch(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = _unpack_batch(batch, self.count)
+        images, labels = unpack_batch(batch, self.count)
         return images, labels.long()
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,7 +216,7 @@ def _finder_amp(device: torch.device, amp: str) -> dict[str, Any]:
     if amp_dtype is None:
         return {}
     if scaler is None:  # bf16: no scaling, but the library insists on a scaler object
-        scaler = _grad_scaler(device.type, enabled=False)
+        scaler = grad_scaler(device.type, enabled=False)
     return {
         "amp_backend": "torch",
         "amp_config": {"device_type": device.type, "dtype": amp_dtype},
@@ -257,7 +262,7 @@ def find_lr(
             "The optimizer already has an LR scheduler attached (e.g. one_cycle). Run find_lr on a "
             "fresh optimizer first, then build the scheduler with the suggested LR."
         )
-    if _len_or_none(loader) == 0:
+    if loader_length(loader) == 0:
         raise ValueError("The loader is empty: the range test needs batches.")
     device = get_device(device)
 

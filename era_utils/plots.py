@@ -2,7 +2,8 @@
 schedule and LR range test, the misclassified gallery, GradCAM overlays, per-class accuracy and the
 confusion matrix.
 
-Each function takes data (computed in `era_utils.analysis`, `engine`, `gradcam`) and returns a
+Each function takes arrays or result objects (computed in `era_utils.analysis`, `engine`,
+`gradcam`, `lr_finder`, `verification`, `loaders.augment_examples`), never a loader, and returns a
 `matplotlib.figure.Figure`; none calls `plt.show()`. Figures are built with `Figure(...)`, not
 pyplot, so a loop that draws hundreds of them keeps no references behind; in a notebook a returned
 Figure displays as the cell's last expression. `save_figure(fig, "results/x.png")` writes a PNG.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from era_utils.analysis import denormalize
+from era_utils.files import atomic_write
 
 __all__ = [
     "plot_augmentations",
@@ -36,7 +38,9 @@ __all__ = [
     "plot_lr_finder",
     "plot_misclassified",
     "plot_per_class_accuracy",
+    "plot_roc",
     "plot_samples",
+    "plot_top_losses",
     "save_figure",
     "to_display_image",
 ]
@@ -152,9 +156,9 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
     path = Path(path)
     if not path.suffix:
         path = path.with_suffix(".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
     # bbox "tight": a safety net for figures a student has added labels to after layout.
-    fig.savefig(path, dpi=dpi, format="png", facecolor="white", bbox_inches="tight", pad_inches=0.1)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, dpi=dpi, format="png", facecolor="white", bbox_inches="tight", pad_inches=0.1)
     return path
 
 
@@ -197,79 +201,54 @@ def plot_samples(
     return fig
 
 
-def _apply_transform(transform: Callable, image: np.ndarray) -> Any:
-    """Run an augmentation on one uint8 (H, W, C) image the way its library expects."""
-    module = type(transform).__module__ or ""
-    if module.startswith("albumentations"):
-        return transform(image=image)["image"]
-    if module.startswith("torchvision"):
-        # PIL, not numpy: torchvision v2 passes a bare array through most transforms untouched.
-        from PIL import Image
-
-        pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-        return transform(pil)
-    return transform(image)
-
-
 def plot_augmentations(
     images: Any,
-    augment: Callable | Any,
+    augmented: Any,
     labels: Sequence[int] | np.ndarray | None = None,
     classes: Sequence[str] | None = None,
     *,
-    n: int = 5,
-    rows: int = 1,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     title: str = "Augmentation: originals (top) and augmented",
 ) -> Figure:
-    """Before and after: the first `n` originals in the top row, the same images augmented below.
+    """Before and after: the originals in the top row, the same images augmented in the rows below.
 
-    `augment`: a transform (albumentations Compose, torchvision v2, or any callable on a uint8 HWC
-    image), a `GPULoader` (its batched augmentation), a DataLoader from `make_loader` (its
-    dataset's transform), or the already-augmented images; a transform
-    or loader is run once per augmented row (`rows`). mean/std undo the Normalize for display (a
-    GPULoader brings its own).
+    `images`: the raw originals, uint8 (N, H, W, C) or an `ImageArrays` (its labels and classes are
+    used when not given). `augmented`: the same images augmented, one row or several: what
+    `loaders.augment_examples` returns, normalised (rows, n, C, H, W) (give the loader's mean/std),
+    or display images (n, H, W, C) in [0, 1] / uint8. Only the first n originals are shown.
     """
     if hasattr(images, "images") and hasattr(images, "labels"):  # ImageArrays
         labels = images.labels if labels is None else labels
         classes = (getattr(images, "classes", None) or None) if classes is None else classes
         images = images.images
-    raw = list(images[:n])
-    originals = [to_display_image(im) for im in raw]  # raw images: not normalised
-    loader_transform = getattr(getattr(augment, "dataset", None), "transform", None)
-    if callable(loader_transform):  # a DataLoader (make_loader): its dataset's per-image transform
-        augment = loader_transform
-    if not callable(augment) and callable(getattr(augment, "augment", None)):
-        # a GPULoader: its batched augmentation, de-normalised with its own mean/std
-        mean = getattr(augment, "mean", None) if mean is None else mean
-        std = getattr(augment, "std", None) if std is None else std
-        augmented = [_images_list(augment.augment(np.stack(raw)), None, mean, std) for _ in range(rows)]
-    elif callable(augment):
-        augmented = [
-            [to_display_image(_apply_transform(augment, np.asarray(im)), mean, std) for im in raw]
-            for _ in range(rows)
-        ]
+    rows_in = augmented if isinstance(augmented, (torch.Tensor, np.ndarray)) else np.asarray(augmented)
+    if isinstance(rows_in, torch.Tensor) and rows_in.dim() == 5:
+        augmented_rows = [_images_list(row, None, mean, std) for row in rows_in]  # (rows, n, C, H, W)
+    elif isinstance(rows_in, np.ndarray) and rows_in.ndim == 5:
+        augmented_rows = [_images_list(row, None, mean, std) for row in rows_in]
     else:
-        augmented = [_images_list(augment, len(raw), mean, std)]
-        if len(augmented[0]) != len(raw):
-            raise ValueError(f"{len(raw)} originals but {len(augmented[0])} augmented images")
+        augmented_rows = [_images_list(rows_in, None, mean, std)]
+    ncols = len(augmented_rows[0])
+    raw = list(images[:ncols])
+    if len(raw) != ncols:
+        raise ValueError(f"{len(raw)} originals but {ncols} augmented images per row")
+    originals = [to_display_image(im) for im in raw]  # raw images: not normalised
     lab = None if labels is None else _to_numpy(labels).ravel()
-    ncols = len(raw)
     fig = Figure(
-        figsize=(ncols * PANEL_INCHES + 0.4, (1 + len(augmented)) * (PANEL_INCHES + TITLE_INCHES) + 0.4),
+        figsize=(ncols * PANEL_INCHES + 0.4, (1 + len(augmented_rows)) * (PANEL_INCHES + TITLE_INCHES) + 0.4),
         layout="constrained",
     )
-    axes = fig.subplots(1 + len(augmented), ncols, squeeze=False)
+    axes = fig.subplots(1 + len(augmented_rows), ncols, squeeze=False)
     for j in range(ncols):
         _show(axes[0, j], originals[j])
         if lab is not None:
             axes[0, j].set_title(_name(classes, lab[j]), fontsize=10)
-        for r, row in enumerate(augmented, start=1):
+        for r, row in enumerate(augmented_rows, start=1):
             _show(axes[r, j], row[j])
     axes[0, 0].set_ylabel("original", fontsize=11)
-    for r in range(1, 1 + len(augmented)):
-        axes[r, 0].set_ylabel("augmented" if len(augmented) == 1 else f"augmented #{r}", fontsize=11)
+    for r in range(1, 1 + len(augmented_rows)):
+        axes[r, 0].set_ylabel("augmented" if len(augmented_rows) == 1 else f"augmented #{r}", fontsize=11)
     fig.suptitle(title, fontsize=13)
     return fig
 
@@ -406,11 +385,36 @@ def plot_lr_finder(
 # --------------------------------------------------------------------------- misclassified / GradCAM
 
 
-def _item_title(item: Any, classes: Sequence[str] | None) -> str:
-    return (
+def _item_title(item: Any, classes: Sequence[str] | None, with_loss: bool = False) -> str:
+    title = (
         f"true: {_name(classes, _attr(item, 'true'))}\n"
         f"pred: {_name(classes, _attr(item, 'pred'))} ({float(_attr(item, 'confidence')):.2f})"
     )
+    return title + (f"\nloss {float(_attr(item, 'loss')):.2f}" if with_loss else "")
+
+
+def _nothing_to_show(message: str, title: str) -> Figure:
+    """A small figure that says why a gallery is empty (a run must not fail for a perfect model)."""
+    fig = Figure(figsize=(6, 1.6), layout="constrained")
+    ax = fig.subplots()
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11, wrap=True)
+    fig.suptitle(title, fontsize=13)
+    return fig
+
+
+def _gallery(items: Sequence[Any], classes: Sequence[str] | None, ncols: int, title: str,
+             with_loss: bool) -> Figure:
+    lines = 3 if with_loss else 2
+    fig, axes = _grid(len(items), ncols, title_lines=lines)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(items):
+            ax.remove()
+            continue
+        _show(ax, to_display_image(_attr(items[i], "image")))
+        ax.set_title(_item_title(items[i], classes, with_loss), fontsize=9.5)
+    fig.suptitle(title, fontsize=13)
+    return fig
 
 
 def plot_misclassified(
@@ -420,19 +424,27 @@ def plot_misclassified(
     ncols: int = 5,
     title: str | None = None,
 ) -> Figure:
-    """Gallery of misclassified images (from `analysis.get_misclassified`), each titled
-    "true: cat / pred: dog (0.87)" (the confidence is the softmax probability of the prediction)."""
+    """Gallery of misclassified images (`Predictions.misclassified`), each titled
+    "true: cat / pred: dog (0.87)" (the confidence is the softmax probability of the prediction).
+    With no items the figure says the model made no mistakes on these images."""
     if not items:
-        raise ValueError("plot_misclassified: no items (the model made no mistakes on this data?)")
-    fig, axes = _grid(len(items), ncols, title_lines=2)
-    for i, ax in enumerate(axes.flat):
-        if i >= len(items):
-            ax.remove()
-            continue
-        _show(ax, to_display_image(_attr(items[i], "image")))
-        ax.set_title(_item_title(items[i], classes), fontsize=9.5)
-    fig.suptitle(title or f"{len(items)} misclassified images", fontsize=13)
-    return fig
+        return _nothing_to_show("The model classified every one of these images correctly:\n"
+                                "no misclassified image to show.", title or "Misclassified images")
+    return _gallery(items, classes, ncols, title or f"{len(items)} misclassified images", with_loss=False)
+
+
+def plot_top_losses(
+    items: Sequence[Any],
+    classes: Sequence[str] | None = None,
+    *,
+    ncols: int = 5,
+    title: str | None = None,
+) -> Figure:
+    """Gallery of the highest-loss images (`Predictions.top_losses`, as fastai's plot_top_losses),
+    each titled with the true and predicted class, the confidence and the loss."""
+    if not items:
+        return _nothing_to_show("No labelled images to rank by loss.", title or "Highest-loss images")
+    return _gallery(items, classes, ncols, title or f"The {len(items)} highest-loss images", with_loss=True)
 
 
 def plot_gradcam(
@@ -551,4 +563,40 @@ def plot_confusion_matrix(
             ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
                     color="white" if values[i, j] > threshold else "black")
     ax.set_title(title or ("Confusion matrix (normalised by true class)" if normalize else "Confusion matrix"))
+    return fig
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def plot_roc(
+    metrics: Any,
+    *,
+    ax: Axes | None = None,
+    title: str = "Verification ROC",
+    label: str = "ROC",
+) -> Figure:
+    """The ROC curve of `verification.VerificationMetrics`, its AUC in the legend and the EER point marked."""
+    if ax is None:
+        fig = Figure(figsize=(5, 5), layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    ax.plot(metrics.fpr, metrics.tpr, lw=2, label=f"{label} (AUC = {metrics.auc:.4f})")
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="grey", label="chance")
+    ax.plot([0, 1], [1, 0], ls=":", lw=1, color="grey")  # FPR = FNR: the EER lies on this line
+    ax.plot(
+        [metrics.eer],
+        [1.0 - metrics.eer],
+        "o",
+        color="tab:red",
+        label=f"EER = {metrics.eer:.3f} (threshold {metrics.eer_threshold:.3f})",
+    )
+    ax.set_xlim(-0.01, 1.01)  # a little margin so curves along the axes stay visible
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right")
     return fig

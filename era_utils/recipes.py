@@ -1,17 +1,37 @@
 """The assignments as typed recipes: each carries the numbers from ASSIGNMENTS.md (and the seeds).
 
-`era-utils run NAME` and the notebooks read these; any field can be overridden for one run
-(`get_recipe("s10").override(epochs=1)`), e.g. to try a recipe on a subset or another dataset.
+`era-utils run NAME` and the notebooks read these at run time; any field can be overridden for one
+run (`get_recipe("s10").override(epochs=1)`). A recipe is also the one place that turns its
+numbers into training objects (nanoGPT's `configure_optimizers`): `configure_optimizers` builds the
+optimizer and the per-step schedule, `range_test_optimizer` the LR range test's optimizer,
+`criterion` the loss and `train_augment` the training augmentation. Nothing else builds them.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Literal, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Optional, Union
 
-from era_utils.transforms import S7_AUGMENT, S10_AUGMENT, AugmentSpec
+import torch
+from torch import nn
+
+from era_utils.schedules import cosine_warm_restarts, make_criterion, make_optimizer, one_cycle
+from era_utils.transforms import S7_AUGMENT, S10_AUGMENT, AugmentSpec, hw2p2_train_transform
 
 Schedule = Literal["one_cycle", "cosine_restarts", "constant"]
+
+
+@dataclass(frozen=True)
+class QuickRun:
+    """CI's smoke run of a recipe: every step on a few hundred Fashion-MNIST images for one epoch on
+    the CPU, with the recipe changes that size needs (`changes`) and the reason for them (`why`)."""
+
+    subset: int = 500  # training images (stratified)
+    test_subset: int = 500  # test images
+    epochs: int = 1
+    changes: tuple[tuple[str, Any], ...] = ()  # (recipe field, value) pairs
+    why: str = ""
+    verification_pairs: int = 2000  # HW2P2's stand-in: same/different pairs drawn from the test images
 
 
 @dataclass(frozen=True)
@@ -40,10 +60,13 @@ class Recipe:
     lr_finder_method: Literal["valley", "steepest", "minimum"] = "valley"
     # Batched on the GPU loader or per sample with albumentations; None = HW2P2's torchvision pipeline.
     augment: Optional[AugmentSpec] = None
-    dataset: Literal["cifar10", "fashion_mnist"] = "cifar10"
+    dataset: Literal["cifar10", "fashion_mnist", "faces"] = "cifar10"  # "faces": HW2P2's Kaggle folders
     target_accuracy: Optional[float] = None  # % on the test set, from the assignment
+    max_params: Optional[int] = None  # the assignment's parameter limit (S7-lite: under 100k)
+    verification: bool = False  # HW2P2: also verify pairs with the embeddings and write both Kaggle CSVs
     seed: int = 1
     notes: str = ""
+    quick: QuickRun = field(default_factory=QuickRun)  # CI's smoke run of this recipe
 
     def peak_epoch_for(self, epochs: int, steps_per_epoch: int) -> float:
         """One Cycle's peak for a run of `epochs`: the assignment's peak epoch at its own length;
@@ -61,6 +84,92 @@ class Recipe:
         if unknown:
             raise TypeError(f"Recipe has no field(s) {unknown}; valid fields: {sorted(names)}")
         return dataclasses.replace(self, **changes)
+
+    def describe(self) -> list[tuple[str, str]]:
+        """The recipe's numbers in words, one (what, value) row each: for notebooks and reports."""
+        opt = f"{self.optimizer.upper() if self.optimizer == 'sgd' else 'Adam'}"
+        if self.optimizer == "sgd":
+            opt += f", momentum {self.momentum:g}" + (" (Nesterov)" if self.nesterov else "")
+        opt += f", weight decay {self.weight_decay:g}" if self.weight_decay else ""
+        base = RECIPES.get(self.name, self)  # the assignment's own length, before any override
+        if self.schedule == "one_cycle" and self.epochs == base.epochs:
+            schedule = f"One Cycle, peak at epoch {self.peak_epoch} of {self.epochs}, no annihilation"
+        elif self.schedule == "one_cycle":
+            schedule = (f"One Cycle over {self.epochs} epoch(s), peak {self.peak_epoch / base.epochs:.0%} of the "
+                        f"way in (as epoch {self.peak_epoch} of the assignment's {base.epochs}), no annihilation")
+        elif self.schedule == "cosine_restarts":
+            schedule = f"cosine annealing with warm restarts (T_0 = {self.restart_epochs} epochs, T_mult = 2)"
+        else:
+            schedule = "constant"
+        lr = (f"from an LR range test ({self.lr_finder_iters} batches, {self.lr_finder_start:g} to "
+              f"{self.lr_finder_end:g}, rule '{self.lr_finder_method}')" if self.use_lr_finder else f"{self.lr:g}")
+        rows = [("model", self.model), ("epochs", str(self.epochs)), ("batch size", str(self.batch_size)),
+                ("optimizer", opt), ("learning rate (peak)", lr), ("schedule", schedule),
+                ("loss", "cross-entropy" + (f", label smoothing {self.label_smoothing:g}" if self.label_smoothing else "")),
+                ("augmentation", self.augment.describe() if self.augment else "HW2P2 torchvision pipeline (flip, "
+                 "rotation, grayscale, colour jitter, random erasing)")]
+        if self.target_accuracy is not None:
+            rows.append(("target", f"{self.target_accuracy:g}% test accuracy"))
+        if self.max_params is not None:
+            rows.append(("parameter limit", f"under {self.max_params:,}"))
+        return rows
+
+    def _repr_markdown_(self) -> str:
+        """A table of the recipe in notebooks (IPython shows it for `recipe` as a cell's last line)."""
+        rows = "\n".join(f"| {what} | {value} |" for what, value in self.describe())
+        return f"**{self.title}**\n\n| | |\n|---|---|\n{rows}\n"
+
+    def quick_run(self) -> "Recipe":
+        """This recipe as CI's smoke run trains it (`quick`: one epoch and its `changes`)."""
+        return self.override(epochs=self.quick.epochs, **dict(self.quick.changes))
+
+    # -- what the recipe builds ----------------------------------------------------------------
+
+    def criterion(self) -> nn.Module:
+        """The training loss: cross-entropy, with the recipe's label smoothing."""
+        return make_criterion(self.label_smoothing)
+
+    def train_augment(self, mean: tuple[float, ...], std: tuple[float, ...], size: int | None = None
+                      ) -> Union[AugmentSpec, Callable]:
+        """The training augmentation: the recipe's AugmentSpec (either loader path), or HW2P2's
+        torchvision pipeline built for this data's mean/std (per image; `size` resizes, faces: 224)."""
+        if self.augment is not None:
+            return self.augment
+        return hw2p2_train_transform(mean, std, size=size)
+
+    def _optimizer(self, params: Any, lr: float, fused: bool | None) -> torch.optim.Optimizer:
+        return make_optimizer(self.optimizer, params, lr=lr, momentum=self.momentum, nesterov=self.nesterov,
+                              weight_decay=self.weight_decay, fused=fused)
+
+    def range_test_optimizer(self, model: nn.Module, fused: bool | None = None) -> torch.optim.Optimizer:
+        """A fresh optimizer at the range test's start LR (the test ramps it from there)."""
+        return self._optimizer(model.parameters(), self.lr_finder_start, fused)
+
+    def range_test_iters(self, steps_per_epoch: int) -> int:
+        """Batches in the LR range test: the recipe's count, or up to 3 passes over a small subset."""
+        return min(self.lr_finder_iters, max(10, steps_per_epoch * 3))
+
+    def check_steps(self, train_images: int, steps_per_epoch: int) -> None:
+        """Refuse, before any work, a run too short for the recipe's schedule (One Cycle: 3 steps)."""
+        if self.schedule == "one_cycle" and self.epochs * steps_per_epoch < 3:
+            raise ValueError(
+                f"recipe {self.name!r}: One Cycle needs at least 3 optimizer steps, but {train_images} "
+                f"training images at batch {self.batch_size} give {steps_per_epoch} step(s) per epoch x "
+                f"{self.epochs} epoch(s): use more images (--subset), more --epochs or a smaller --batch-size.")
+
+    def configure_optimizers(self, model: nn.Module, steps_per_epoch: int, max_lr: float | None = None,
+                             fused: bool | None = None) -> tuple[torch.optim.Optimizer, Any]:
+        """(optimizer, scheduler) for `model`: the recipe's optimizer at `max_lr` (default: the
+        recipe's `lr`; S10 passes the range test's suggestion) and its schedule, stepped once per
+        batch (None for a constant LR). `fused=None`: torch's fused kernels on CUDA."""
+        lr = self.lr if max_lr is None else float(max_lr)
+        optimizer = self._optimizer(model.parameters(), lr, fused)
+        if self.schedule == "one_cycle":
+            peak = self.peak_epoch_for(self.epochs, steps_per_epoch)
+            return optimizer, one_cycle(optimizer, lr, self.epochs, steps_per_epoch, peak_epoch=peak)
+        if self.schedule == "cosine_restarts":
+            return optimizer, cosine_warm_restarts(optimizer, steps_per_epoch, T_0=self.restart_epochs, T_mult=2)
+        return optimizer, None
 
 
 RECIPES: dict[str, Recipe] = {
@@ -81,6 +190,8 @@ RECIPES: dict[str, Recipe] = {
             peak_epoch=5,
             augment=S7_AUGMENT,  # RandomCrop(32, padding=4) + CutOut 16x16
             notes="The seed gives epochs, augmentation and figures; the optimiser is this kit's choice.",
+            quick=QuickRun(changes=(("batch_size", 64),),
+                           why="batch 64 instead of 128, so the 500 images make eight optimiser steps, not four"),
         ),
         Recipe(
             name="s7_lite",
@@ -97,7 +208,10 @@ RECIPES: dict[str, Recipe] = {
             peak_epoch=8,
             augment=S7_AUGMENT,
             target_accuracy=87.0,
+            max_params=100_000,
             notes="'as many epochs as you want': 40 is this kit's choice.",
+            quick=QuickRun(changes=(("batch_size", 64),),
+                           why="batch 64 instead of 128, so the 500 images make eight optimiser steps, not four"),
         ),
         Recipe(
             name="s10",
@@ -121,6 +235,11 @@ RECIPES: dict[str, Recipe] = {
             lr_finder_method="minimum",
             augment=S10_AUGMENT,  # RandomCrop 32 after pad 4 -> FlipLR -> CutOut 8x8 (mean fill)
             target_accuracy=90.0,
+            quick=QuickRun(changes=(("batch_size", 16), ("lr_finder_iters", 30)),
+                           why="batch 16 instead of 512, so the 500 images make 32 steps rather than one: enough "
+                               "for the range test (30 batches) to draw a curve and for BatchNorm's running "
+                               "statistics to settle; with a handful of large batches the test accuracy stays "
+                               "at chance whatever the network learnt"),
         ),
         Recipe(
             name="hw2p2",
@@ -136,7 +255,13 @@ RECIPES: dict[str, Recipe] = {
             schedule="cosine_restarts",
             restart_epochs=10,
             augment=None,  # torchvision v2: flip, rotation 12, grayscale, colour jitter, erasing
+            verification=True,
+            dataset="faces",  # the Kaggle folders (--data-dir); Fashion-MNIST stands in anywhere
             notes="Seed 001: SGD 0.1, wd 1e-4, label smoothing 0.2, cosine warm restarts, AMP, batch 128.",
+            quick=QuickRun(changes=(("batch_size", 64), ("lr", 0.003)),
+                           why="batch 64 and LR 0.003 instead of 128 and 0.1: that learning rate suits thousands "
+                               "of steps over 7000 identities, but makes these few steps diverge (the test loss "
+                               "explodes and every pair's similarity comes out as 1.0)"),
         ),
     )
 }

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 if TYPE_CHECKING:  # only for type hints; the real import is lazy (see _albumentations)
     import albumentations as A
@@ -35,10 +34,8 @@ __all__ = [
     "eval_transform",
     "hw2p2_train_transform",
     "hw2p2_test_transform",
-    "AlbumentationsDataset",
+    "apply_transform",
     "seed_transform",
-    "worker_init_fn",
-    "make_loader",
     "check_images",
     "check_mean_std",
 ]
@@ -80,6 +77,19 @@ class AugmentSpec:
             values = np.atleast_1d(np.asarray(fill, dtype=np.float64))
             if values.ndim != 1 or values.size == 0 or values.min() < 0 or values.max() > 255:
                 raise ValueError(f"cutout_fill must be 'mean' or pixel values in 0..255, got {fill!r}")
+
+    def describe(self) -> str:
+        """The recipe in words, e.g. "random crop after 4 px padding, horizontal flip, CutOut 8x8 (mean fill)"."""
+        parts = []
+        if self.crop_padding:
+            parts.append(f"random crop after {self.crop_padding} px padding")
+        if self.flip:
+            parts.append("horizontal flip")
+        if self.cutout_size and self.cutout_p:
+            fill = "mean" if isinstance(self.cutout_fill, str) else f"pixel value {self.cutout_fill}"
+            chance = "" if self.cutout_p == 1 else f", p = {self.cutout_p:g}"
+            parts.append(f"CutOut {self.cutout_size}x{self.cutout_size} ({fill} fill{chance})")
+        return ", ".join(parts) or "normalise only"
 
     @property
     def is_identity(self) -> bool:
@@ -289,137 +299,23 @@ def hw2p2_test_transform(mean: Sequence[float], std: Sequence[float], size: int 
 
 
 # ---------------------------------------------------------------------------------------------
-#  Dataset wrapper and DataLoader (the per-image CPU path)
+#  Running any transform on one image
 # ---------------------------------------------------------------------------------------------
 
-def _find_step(transform: Any, name: str) -> Any:
-    """The first step of class `name` inside an albumentations pipeline (nested ones too), or None."""
-    for step in getattr(transform, "transforms", []):
-        if type(step).__name__ == name:
-            return step
-        inner = _find_step(step, name)
-        if inner is not None:
-            return inner
-    return None
+def apply_transform(transform: Callable | None, image: np.ndarray) -> Any:
+    """Run `transform` on one uint8 (H, W, C) image the way its library expects.
 
-
-def _check_transform_fits(transform: Any, images: np.ndarray) -> None:
-    """Catch a recipe built for other images: channels to normalise, crop size."""
-    normalize = _find_step(transform, "Normalize")
-    mean = getattr(normalize, "mean", None)
-    if mean is not None and np.ndim(mean) == 1 and len(mean) != images.shape[-1]:
-        raise ValueError(
-            f"the transform normalises {len(mean)} channel(s) but the images have {images.shape[-1]}; "
-            "build it with one mean/std value per channel"
-        )
-    crop = _find_step(transform, "RandomCrop")
-    if crop is not None and (crop.height, crop.width) != tuple(images.shape[1:3]):
-        raise ValueError(
-            f"the transform crops {crop.height}x{crop.width} but the images are "
-            f"{images.shape[1]}x{images.shape[2]}; build it with size={images.shape[1]}"
-        )
-
-
-class AlbumentationsDataset(Dataset):
-    """Apply an albumentations pipeline (or any callable image -> CHW tensor, e.g. the HW2P2 torchvision
-    v2 pipeline) to uint8 (N, H, W, C) images: yields (CHW float32 tensor, int label).
-
-    Use it through `make_loader` (which installs `worker_init_fn`), or pass
-    `worker_init_fn=worker_init_fn` to your own DataLoader: without it every worker starts from the
-    same Compose RNG state and the workers repeat each other's augmentations.
+    albumentations gets `image=` and returns its "image"; torchvision gets a PIL image (as
+    ImageFolder gives it: v1 and v2 pipelines both take one, while v2 would pass a bare numpy array
+    through most transforms untouched); any other callable gets the array; None returns it as is.
     """
+    if transform is None:
+        return image
+    module = type(transform).__module__ or ""
+    if module.startswith("albumentations"):
+        return transform(image=image)["image"]
+    if module.startswith("torchvision"):
+        from PIL import Image
 
-    def __init__(self, images: np.ndarray, labels: Sequence[int] | np.ndarray, transform: Any,
-                 seed: int | None = None) -> None:
-        images = check_images(images)
-        if isinstance(images, torch.Tensor):
-            images = images.cpu().numpy()
-        labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
-        if labels.shape != (len(images),):
-            raise ValueError(f"labels must be shaped ({len(images)},) to match the images, got {labels.shape}")
-        _check_transform_fits(transform, images)
-        self.images = images  # (N, H, W, C) uint8
-        self.labels = labels  # (N,) int64
-        self.transform = transform
-        # albumentations pipelines take image=...; anything else (torchvision v2) is called plainly.
-        self._albumentations = hasattr(transform, "set_random_seed")
-        if seed is not None and self._albumentations:  # torchvision draws from torch's (seeded) RNG
-            seed_transform(transform, seed)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.images[index]  # (H, W, C) uint8
-        if self._albumentations:
-            out = self.transform(image=image)["image"]
-        else:  # a plain callable, e.g. the HW2P2 torchvision v2 pipeline
-            out = self.transform(image)
-        if not isinstance(out, torch.Tensor):  # a pipeline without ToTensorV2: HWC ndarray
-            array = np.ascontiguousarray(np.asarray(out).transpose(2, 0, 1))
-            out = torch.from_numpy(array)
-        if not out.is_floating_point():  # un-normalised uint8: scale to [0, 1] like ToTensor
-            out = out.float().div_(255.0)
-        return out.float(), int(self.labels[index])
-
-
-def worker_init_fn(worker_id: int) -> None:
-    """DataLoader worker set-up: reseed python, numpy, torch and the dataset's albumentations Compose.
-
-    The seed is torch's per-worker seed (the loader's base seed + worker_id), so workers differ from
-    each other and a DataLoader `generator` seeded the same way gives the same augmentations.
-    """
-    info = torch.utils.data.get_worker_info()
-    if info is None:  # called outside a worker: nothing to reseed
-        return
-    seed = info.seed % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    dataset = info.dataset
-    while dataset is not None:  # look through Subset/wrappers for the transform
-        transform = getattr(dataset, "transform", None)
-        if transform is not None and hasattr(transform, "set_random_seed"):
-            seed_transform(transform, seed)
-            break
-        dataset = getattr(dataset, "dataset", None)
-
-
-def make_loader(arrays: Any, spec: AugmentSpec | Any, mean: Sequence[float], std: Sequence[float],
-                batch_size: int, shuffle: bool = True, num_workers: int = 2, seed: int | None = None,
-                pin_memory: bool | None = None, *, drop_last: bool = False) -> DataLoader:
-    """DataLoader over `arrays` (anything with .images (N,H,W,C) uint8 and .labels, or an (images, labels)
-    pair) applying `spec` with albumentations per image.
-
-    `spec` may also be a ready albumentations Compose. Workers are persistent and reseeded
-    (`worker_init_fn`); `seed` fixes shuffling and augmentation; `pin_memory=None` pins when CUDA
-    is available. Use `NO_AUGMENT` with shuffle=False for the test loader.
-    """
-    if hasattr(arrays, "images") and hasattr(arrays, "labels"):
-        images, labels = arrays.images, arrays.labels
-    elif isinstance(arrays, (tuple, list)) and len(arrays) == 2:
-        images, labels = arrays
-    else:
-        raise TypeError("arrays must have .images and .labels (an ImageArrays) or be an (images, labels) pair")
-    images = check_images(images)
-    channels = images.shape[-1]
-    mean_t, std_t = check_mean_std(mean, std, channels)
-    if isinstance(spec, AugmentSpec):
-        transform = albumentations_transform(spec, mean_t, std_t, size=tuple(images.shape[1:3]))
-    else:
-        transform = spec  # a ready albumentations pipeline
-    dataset = AlbumentationsDataset(images, labels, transform, seed=seed)
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    if pin_memory is None:
-        pin_memory = torch.cuda.is_available()
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        worker_init_fn=worker_init_fn,
-        generator=generator,  # draws the shuffle order and the workers' base seed
-        persistent_workers=num_workers > 0,  # keep worker start-up (and RNG state) across epochs
-        pin_memory=pin_memory,
-        drop_last=drop_last,
-    )
+        return transform(Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image))
+    return transform(image)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import platform
 import random
@@ -21,6 +22,13 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
         return torch.device("mps")
+    return torch.device("cpu")
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); cpu for a model without either."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
     return torch.device("cpu")
 
 

@@ -1,5 +1,6 @@
-"""analysis: predictions in one pass, exactly n misclassified items that really are wrong,
-per-class accuracy and the confusion matrix, with the model's train/eval mode restored."""
+"""analysis: one pass (`predict`) keeps labels, predictions, probabilities, per-sample losses,
+positions and embeddings; misclassified and top-loss examples, per-class accuracy and the confusion
+matrix all read it; the model's train/eval mode is restored."""
 from __future__ import annotations
 
 import warnings
@@ -10,7 +11,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import torch.nn.functional as F
+
 from era_utils.analysis import (
+    MAX_KEPT_CLASSES,
     Predictions,
     confusion_matrix,
     denormalize,
@@ -66,20 +70,56 @@ def test_predict_one_pass_modes_and_images(data):
     model = RowLogits().train()
     model.bn.eval()  # a student's frozen BatchNorm must stay frozen
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
-    p = predict(model, loader, keep_inputs=True, mean=(0.5,), std=(0.25,))
-    assert isinstance(p, Predictions) and len(p) == 50
-    assert p.logits.shape == (50, K) and p.probs.shape == (50, K)
-    assert torch.allclose(p.logits, x[:, 0, 0, :K])
-    assert torch.equal(p.preds, x[:, 0, 0, :K].argmax(1)) and torch.equal(p.targets, y)
-    assert torch.allclose(p.probs.sum(1), torch.ones(50))
+    p = predict(model, loader, mean=(0.5,), std=(0.25,))
+    assert isinstance(p, Predictions) and len(p) == 50 and p.num_classes == K
+    logits = x[:, 0, 0, :K]
+    assert p.probs.shape == (50, K) and torch.allclose(p.probs, logits.softmax(1))
+    assert torch.equal(p.preds, logits.argmax(1)) and torch.equal(p.labels, y)
+    assert torch.equal(p.indices, torch.arange(50))
+    assert torch.allclose(p.confidence, logits.softmax(1).max(1).values)
+    assert torch.allclose(p.losses, F.cross_entropy(logits, y, reduction="none"))
     assert p.accuracy == pytest.approx(100.0 * float((p.preds == y).float().mean()))
-    assert model.modes == [False] * 4  # eval mode for every batch
+    assert p.embeddings is None and p.inputs is None  # neither kept unless asked (memory)
+    assert model.modes == [False] * 4  # eval mode for every batch, one pass of 4 batches
     assert model.training and not model.bn.training  # modes restored, module by module
-    imgs = p.images()
+    imgs = p.images()  # fetched again from the unshuffled loader
     assert imgs.shape == (50, 4, 4, 1) and imgs.min() >= 0 and imgs.max() <= 1
     expected = np.clip(x.permute(0, 2, 3, 1).numpy() * 0.25 + 0.5, 0, 1)
     np.testing.assert_allclose(imgs, expected, atol=1e-6)
-    assert not predict(model, loader).inputs  # inputs are not kept unless asked (memory)
+
+
+def test_predict_embeddings_unlabelled_batches_and_kept_inputs(data):
+    x, y = data
+    labels = y.clone()
+    labels[:5] = -1  # unlabelled test images: no loss, never "wrong"
+    p = predict(RowLogits(), TupleLoader(x, labels, 8, mean=(0.5,), std=(0.25,)), embeddings=True)
+    assert torch.equal(p.embeddings, x[:, 0, 0, :K])  # from forward(x, return_embedding=True)
+    assert p.inputs is not None and torch.equal(p.inputs, x)  # a loader without positions: kept
+    assert torch.isnan(p.losses[:5]).all() and torch.isfinite(p.losses[5:]).all()
+    assert all(ex.index >= 5 for ex in p.misclassified(None))
+    assert p.accuracy == pytest.approx(100.0 * float((p.preds[5:] == y[5:]).float().mean()))
+    images_only = predict(RowLogits(), [x[:20], x[20:]])  # batches of images alone
+    assert (images_only.labels == -1).all() and len(images_only) == 50
+    with pytest.raises(ValueError, match="class indices"):
+        predict(RowLogits(), TupleLoader(x, y + K, 8, None, None))  # labels >= the model's outputs
+
+
+def test_top_losses_are_the_highest_losses_highest_first(data):
+    x, y = data
+    p = predict(RowLogits(), DataLoader(TensorDataset(x, y), batch_size=16))
+    top = p.top_losses(6)
+    expected = F.cross_entropy(x[:, 0, 0, :K], y, reduction="none").argsort(descending=True)[:6]
+    assert [ex.index for ex in top] == expected.tolist()
+    assert all(a.loss >= b.loss for a, b in zip(top, top[1:]))
+    assert all(torch.equal(ex.input, x[ex.index]) for ex in top)
+
+
+def test_probabilities_are_not_kept_for_thousands_of_classes():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, MAX_KEPT_CLASSES + 1))
+    p = predict(model, DataLoader(TensorDataset(torch.randn(6, 1, 2, 2), torch.zeros(6, dtype=torch.long)),
+                                  batch_size=3))
+    assert p.probs is None and p.num_classes == MAX_KEPT_CLASSES + 1
+    assert p.confidence.shape == (6,) and confusion_matrix(p).shape == (MAX_KEPT_CLASSES + 1,) * 2
 
 
 def test_denormalize_shapes_and_range():
@@ -90,6 +130,9 @@ def test_denormalize_shapes_and_range():
     assert denormalize(x[0], (0.5,) * 3, (0.2,) * 3).shape == (5, 6, 3)
     with pytest.raises(ValueError, match="channels"):
         denormalize(x, (0.5, 0.5), (0.2, 0.2))
+    before = x.clone()
+    denormalize(x)  # no mean/std: only clipped, and not in place
+    assert torch.equal(x, before)
 
 
 @pytest.mark.parametrize("most_confident", [False, True])
@@ -179,9 +222,10 @@ def test_predictions_feed_per_class(data):
 
 
 def test_mean_std_found_in_the_kit_loaders():
-    """No mean/std passed: GPULoader's own, or the Normalize inside make_loader's pipeline."""
+    """No mean/std passed: GPULoader's own, or the Normalize inside worker_loader's pipeline."""
     from era_utils.gpu_loader import GPULoader
-    from era_utils.transforms import NO_AUGMENT, make_loader
+    from era_utils.loaders import worker_loader
+    from era_utils.transforms import NO_AUGMENT
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (12, 8, 8, 1), dtype=np.uint8)  # (N, H, W, C) uint8
@@ -190,7 +234,7 @@ def test_mean_std_found_in_the_kit_loaders():
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, K))
     for loader in (
         GPULoader(images, labels, 5, mean=mean, std=std, device="cpu", shuffle=False),
-        make_loader((images, labels), NO_AUGMENT, mean, std, batch_size=5, shuffle=False, num_workers=0),
+        worker_loader((images, labels), NO_AUGMENT, mean, std, batch_size=5, shuffle=False, num_workers=0),
     ):
         items = get_misclassified(model, loader, n=None)
         assert items, "a random linear model gets some of 12 images wrong"

@@ -88,10 +88,11 @@ def test_s10_run_writes_every_file_and_resumes(tmp_path):
             "--test-subset", "128", "--batch-size", "64", "--device", "cpu", "--out", str(out), "--quiet"]
     assert main(argv) == 0
     for name in ["samples.png", "augmentations.png", "summary.txt", "lr_finder.png", "curves.png",
-                 "lr_schedule.png", "misclassified.png", "gradcam.png", "per_class_accuracy.png",
+                 "lr_schedule.png", "misclassified.png", "top_losses.png", "gradcam.png", "per_class_accuracy.png",
                  "confusion_matrix.png", "history.json", "lr_finder.json", "metrics.json"]:
         assert (out / name).stat().st_size > 0, name
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["predicted_test_acc"] == pytest.approx(metrics["final_test_acc"], abs=1e-4)  # one pass, same model
     assert metrics["recipe"] == "s10" and metrics["dataset"] == "fashion_mnist"
     assert metrics["epochs"] == 2 and metrics["train_images"] == 256 and metrics["test_images"] == 128
     assert metrics["loader"] == "gpu" and metrics["device"] == "cpu"
@@ -118,7 +119,14 @@ def test_hw2p2_runs_on_the_cpu_worker_path(tmp_path):
             "--out", str(out), "--quiet"]
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["loader"] == "albumentations" and metrics["model"] == "face_resnet34"
+    assert metrics["loader"] == "workers" and metrics["model"] == "face_resnet34"
     assert not (out / "lr_finder.png").exists()  # HW2P2 has no LR range test
+    # Verification headless: the ROC, its metrics, and both Kaggle CSVs.
+    assert 0 <= metrics["verification"]["auc"] <= 1 and (out / "roc.png").stat().st_size > 0
+    from era_utils.kaggle import read_submission
+
+    assert read_submission(out / "verification_submission.csv").kind == "verification"
+    assert len(read_submission(out / "classification_submission.csv").ids) == 64
     with pytest.raises(SystemExit):
         main(argv[:-1] + ["--loader", "gpu", "--classic", "--quiet"])
+    assert main(argv[:-1] + ["--loader", "gpu"]) == 2  # HW2P2's per-image pipeline: a message, not a trace

@@ -10,19 +10,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from era_utils import engine
+from era_utils import engine, speed
 from era_utils.checkpoint import load_checkpoint, save_checkpoint
-from era_utils.engine import (
-    History,
-    evaluate,
-    fit,
-    make_criterion,
-    make_optimizer,
-    one_cycle,
-    resolve_amp,
-    resolve_compile,
-    train_one_epoch,
-)
+from era_utils.engine import History, evaluate, fit, train_one_epoch
+from era_utils.schedules import make_criterion, make_optimizer, one_cycle
+from era_utils.speed import resolve_amp, resolve_compile
 from era_utils.gpu_loader import GPULoader
 from era_utils.transforms import NO_AUGMENT, S10_AUGMENT
 
@@ -263,9 +255,9 @@ def test_resolve_compile(monkeypatch):
     assert resolve_compile("cpu", "auto") is False  # inductor on the CPU: off unless asked for
     assert resolve_compile("cpu", True) is True and resolve_compile("cuda", False) is False
     assert resolve_compile("cuda", "max-autotune") == "max-autotune"
-    monkeypatch.setattr(engine.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(speed.importlib.util, "find_spec", lambda name: object())
     assert resolve_compile("cuda", "auto") is True
-    monkeypatch.setattr(engine.importlib.util, "find_spec", lambda name: None)  # no Triton (Windows)
+    monkeypatch.setattr(speed.importlib.util, "find_spec", lambda name: None)  # no Triton (Windows)
     assert resolve_compile("cuda", "auto") is False
     with pytest.raises(ValueError, match="'auto'"):
         resolve_compile("cuda", 1)

@@ -1,4 +1,5 @@
-"""load_splits and make_loaders: the one place that picks the subset and the loader path."""
+"""load_splits and make_loaders: the one place that picks the subset and the loader path; augment_examples
+and inputs_at: a loader's augmentation shown, and its inputs fetched back by position."""
 from __future__ import annotations
 
 import numpy as np
@@ -36,7 +37,7 @@ def test_spec_gives_the_gpu_loader_and_callables_the_worker_path(cifar):
     images, labels = next(iter(tr))
     assert images.shape == (16, 3, 32, 32) and labels.dtype == torch.int64
 
-    tr, te = make_loaders(train, test, S10_AUGMENT, mean, std, 16, loader="albumentations", num_workers=0)
+    tr, te = make_loaders(train, test, S10_AUGMENT, mean, std, 16, loader="workers", num_workers=0)
     assert isinstance(tr, torch.utils.data.DataLoader)
     images, _ = next(iter(te))
     assert images.shape == (16, 3, 32, 32)
@@ -52,7 +53,7 @@ def test_drop_last_auto_is_on_for_cuda_only_with_a_full_batch(cifar, monkeypatch
     mean, std = (0.5,) * 3, (0.25,) * 3
     tr, _ = make_loaders(train, test, S10_AUGMENT, mean, std, 16, device="cpu", drop_last=True)
     assert len(tr) == 3  # the short last batch of 2 is dropped
-    kw = dict(loader="albumentations", num_workers=0)
+    kw = dict(loader="workers", num_workers=0)
     assert not make_loaders(train, test, S10_AUGMENT, mean, std, 16, device="cpu", **kw)[0].drop_last
     monkeypatch.setattr(loaders, "get_device", lambda device=None: torch.device("cuda"))
     assert make_loaders(train, test, S10_AUGMENT, mean, std, 16, **kw)[0].drop_last  # compiled on CUDA
@@ -71,3 +72,45 @@ def test_bad_choices_are_named(cifar):
         make_loaders(train, test, "s10", mean, std, 8)
     with pytest.raises(ValueError, match="drop_last must be True, False or 'auto'"):
         make_loaders(train, test, S10_AUGMENT, mean, std, 8, drop_last="yes")
+
+
+def test_the_old_loader_name_is_refused_with_the_choices(cifar):
+    train, test = cifar
+    with pytest.raises(ValueError, match="'auto', 'gpu', 'workers'"):
+        make_loaders(train, test, S10_AUGMENT, (0.5,) * 3, (0.25,) * 3, 8, loader="albumentations")
+
+
+@pytest.mark.parametrize("path", ["gpu", "workers"])
+def test_inputs_at_gives_back_what_the_test_loader_yielded(cifar, path):
+    train, test = cifar
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    _, te = make_loaders(train, test, S10_AUGMENT, mean, std, 8, loader=path, device="cpu", num_workers=0)
+    assert loaders.can_fetch_inputs(te)
+    seen = torch.cat([x for x, _ in te])  # (N, C, H, W) in the loader's order
+    index = [0, 7, 8, 19]
+    assert torch.allclose(loaders.inputs_at(te, index), seen[index], atol=1e-6)
+
+
+def test_inputs_at_refuses_a_shuffled_or_augmenting_loader(cifar):
+    train, test = cifar
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    for path in ("gpu", "workers"):
+        tr, _ = make_loaders(train, test, S10_AUGMENT, mean, std, 8, loader=path, device="cpu", num_workers=0)
+        assert not loaders.can_fetch_inputs(tr)
+        with pytest.raises(ValueError, match="shuffle"):
+            loaders.inputs_at(tr, [0])
+    with pytest.raises(TypeError, match="keep_inputs"):
+        loaders.inputs_at([(torch.zeros(1, 3, 2, 2), torch.zeros(1))], [0])
+
+
+def test_augment_examples_runs_each_paths_own_augmentation(cifar):
+    train, test = cifar
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    for path in ("gpu", "workers"):
+        tr, _ = make_loaders(train, test, S10_AUGMENT, mean, std, 8, loader=path, device="cpu", num_workers=0)
+        out = loaders.augment_examples(tr, train.images, n=4, rows=3)
+        assert out.shape == (3, 4, 3, 32, 32) and out.dtype == torch.float32
+        assert not torch.equal(out[0], out[1])  # each row a fresh draw
+    hw = hw2p2_train_transform(mean, std, size=None)
+    tr, _ = make_loaders(train, test, hw, mean, std, 8, num_workers=0)
+    assert loaders.augment_examples(tr, train.images, n=2, rows=1).shape == (1, 2, 3, 32, 32)

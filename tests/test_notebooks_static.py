@@ -1,136 +1,171 @@
-"""Static checks of the assignment notebooks (no kernel, well under a second).
+"""Static checks of the assignment notebooks (no kernel, about a second).
 
-Each notebook must open in Colab from its badge, install the kit from the one repository address
-in scripts/make_notebooks.py (in a cell CI skips), run headless from a `parameters` cell with a
-quick mode, and read as the assignment's steps: a markdown line before every code cell, no
-function, class or loop defined inline. They load data, make loaders and place One Cycle's peak
-with the calls `era-utils run` uses, and their committed quick-run outputs (what GitHub shows) hold
-no error, NaN or diverged loss. Executing them is `pytest --nbmake notebooks/`.
+Each notebook's source is a jupytext percent script in notebooks/ and its .ipynb must match it
+cell for cell. Each opens in Colab from its badge, installs the kit from the repository in
+pyproject.toml (in a cell CI skips), runs headless from a `parameters` cell with a quick mode, and
+reads as the assignment's steps: a markdown line before every code cell, each code cell a call
+into era_utils (no function, class or loop, no hand-built loader, optimizer or schedule), and no
+recipe number written into it (the recipe is read at run time). Their committed outputs (what
+GitHub shows) hold no error or NaN. Executing them is `pytest --nbmake notebooks/` (CI does).
 """
 from __future__ import annotations
 
 import ast
-import json
+import importlib.util
 import os
 import re
+import tomllib
 from pathlib import Path
 
+import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
-GENERATOR = ROOT / "scripts" / "make_notebooks.py"
 NAMES = ("s7_resnet18_gradcam", "s7_lite", "s10_custom_resnet_one_cycle", "hw2p2_faces")
+RECIPE_OF = {"s7_resnet18_gradcam": "s7", "s7_lite": "s7_lite", "s10_custom_resnet_one_cycle": "s10",
+             "hw2p2_faces": "hw2p2"}
 MAX_BYTES = 2 * 2**20  # committed with outputs, still light enough for GitHub to render
 
 
+def _build_script():
+    """scripts/build_notebooks.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("build_notebooks", ROOT / "scripts" / "build_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _repo() -> str:
-    """REPO = "https://github.com/..." from the generator, read without importing it (no torch)."""
-    for node in ast.parse(GENERATOR.read_text()).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "REPO" for t in node.targets):
-            return ast.literal_eval(node.value)
-    raise AssertionError(f"no REPO constant in {GENERATOR}")
+    """The repository address, from pyproject.toml: the one place it is written for the package."""
+    urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
+    return urls["Repository"]
 
 
-def _load(name: str) -> dict:
+def _load(name: str) -> nbformat.NotebookNode:
     path = NOTEBOOK_DIR / f"{name}.ipynb"
-    assert path.is_file(), f"{path} is missing: run `python scripts/make_notebooks.py --execute`"
-    return json.loads(path.read_text(encoding="utf-8"))
+    assert path.is_file(), f"{path} is missing: run `python scripts/build_notebooks.py --execute`"
+    return nbformat.read(path, as_version=4)
 
 
-def _source(cell: dict) -> str:
-    src = cell.get("source", "")
-    return "".join(src) if isinstance(src, list) else src
-
-
-def _tags(cell: dict) -> list[str]:
+def _tags(cell) -> list[str]:
     return cell.get("metadata", {}).get("tags", [])
 
 
-def _python(cell: dict) -> str:
+def _python(cell) -> str:
     """The cell's code with IPython magics (%pip, %matplotlib) blanked, ready for ast."""
-    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in _source(cell).splitlines())
+    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in cell.source.splitlines())
 
 
-def _code_cells(nb: dict) -> list[dict]:
-    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+def _code_cells(nb) -> list:
+    return [c for c in nb.cells if c.cell_type == "code"]
 
 
 @pytest.fixture(params=NAMES)
-def notebook(request) -> tuple[str, dict]:
+def notebook(request) -> tuple[str, nbformat.NotebookNode]:
     return request.param, _load(request.param)
 
 
-def test_every_assignment_has_a_notebook():
-    found = {p.stem for p in NOTEBOOK_DIR.glob("*.ipynb")}
-    assert set(NAMES) <= found, f"missing notebooks: {sorted(set(NAMES) - found)}"
+def test_every_assignment_has_a_script_and_a_notebook():
+    scripts = {p.stem for p in NOTEBOOK_DIR.glob("*.py")}
+    notebooks = {p.stem for p in NOTEBOOK_DIR.glob("*.ipynb")}
+    assert scripts == notebooks == set(NAMES), (scripts, notebooks)
+    assert not (ROOT / "scripts" / "make_notebooks.py").exists(), "notebooks come from their scripts only"
 
 
-def test_repo_address_is_a_github_url():
-    assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", _repo()), _repo()
+def test_each_ipynb_matches_its_script(notebook):
+    name, _ = notebook
+    problem = _build_script().stale(NOTEBOOK_DIR / f"{name}.py")
+    assert problem is None, f"{problem}: run python scripts/build_notebooks.py --execute {name}"
+
+
+def test_the_sync_check_fails_when_a_script_changes(tmp_path, monkeypatch):
+    """The check above can fail: a script edited after its notebook was built is caught."""
+    build = _build_script()
+    script = tmp_path / "nb.py"
+    script.write_text("# %% [markdown]\n# Title\n\n# %%\nx = 1\n")
+    nbformat.write(build.from_script(script), script.with_suffix(".ipynb"))
+    monkeypatch.setattr(build, "ROOT", tmp_path)
+    assert build.stale(script) is None
+    script.write_text("# %% [markdown]\n# Title\n\n# %%\nx = 2\n")
+    assert "cell 1 differs" in build.stale(script)
 
 
 def test_format_kernel_and_size(notebook):
     name, nb = notebook
-    assert nb["nbformat"] == 4
-    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    assert nb.nbformat == 4 and nb.metadata["kernelspec"]["name"] == "python3"
+    assert nb.metadata.get("accelerator") == "GPU", "Colab opens it on a GPU runtime"
     size = (NOTEBOOK_DIR / f"{name}.ipynb").stat().st_size
     assert size < MAX_BYTES, f"{name}.ipynb is {size / 2**20:.1f} MB; keep figures small"
 
 
 def test_colab_badge_points_at_this_notebook(notebook):
     name, nb = notebook
-    first = nb["cells"][0]
-    assert first["cell_type"] == "markdown"
+    first = nb.cells[0]
+    assert first.cell_type == "markdown"
     owner_repo = _repo().split("github.com/", 1)[1]
     url = f"https://colab.research.google.com/github/{owner_repo}/blob/main/notebooks/{name}.ipynb"
-    text = _source(first)
-    assert "colab-badge.svg" in text and f"({url})" in text, f"no Open in Colab badge for {url}"
-    assert "quick" in text.lower(), "the first cell must say the committed outputs come from the quick run"
+    assert "colab-badge.svg" in first.source and f"({url})" in first.source, f"no Open in Colab badge for {url}"
+    assert "quick" in first.source.lower(), "the first cell must say where the committed outputs come from"
 
 
-def test_install_cell_is_first_tagged_and_uses_repo(notebook):
+def test_install_cell_is_first_tagged_and_uses_the_repository(notebook):
     _, nb = notebook
     first_code = _code_cells(nb)[0]
     assert "skip-execution" in _tags(first_code), "the install cell must be tagged skip-execution (CI skips it)"
-    assert re.search(r"^%pip install .*git\+" + re.escape(_repo()), _source(first_code), re.M), _source(first_code)
+    assert re.search(r"^%pip install .*git\+" + re.escape(_repo()), first_code.source, re.M), first_code.source
     assert not first_code.get("outputs"), "the install cell was skipped in the quick run: no outputs"
-    others = [c for c in _code_cells(nb)[1:] if "pip install" in _source(c) or "skip-execution" in _tags(c)]
+    others = [c for c in _code_cells(nb)[1:] if "pip install" in c.source or "skip-execution" in _tags(c)]
     assert not others, "only the install cell installs anything or is skipped"
 
 
-def test_parameters_cell_defaults_and_quick_mode(notebook, monkeypatch, tmp_path):
-    _, nb = notebook
+def test_parameters_cell_names_the_recipe_and_quick_mode(notebook, monkeypatch):
+    name, nb = notebook
     cells = [c for c in _code_cells(nb) if "parameters" in _tags(c)]
     assert len(cells) == 1, "exactly one cell tagged 'parameters' (papermill injects after it)"
     assert _code_cells(nb).index(cells[0]) == 1, "the parameters cell comes right after the install cell"
-    source = _python(cells[0])
-    # quick runs write under tempfile.gettempdir(): point it at tmp_path
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    import tempfile
+    for quick in ("0", "1"):
+        monkeypatch.setenv("ERA_UTILS_QUICK", quick)
+        params: dict = {}
+        exec(compile(_python(cells[0]), "parameters", "exec"), params)
+        assert params["RECIPE"] == RECIPE_OF[name] and params["QUICK"] is (quick == "1")
+        for key in ("DATASET", "EPOCHS", "SUBSET", "DEVICE", "OUT", "RESUME"):
+            assert key in params, f"the parameters cell must define {key}"
+        assert params["EPOCHS"] is None and params["SUBSET"] is None and params["DEVICE"] is None, (
+            "defaults are the recipe's own: the notebook passes None and the plan reads the recipe")
+        assert params.get("LOADER", "auto") == "auto"
 
-    monkeypatch.setattr(tempfile, "tempdir", None)
-    full: dict = {}
-    monkeypatch.setenv("ERA_UTILS_QUICK", "0")
-    exec(compile(source, "parameters", "exec"), full)
-    for name in ("DATASET", "EPOCHS", "SUBSET", "DEVICE", "BATCH_SIZE", "SEED", "OUT"):
-        assert name in full, f"the parameters cell must define {name}"
-    assert full["SUBSET"] is None and full["DEVICE"] is None and full["EPOCHS"] > 1, "defaults = the full recipe"
-    quick: dict = {}
-    monkeypatch.setenv("ERA_UTILS_QUICK", "1")
-    exec(compile(source, "parameters", "exec"), quick)
-    assert (quick["DATASET"], quick["EPOCHS"], quick["SUBSET"], quick["DEVICE"]) == ("fashion_mnist", 1, 500, "cpu")
-    assert Path(quick["OUT"]).resolve().is_relative_to(tmp_path.resolve()), "quick runs write to a temp folder"
+
+def test_no_recipe_number_is_written_into_a_notebook(notebook):
+    """Code holds no number at all (the recipe's are read at run time); the prose names none of the
+    recipe's training numbers either, so it cannot drift from era_utils.recipes."""
+    from era_utils.recipes import get_recipe
+
+    name, nb = notebook
+    for i, cell in enumerate(_code_cells(nb)):
+        for node in ast.walk(ast.parse(_python(cell))):
+            if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+                raise AssertionError(f"{name}: code cell {i} holds the number {node.value!r}: read it from the recipe")
+    recipe = get_recipe(RECIPE_OF[name])
+    numbers = {f"{recipe.lr:g}", f"{recipe.weight_decay:g}", str(recipe.batch_size), str(recipe.epochs)}
+    if recipe.label_smoothing:
+        numbers.add(f"{recipe.label_smoothing:g}")
+    if recipe.target_accuracy:
+        numbers.add(f"{recipe.target_accuracy:g}%")
+    prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    prose = re.sub(r"\(https?://\S+\)", "", prose)  # the badge's address
+    for number in numbers:
+        assert not re.search(rf"(?<![\w.]){re.escape(number)}(?![\w.])", prose), (
+            f"{name}: the markdown says {number!r}, a number of the recipe: let the plan's table show it")
 
 
 def test_each_code_cell_follows_a_markdown_line(notebook):
     _, nb = notebook
-    cells = nb["cells"]
-    for i, cell in enumerate(cells):
-        if cell["cell_type"] == "code":
-            assert i > 0 and cells[i - 1]["cell_type"] == "markdown" and _source(cells[i - 1]).strip(), (
-                f"code cell {i} ({_source(cell).splitlines()[0]!r}) needs a markdown line before it"
-            )
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            before = nb.cells[i - 1] if i else None
+            assert before is not None and before.cell_type == "markdown" and before.source.strip(), (
+                f"code cell {i} ({cell.source.splitlines()[0]!r}) needs a markdown line before it")
 
 
 BANNED = {
@@ -142,30 +177,55 @@ BANNED = {
     ast.AsyncFor: "a for loop",
     ast.While: "a while loop",
 }
+# What the steps build: a notebook that calls these builds a loader, model, optimizer or schedule by hand.
+HAND_BUILT = ("GPULoader(", "DataLoader(", "load_dataset(", "load_splits(", "make_loaders(", ".subset(",
+              "create_model(", "make_optimizer(", "make_criterion(", "one_cycle(", "cosine_warm_restarts(",
+              "torch.optim", "fit(", "find_lr(", "set_seed(", "class_pairs(")
 
 
-def test_no_model_or_loop_defined_inline(notebook):
+def test_each_cell_calls_steps_and_builds_nothing_by_hand(notebook):
     name, nb = notebook
     for i, cell in enumerate(_code_cells(nb)):
-        tree = ast.parse(_python(cell), filename=f"{name} code cell {i}")
-        for node in ast.walk(tree):
+        for node in ast.walk(ast.parse(_python(cell), filename=f"{name} code cell {i}")):
             what = BANNED.get(type(node))
-            assert what is None, f"{name}: code cell {i} defines {what} (line {node.lineno}); call era_utils instead"
+            assert what is None, f"{name}: code cell {i} defines {what} (line {node.lineno}); call era_utils"
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 module = getattr(node, "module", None) or ""
-                names = [a.name for a in node.names]
-                assert not (module == "torch" and "nn" in names) and "torch.nn" not in names + [module], (
-                    f"{name}: code cell {i} imports torch.nn: models come from era_utils.models"
-                )
+                assert module.startswith("era_utils") or module in ("", "os"), f"{name}: imports {module}"
+    code = "\n".join(c.source for c in _code_cells(nb))
+    for hand_made in HAND_BUILT:
+        assert hand_made not in code, f"{name}: {hand_made} by hand; a step of era_utils.steps does it"
+    for step in ("plan_run(RECIPE, quick=QUICK", "start(plan)", "load_data(plan)", "build_loaders(plan, data)",
+                 "build_model(plan, data)", "optimizer_and_schedule(plan, model, train_loader",
+                 "train(plan, model, train_loader, test_loader, optimizer, scheduler)", "predict(model, test_loader"):
+        assert step in code, f"{name}: no cell calls {step}"
 
 
-def test_committed_outputs_have_figures_and_no_errors(notebook):
+def test_every_step_of_the_run_command_is_a_notebook_cell():
+    """era-utils run is the chain of steps the notebooks call: each step the runner calls is called by
+    a notebook cell too (names of era_utils.steps, analysis, gradcam, kaggle, loaders and plots)."""
+    runner = ast.parse((ROOT / "era_utils" / "runner.py").read_text())
+    imported = {alias.asname or alias.name for node in ast.walk(runner) if isinstance(node, ast.ImportFrom)
+                and node.module in ("era_utils.steps", "era_utils.analysis", "era_utils.gradcam",
+                                    "era_utils.kaggle", "era_utils.loaders") for alias in node.names}
+    run_recipe = next(n for n in runner.body if isinstance(n, ast.FunctionDef) and n.name == "run_recipe")
+    called = {n.func.id for n in ast.walk(run_recipe) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    called |= {f"plots.{n.func.attr}" for n in ast.walk(run_recipe) if isinstance(n, ast.Call)
+               and isinstance(n.func, ast.Attribute) and getattr(n.func.value, "id", "") == "plots"}
+    steps = sorted((called & imported) | {c for c in called if c.startswith("plots.")})
+    assert len(steps) > 15, steps
+    code = "\n".join(c.source for name in NAMES for c in _code_cells(_load(name)))
+    missing = [step for step in steps if f"{step}(" not in code]
+    assert not missing, f"run_recipe calls {missing}, which no notebook cell does"
+
+
+def test_committed_outputs_hold_no_errors(notebook):
     name, nb = notebook
     outputs = [o for c in _code_cells(nb) for o in c.get("outputs", [])]
     errors = [o for o in outputs if o.get("output_type") == "error"]
     assert not errors, f"{name}: committed outputs contain an error: {errors[0].get('ename')}: {errors[0].get('evalue')}"
-    images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert images, f"{name}: commit it with its outputs (python scripts/make_notebooks.py --execute)"
+    if not outputs:
+        assert "without outputs" in nb.cells[0].source, f"{name}: no outputs, and the first cell does not say so"
 
 
 def test_quick_mode_variable_matches_root_conftest():
@@ -174,57 +234,25 @@ def test_quick_mode_variable_matches_root_conftest():
     assert os.environ.get("ERA_UTILS_QUICK") in ("0", "1")  # the root conftest has set it
 
 
-def _code_text(nb: dict) -> str:
-    return "\n".join(_source(c) for c in _code_cells(nb))
-
-
-def test_loader_parameter_defaults_to_auto(notebook, monkeypatch):
-    _, nb = notebook
-    source = _python(next(c for c in _code_cells(nb) if "parameters" in _tags(c)))
-    for quick in ("0", "1"):
-        monkeypatch.setenv("ERA_UTILS_QUICK", quick)
-        params: dict = {}
-        exec(compile(source, "parameters", "exec"), params)
-        assert params.get("LOADER") == "auto", "LOADER = \"auto\" in the parameters cell, quick mode included"
-
-
-def test_data_loaders_and_schedule_are_the_runners(notebook):
-    """The notebooks make their data, loaders and One Cycle peak with the calls `era-utils run` uses."""
-    name, nb = notebook
-    text = _code_text(nb)
-    assert "load_splits(" in text and "make_loaders(" in text, f"{name}: use loaders.load_splits/make_loaders"
-    assert "loader=LOADER" in text, f"{name}: pass the LOADER parameter to make_loaders"
-    for hand_made in ("GPULoader(", "load_dataset(", ".subset(", "AlbumentationsDataset("):
-        assert hand_made not in text, f"{name}: {hand_made} by hand; load_splits/make_loaders do it"
-    if "one_cycle(" in text:
-        assert ".peak_epoch_for(EPOCHS, len(train_loader))" in text, f"{name}: One Cycle's peak from the recipe"
-        assert "PEAK_EPOCH" not in text, f"{name}: no hand-set peak epoch"
-    if "gradcam(" in text:
-        assert "item.input" not in text, f"{name}: gradcam takes get_misclassified's items as they are"
-
-
-def test_standin_verification_uses_balanced_class_pairs():
-    text = _code_text(_load("hw2p2_faces"))
-    assert "class_pairs(" in text and "np.random" not in text, "stand-in pairs come from verification.class_pairs"
-
-
-def _text_outputs(nb: dict) -> str:
+def _text_outputs(nb) -> str:
     parts = []
     for cell in _code_cells(nb):
         for output in cell.get("outputs", []):
-            text = output.get("text") or output.get("data", {}).get("text/plain", "")
-            parts.append("".join(text) if isinstance(text, list) else text)
+            parts.append(output.get("text") or output.get("data", {}).get("text/plain", ""))
     return "\n".join(parts)
 
 
 EPOCH_LINE = re.compile(r"train loss\s+(\S+)\s+acc\s+(\S+)%\s+test loss\s+(\S+)\s+acc\s+(\S+)%")
 
 
-def test_committed_quick_run_trained_sensibly(notebook):
+def test_committed_outputs_show_no_nan_or_divergence(notebook):
     """The committed outputs are what GitHub shows: no NaN, no diverged loss, no collapsed scores."""
     name, nb = notebook
     text = _text_outputs(nb)
+    if not text:
+        pytest.skip(f"{name} is committed without outputs")
     assert not re.search(r"\b(nan|inf)\b", text, re.IGNORECASE), f"{name}: NaN or inf in the committed outputs"
+    assert "IProgress not found" not in text, f"{name}: rebuild with --execute (it drops the CI-only warning)"
     epochs = EPOCH_LINE.findall(text)
     assert epochs, f"{name}: no epoch line (train loss ... test loss ...) in the committed outputs"
     for train_loss, _, test_loss, _ in epochs:
@@ -233,10 +261,3 @@ def test_committed_quick_run_trained_sensibly(notebook):
     if name == "hw2p2_faces":
         auc = re.search(r"auc=([\d.]+)", text)
         assert auc and float(auc.group(1)) > 0.55, f"{name}: verification AUC near chance: {auc}"
-        scores = re.findall(r"'\S+ \S+,([\d.]+)'", text)
-        assert len(set(scores)) > 1, f"{name}: every pair has the same similarity: {scores}"
-
-
-def test_committed_outputs_hold_no_ci_only_warnings(notebook):
-    name, nb = notebook
-    assert "IProgress not found" not in _text_outputs(nb), f"{name}: regenerate with --execute (drops it)"

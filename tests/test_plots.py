@@ -11,7 +11,7 @@ import torch
 from matplotlib.figure import Figure
 
 from era_utils import plots
-from era_utils.analysis import Misclassified
+from era_utils.analysis import Example
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -43,15 +43,16 @@ def check_images(fig: Figure, n: int) -> None:
         assert data.min() >= 0 and data.max() <= 1
 
 
-def make_items(n: int, channels: int = 3) -> list[Misclassified]:
+def make_items(n: int, channels: int = 3) -> list[Example]:
     rng = np.random.default_rng(0)
     return [
-        Misclassified(
+        Example(
             image=rng.random((32, 32, channels)).astype(np.float32),
             input=torch.randn(channels, 32, 32),
             true=i % 10,
             pred=(i + 3) % 10,
             confidence=0.5 + i / 40,
+            loss=2.0 - i / 10,
             index=i,
         )
         for i in range(n)
@@ -90,28 +91,38 @@ def test_plot_samples_grayscale_and_image_arrays():
 
 
 def test_plot_augmentations_before_after():
+    from era_utils.gpu_loader import GPULoader
+    from era_utils.loaders import augment_examples
     from era_utils.transforms import S10_AUGMENT, albumentations_transform
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
     transform = albumentations_transform(S10_AUGMENT, mean, std)
-    fig = plots.plot_augmentations(images, transform, labels=np.arange(8), classes=CLASSES, n=5, rows=2,
-                                   mean=mean, std=std)
+    augmented = augment_examples(transform, images, n=5, rows=2)  # (rows, n, C, H, W) normalised
+    assert augmented.shape == (2, 5, 3, 32, 32)
+    fig = plots.plot_augmentations(images, augmented, labels=np.arange(8), classes=CLASSES, mean=mean, std=std)
     check_images(fig, 15)  # originals + 2 augmented rows
     assert [t for t in titles(fig) if t] == CLASSES[:5]
     assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == ["original", "augmented #1", "augmented #2"]
     # the GPU loader's batched augmentation (run here on the CPU), de-normalised with its mean/std
-    from era_utils.gpu_loader import GPULoader
-
     loader = GPULoader(images, np.arange(8), 4, spec=S10_AUGMENT, mean=mean, std=std, device="cpu", seed=0)
-    check_images(plots.plot_augmentations(images, loader, n=4), 8)
-    # already-augmented images instead of a transform
+    check_images(plots.plot_augmentations(images, augment_examples(loader, images, n=4), mean=mean, std=std), 12)
+    # already-augmented display images: one row
     flipped = images[:5, :, ::-1]
-    fig = plots.plot_augmentations(images, flipped, n=5)
+    fig = plots.plot_augmentations(images, flipped)
     axes = image_axes(fig)
     np.testing.assert_allclose(image_data(axes[5]), flipped[0] / 255.0, atol=1e-6)  # row 2, column 1
     np.testing.assert_allclose(image_data(axes[0]), images[0] / 255.0, atol=1e-6)
+
+
+def test_plots_take_arrays_and_results_never_a_loader():
+    """No plot function accepts a loader or runs an augmentation: the signatures say so."""
+    import inspect
+
+    for name in plots.__all__:
+        params = inspect.signature(getattr(plots, name)).parameters
+        assert not {"loader", "augment", "transform"} & set(params), f"plots.{name} takes a loader/transform"
 
 
 def test_plot_history_train_and_test():
@@ -229,11 +240,25 @@ def test_save_figure_writes_png(tmp_path):
     assert plots.save_figure(fig, str(tmp_path / "a.png"), dpi=50).stat().st_size > 0
 
 
-def test_plot_augmentations_takes_a_make_loader_dataloader():
-    from era_utils.transforms import S7_AUGMENT, make_loader
+def test_plot_augmentations_takes_a_worker_loaders_augmentation():
+    from era_utils.loaders import augment_examples, worker_loader
+    from era_utils.transforms import S7_AUGMENT
 
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-    loader = make_loader((images, np.arange(6) % 2), S7_AUGMENT, (0.5,) * 3, (0.25,) * 3, 2,
-                         num_workers=0)
-    fig = plots.plot_augmentations(images, loader, n=3, rows=2, mean=(0.5,) * 3, std=(0.25,) * 3)
+    loader = worker_loader((images, np.arange(6) % 2), S7_AUGMENT, (0.5,) * 3, (0.25,) * 3, 2,
+                           num_workers=0)
+    augmented = augment_examples(loader, images, n=3, rows=2)
+    fig = plots.plot_augmentations(images, augmented, mean=(0.5,) * 3, std=(0.25,) * 3)
     assert len([ax for ax in fig.axes if ax.get_images()]) == 9  # originals + 2 augmented rows
+
+
+def test_empty_galleries_say_so_instead_of_failing():
+    for fig in (plots.plot_misclassified([], CLASSES), plots.plot_top_losses([], CLASSES)):
+        assert not image_axes(fig)
+        assert any("no" in t.get_text().lower() for ax in fig.axes for t in ax.texts)
+
+
+def test_plot_top_losses_titles_carry_the_loss():
+    fig = plots.plot_top_losses(make_items(4), CLASSES)
+    check_images(fig, 4)
+    assert "loss 2.00" in titles(fig)[0] and "highest-loss" in fig.get_suptitle()

@@ -76,13 +76,6 @@ def test_matmul_rate_on_cpu(bench):
     assert rate.tflops > 0 and len(rate.groups) == 2 and rate.dtype == "float32"
 
 
-def test_peak_epoch_stays_inside_short_runs(bench):
-    recipe = bench.get_recipe("s10")
-    assert bench._peak_epoch(recipe, 24, 98) == 5  # the recipe's own schedule is untouched
-    assert bench._peak_epoch(recipe, 2, 2) == 1.5  # 3 of 4 steps: one step left after the peak
-    assert bench._peak_epoch(recipe, 3, 1) == 2  # at least 2 warm-up steps
-
-
 def fake_row(bench, path: str, seconds: float) -> "bench.Row":
     return bench.Row("custom_resnet", "s10", path, "cfg", 512, 50_000, 98, 24, [seconds * 3], [seconds, seconds],
                      2.3e9, eval_seconds=0.1, eval_images=10_000)
@@ -103,9 +96,10 @@ def test_report_and_targets(bench):
 
 
 def test_tiny_cpu_run_writes_a_complete_report(bench, tmp_path, monkeypatch):
-    # The whole pipeline (loaders, fit, evaluate, report) with a tiny network in place of the
-    # recipes' ResNets, so the test stays fast on a busy 2-core machine.
-    monkeypatch.setattr(bench, "create_model", lambda name, **kw: nn.Sequential(
+    # The whole pipeline (the run's steps: loaders, the recipe's optimizer and schedule, fit; then
+    # evaluate and the report) with a tiny network in place of the recipes' ResNets, so the test
+    # stays fast on a busy 2-core machine.
+    monkeypatch.setattr(bench.steps, "create_model", lambda name, **kw: nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)))
     out = tmp_path / "speed.md"
     text = bench.main(["--device", "cpu", "--models", "custom_resnet", "--paths", "fast,classic",
@@ -115,6 +109,6 @@ def test_tiny_cpu_run_writes_a_complete_report(bench, tmp_path, monkeypatch):
     assert out.read_text() == text
     assert "failed" not in text
     assert "| custom_resnet (s10) | fast | GPULoader on cpu; fp32; NCHW; eager" in text
-    assert "| custom_resnet (s10) | classic | albumentations DataLoader, num_workers=0" in text
+    assert "| custom_resnet (s10) | classic | workers DataLoader (albumentations), num_workers=0" in text
     assert "skipped on the CPU" in text  # airbench needs CUDA
     assert (tmp_path / "speed.json").stat().st_size > 0

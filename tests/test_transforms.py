@@ -1,4 +1,5 @@
-"""The albumentations recipes, the Dataset wrapper, worker reseeding and the HW2P2 torchvision pipeline."""
+"""The albumentations recipes, the per-image Dataset and its worker loader (era_utils.loaders), worker
+reseeding and the HW2P2 torchvision pipeline."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,16 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
+from era_utils.loaders import ArrayDataset, worker_loader
 from era_utils.transforms import (
     NO_AUGMENT,
     S7_AUGMENT,
     S10_AUGMENT,
-    AlbumentationsDataset,
     AugmentSpec,
     albumentations_transform,
     hw2p2_test_transform,
     hw2p2_train_transform,
-    make_loader,
     seed_transform,
 )
 from era_utils.transforms import eval_transform as normalise_only
@@ -127,7 +127,7 @@ def test_grayscale_images():
     transform = albumentations_transform(AugmentSpec(crop_padding=2, flip=True, cutout_size=4), (0.3,), (0.35,),
                                          size=16)
     assert transform(image=images[0])["image"].shape == (1, 16, 16)
-    loader = make_loader((images[..., 0], np.arange(6)), S10_AUGMENT, (0.3,), (0.35,), batch_size=3,
+    loader = worker_loader((images[..., 0], np.arange(6)), S10_AUGMENT, (0.3,), (0.35,), batch_size=3,
                          num_workers=0, seed=0)  # (N, H, W) is read as one channel
     x, y = next(iter(loader))
     assert x.shape == (3, 1, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
@@ -137,26 +137,26 @@ def test_input_errors_name_the_expected_thing():
     images = np.zeros((4, 16, 16, 3), np.uint8)
     labels = np.arange(4)
     with pytest.raises(TypeError, match="uint8"):
-        make_loader((images.astype(np.float32), labels), NO_AUGMENT, MEAN, STD, batch_size=2, num_workers=0)
+        worker_loader((images.astype(np.float32), labels), NO_AUGMENT, MEAN, STD, batch_size=2, num_workers=0)
     with pytest.raises(ValueError, match="3 channel"):
-        make_loader((images, labels), NO_AUGMENT, (0.5,), (0.25,), batch_size=2, num_workers=0)
+        worker_loader((images, labels), NO_AUGMENT, (0.5,), (0.25,), batch_size=2, num_workers=0)
     with pytest.raises(ValueError, match="cutout_size"):
-        make_loader((images, labels), AugmentSpec(cutout_size=20), MEAN, STD, batch_size=2, num_workers=0)
+        worker_loader((images, labels), AugmentSpec(cutout_size=20), MEAN, STD, batch_size=2, num_workers=0)
     with pytest.raises(ValueError, match=r"\(N, H, W, C\)"):
-        AlbumentationsDataset(np.zeros((4, 16, 16, 2), np.uint8), labels, normalise_only(MEAN, STD))
+        ArrayDataset(np.zeros((4, 16, 16, 2), np.uint8), labels, normalise_only(MEAN, STD))
     with pytest.raises(ValueError, match="normalises 3 channel"):
-        AlbumentationsDataset(images[..., :1], labels, normalise_only(MEAN, STD))
+        ArrayDataset(images[..., :1], labels, normalise_only(MEAN, STD))
     with pytest.raises(ValueError, match="labels"):
-        AlbumentationsDataset(images, labels[:3], normalise_only(MEAN, STD))
+        ArrayDataset(images, labels[:3], normalise_only(MEAN, STD))
     with pytest.raises(ValueError, match="size=16"):  # a 32x32 recipe on 16x16 images
-        AlbumentationsDataset(images, labels, albumentations_transform(S10_AUGMENT, MEAN, STD, size=32))
+        ArrayDataset(images, labels, albumentations_transform(S10_AUGMENT, MEAN, STD, size=32))
 
 
 def test_dataset_seed_is_reproducible():
     images = np.repeat(coord_image(16)[None], 8, axis=0)
 
     def run(seed):
-        ds = AlbumentationsDataset(images, np.zeros(8), albumentations_transform(S10_AUGMENT, MEAN, STD, size=16),
+        ds = ArrayDataset(images, np.zeros(8), albumentations_transform(S10_AUGMENT, MEAN, STD, size=16),
                                    seed=seed)
         return torch.stack([ds[i][0] for i in range(len(ds))])
 
@@ -178,8 +178,8 @@ def test_workers_do_not_repeat_each_other_and_seed_repeats_the_run():
     labels = np.arange(32)
 
     def run(seed):
-        loader = make_loader((images, labels), S10_AUGMENT, MEAN, STD, batch_size=8, shuffle=False,
-                             num_workers=2, seed=seed)
+        loader = worker_loader((images, labels), S10_AUGMENT, MEAN, STD, batch_size=8, shuffle=False,
+                               num_workers=2, seed=seed)
         epochs = [[x for x, _ in loader] for _ in range(2)]
         del loader  # stop the persistent workers
         return epochs

@@ -1,4 +1,5 @@
-"""Tests for era_utils.verification: cosine scores, embed-once pair scoring, AUC/EER, Kaggle CSVs."""
+"""Tests for era_utils.verification and era_utils.kaggle: embeddings from the one inference pass,
+cosine scores, embed-once pair scoring, AUC/EER, Kaggle CSVs written and read back."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +15,10 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from era_utils import kaggle as K
+from era_utils import plots
 from era_utils import verification as V
+from era_utils.analysis import predict
 
 # --------------------------------------------------------------------------- helpers
 
@@ -36,8 +40,9 @@ class ColourNet(nn.Module):
         mean = x.mean(dim=(2, 3)) * self.scale  # (B, 3)
         return torch.cat([mean, torch.ones(x.shape[0], 1)], dim=1)  # (B, 4)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embed(x)
+    def forward(self, x: torch.Tensor, return_embedding: bool = False):
+        emb = self.embed(x)  # the embedding doubles as 4 "logits"
+        return (emb, emb) if return_embedding else emb
 
 
 class CountingToTensor:
@@ -112,48 +117,44 @@ def test_cosine_scores_shape_mismatch():
 
 @pytest.mark.parametrize("with_labels", [True, False])
 @pytest.mark.parametrize("start_training", [True, False])
-def test_embed_batches_normalises_and_restores_mode(with_labels, start_training):
+def test_embeddings_come_from_the_one_pass_and_restore_mode(with_labels, start_training):
     torch.manual_seed(0)
     x = torch.rand(10, 3, 4, 4)
     ds = TensorDataset(x, torch.zeros(10, dtype=torch.long)) if with_labels else x
     loader = DataLoader(ds, batch_size=4)  # 3 batches: 4, 4, 2
     model = ColourNet().train(start_training)
 
-    raw = V.embed(model, loader, device="cpu", normalize=False)
+    preds = predict(model, loader, device="cpu", embeddings=True)
+    raw = preds.embeddings
     assert raw.shape == (10, 4) and raw.dtype == torch.float32 and raw.device.type == "cpu"
     assert not raw.requires_grad
     np.testing.assert_allclose(raw[:, :3].numpy(), x.mean(dim=(2, 3)).numpy(), rtol=1e-6)
+    assert model.images_embedded == 10  # one forward pass gives logits and embeddings
     assert model.training is start_training  # mode restored
     assert model.modes_seen and not any(model.modes_seen)  # but embedded in eval mode
-
-    unit = V.embed(model, loader, device="cpu", amp=True)  # AMP asked for: a no-op on the CPU
-    np.testing.assert_allclose(unit.norm(dim=1).numpy(), np.ones(10), rtol=1e-6)
-    np.testing.assert_allclose(unit.numpy(), (raw / raw.norm(dim=1, keepdim=True)).numpy(), rtol=1e-6)
+    assert (preds.labels == (0 if with_labels else -1)).all()
 
 
-def test_embed_restores_mode_after_an_error():
-    model = ColourNet().train()
-    with pytest.raises(ValueError, match="amp"):
-        V.embed(model, [torch.rand(2, 3, 4, 4)], device="cpu", amp="sometimes")
-    assert model.training
-
-
-def test_embed_restores_each_modules_own_mode():
+def test_embeddings_restore_each_modules_own_mode_and_after_an_error():
     model = ColourNet()
     model.norm = nn.BatchNorm1d(4)  # a frozen layer: eval while the rest trains
     model.train()
     model.norm.eval()
-    V.embed(model, [torch.rand(2, 3, 4, 4)], device="cpu")
+    predict(model, [torch.rand(2, 3, 4, 4)], device="cpu", embeddings=True)
     assert model.training and not model.norm.training
+    with pytest.raises(ValueError, match="amp"):
+        predict(model, [torch.rand(2, 3, 4, 4)], device="cpu", embeddings=True, amp="sometimes")
+    assert model.training
 
 
-def test_embed_errors():
+def test_embedding_errors():
     with pytest.raises(TypeError, match="embed"):
-        V.embed(nn.Linear(3, 2), [torch.rand(2, 3)], device="cpu")
+        predict(nn.Sequential(nn.Flatten(), nn.Linear(48, 2)), [torch.rand(2, 3, 4, 4)], device="cpu",
+                embeddings=True)
     with pytest.raises(ValueError, match="no batches"):
-        V.embed(ColourNet(), [], device="cpu")
-    with pytest.raises(TypeError, match="image tensors"):
-        V.embed(ColourNet(), [{"image": torch.rand(2, 3, 4, 4)}], device="cpu")
+        predict(ColourNet(), [], device="cpu", embeddings=True)
+    with pytest.raises(ValueError, match="image tensors"):
+        predict(ColourNet(), [{"image": torch.rand(2, 3, 4, 4)}], device="cpu", embeddings=True)
 
 
 # --------------------------------------------------------------------------- score_pairs
@@ -284,7 +285,7 @@ def test_metrics_errors(labels, scores, match):
 
 def test_plot_roc_returns_figure_with_auc_and_eer():
     m = V.verification_metrics([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
-    fig = V.plot_roc(m)
+    fig = plots.plot_roc(m)
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
     texts = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -295,14 +296,14 @@ def test_plot_roc_returns_figure_with_auc_and_eer():
     # Drawing onto a given axes returns that axes' figure.
     other = Figure()
     ax2 = other.add_subplot()
-    assert V.plot_roc(m, ax=ax2, title="dev") is other and ax2.get_title() == "dev"
+    assert plots.plot_roc(m, ax=ax2, title="dev") is other and ax2.get_title() == "dev"
 
 
 # --------------------------------------------------------------------------- CSV writers
 
 
 def test_write_classification_csv_exact(tmp_path):
-    path = V.write_classification_csv(
+    path = K.write_classification_csv(
         tmp_path / "sub" / "classification.csv",
         ids=[Path("test/0001.jpg"), "test/0002.jpg", "0003.jpg"],
         labels=torch.tensor([2, 0, 1]),
@@ -310,22 +311,22 @@ def test_write_classification_csv_exact(tmp_path):
     )
     assert path.read_text() == "id,label\n0001.jpg,n000042\n0002.jpg,n000001\n0003.jpg,n000007\n"
     # Without classes the indices are written.
-    V.write_classification_csv(tmp_path / "c.csv", ["a.jpg", "b.jpg"], np.array([5, 6]))
+    K.write_classification_csv(tmp_path / "c.csv", ["a.jpg", "b.jpg"], np.array([5, 6]))
     assert (tmp_path / "c.csv").read_text() == "id,label\na.jpg,5\nb.jpg,6\n"
 
 
 def test_write_classification_csv_errors(tmp_path):
     with pytest.raises(ValueError, match="3 ids but 2 labels"):
-        V.write_classification_csv(tmp_path / "x.csv", ["a", "b", "c"], [0, 1])
+        K.write_classification_csv(tmp_path / "x.csv", ["a", "b", "c"], [0, 1])
     with pytest.raises(ValueError, match="logits"):
-        V.write_classification_csv(tmp_path / "x.csv", ["a", "b"], torch.zeros(2, 10))
+        K.write_classification_csv(tmp_path / "x.csv", ["a", "b"], torch.zeros(2, 10))
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
-        V.write_classification_csv(tmp_path / "x.csv", ["a", "b"], [0, 2], classes=["p", "q"])
+        K.write_classification_csv(tmp_path / "x.csv", ["a", "b"], [0, 2], classes=["p", "q"])
 
 
 def test_write_verification_csv_exact(tmp_path):
     ids = ["verification_data/00020839.jpg verification_data/00035322.jpg", "b.jpg c.jpg"]
-    path = V.write_verification_csv(tmp_path / "verification.csv", ids, np.array([0.5, -0.125], np.float32))
+    path = K.write_verification_csv(tmp_path / "verification.csv", ids, np.array([0.5, -0.125], np.float32))
     assert path.read_text() == (
         "Id,Category\n"
         "verification_data/00020839.jpg verification_data/00035322.jpg,0.500000\n"
@@ -335,7 +336,7 @@ def test_write_verification_csv_exact(tmp_path):
         rows = list(csv.reader(f))
     assert rows[0] == ["Id", "Category"] and float(rows[2][1]) == -0.125
     with pytest.raises(ValueError, match="2 ids but 1 scores"):
-        V.write_verification_csv(tmp_path / "v.csv", ids, [0.1])
+        K.write_verification_csv(tmp_path / "v.csv", ids, [0.1])
 
 
 def test_ids_for_pairs_relative_to_root(tmp_path):
@@ -343,11 +344,11 @@ def test_ids_for_pairs_relative_to_root(tmp_path):
     data = root / "verification_data"
     pairs = [(data / "a.jpg", data / "b.jpg", None), ("x.jpg", "y.jpg")]
     ids = ["verification_data/a.jpg verification_data/b.jpg", "x.jpg y.jpg"]
-    assert V.ids_for_pairs(pairs, root=root) == ids
+    assert K.ids_for_pairs(pairs, root=root) == ids
     # A data.Pair carries its line as written in the file, which wins over root.
     from era_utils.data import Pair
 
-    assert V.ids_for_pairs([Pair(data / "a.jpg", data / "b.jpg", 1, "A.jpg B.jpg")], root=root) == ["A.jpg B.jpg"]
+    assert K.ids_for_pairs([Pair(data / "a.jpg", data / "b.jpg", 1, "A.jpg B.jpg")], root=root) == ["A.jpg B.jpg"]
 
 
 def test_verify_pairs_needs_labels(colour_images):
@@ -356,23 +357,40 @@ def test_verify_pairs_needs_labels(colour_images):
         V.verify_pairs(ColourNet(), pairs, None, device="cpu")
 
 
-def test_verify_and_submit_pairs(colour_images, tmp_path):
+def test_verify_pairs_then_score_and_write_the_test_pairs(colour_images, tmp_path):
     labelled = [(colour_images[a], colour_images[b], int(a == b)) for a, b, _ in HAND_PAIRS]
     metrics = V.verify_pairs(ColourNet(), labelled, None, device="cpu")
     # Same-colour pairs score 1, every other pair < 1: perfect separation.
     assert metrics.auc == 1.0 and metrics.eer == 0.0 and metrics.n_pairs == len(HAND_PAIRS)
     root = colour_images["red"].parent
-    scores = V.submit_pairs(ColourNet(), labelled[:2], None, tmp_path / "v.csv", root=root)
+    scores = V.score_pairs(ColourNet(), labelled[:2], None, device="cpu")
+    K.write_verification_csv(tmp_path / "v.csv", K.ids_for_pairs(labelled[:2], root=root), scores)
     expected = "Id,Category\nred.png green.png,0.500000\nred.png red.png,1.000000\n"
     assert (tmp_path / "v.csv").read_text() == expected
     np.testing.assert_allclose(scores, [0.5, 1.0], rtol=1e-6)
+    read = K.read_submission(tmp_path / "v.csv")
+    assert read.kind == "verification" and read.ids == ["red.png green.png", "red.png red.png"]
+    np.testing.assert_allclose(read.scores(), [0.5, 1.0])
+
+
+@pytest.mark.parametrize("text, match", [
+    ("", "empty"),
+    ("Id,Score\na b,0.5\n", "neither"),
+    ("Id,Category\na b,0.5\na b,0.7\n", "appears twice"),
+    ("id,label\n0.jpg\n", "two columns"),
+])
+def test_read_submission_names_the_problem(tmp_path, text, match):
+    path = tmp_path / "s.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        K.read_submission(path)
 
 
 # --------------------------------------------------------------------------- pairs files, end to end
 
 
 class CountingEmbeds(nn.Module):
-    """Wraps a model and counts the images its `embed` sees (each unique image should be one)."""
+    """Wraps a model and counts the images it sees (each unique image should be one)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -380,9 +398,9 @@ class CountingEmbeds(nn.Module):
         self.embedding_dim = model.embedding_dim
         self.images_embedded = 0
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_embedding: bool = False):
         self.images_embedded += x.shape[0]
-        return self.model.embed(x)
+        return self.model(x, return_embedding=return_embedding)
 
 
 def test_read_pairs_errors_reach_the_student(tmp_path):
@@ -423,14 +441,15 @@ def test_face_folder_pipeline_writes_both_csvs(tmp_path):
     assert 0.0 <= metrics.auc <= 1.0 and 0.0 <= metrics.eer <= 1.0 and 0.0 <= metrics.accuracy <= 1.0
     scores = V.score_pairs(model, dev_pairs, transform, device="cpu")
     assert metrics.auc == pytest.approx(roc_auc_score([p.label for p in dev_pairs], scores))
-    assert isinstance(V.plot_roc(metrics), Figure)
+    assert isinstance(plots.plot_roc(metrics), Figure)
 
     # Test: unlabelled pairs -> the verification CSV, one row per line of the pairs file.
     test_lines = [(a, b) for a, b, _ in make_pairs(faces, "test", n=8, seed=1)]
     test_file = write_pairs(tmp_path / "faces" / "verification_pairs_test.txt", test_lines, labelled=False)
     test_pairs = read_pairs(test_file, root=faces.root, labelled=False)
     out = tmp_path / "results"
-    test_scores = V.submit_pairs(model, test_pairs, transform, out / "verification.csv", device="cpu")
+    test_scores = V.score_pairs(model, test_pairs, transform, device="cpu")
+    K.write_verification_csv(out / "verification.csv", K.ids_for_pairs(test_pairs), test_scores)
     with (out / "verification.csv").open(newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["Id", "Category"]
@@ -445,7 +464,7 @@ def test_face_folder_pipeline_writes_both_csvs(tmp_path):
     model.eval()
     with torch.inference_mode():
         preds = torch.cat([model.model(x).argmax(1) for x, _ in loader])
-    V.write_classification_csv(out / "classification.csv", test_set.ids, preds, classes=test_set.classes)
+    K.write_classification_csv(out / "classification.csv", test_set.ids, preds, classes=test_set.classes)
     with (out / "classification.csv").open(newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["id", "label"]
@@ -457,9 +476,16 @@ def test_class_pairs_are_balanced_and_labelled_right():
     from era_utils.verification import class_pairs
 
     labels = np.repeat(np.arange(5), 4)  # 5 classes x 4 images
-    a, b, same = class_pairs(labels, 100, seed=3)
-    assert same.sum() == 50 and len(a) == len(b) == 100
+    a, b, same = class_pairs(labels, 60, seed=3)  # all 30 same-class pairs there are, and 30 others
+    assert same.sum() == 30 and len(a) == len(b) == 60
     np.testing.assert_array_equal(labels[a] == labels[b], same.astype(bool))
     assert (a != b).all()
     with pytest.raises(ValueError, match="two classes"):
         class_pairs(np.zeros(10, dtype=int), 4)
+    # every pair at most once, as a submission's ids must be; the capacity is exact
+    small = np.array([0, 0, 0, 1, 1])  # 3 + 1 same-class pairs, 6 different-class pairs
+    assert V.class_pair_capacity(small) == 8
+    a, b, same = class_pairs(small, 8, seed=0)
+    assert len({(min(i, j), max(i, j)) for i, j in zip(a, b)}) == 8
+    with pytest.raises(ValueError, match="at most 8"):
+        class_pairs(small, 9)

@@ -1,0 +1,65 @@
+"""Writing results files so that a killed run never leaves half a file behind.
+
+`atomic_write(path)` hands out a temporary file in the same folder and renames it over `path` only
+when the block ends without an error (`os.replace` is atomic on one filesystem), so a reader sees
+the old file or the new one, never a mixture. The checkpoint, figures, JSON and CSV files all go
+through it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+__all__ = ["TEMP_SUFFIX", "atomic_write", "json_safe", "write_json", "write_text"]
+
+TEMP_SUFFIX = ".tmp"  # temporary files are ".<name>.<random>.tmp" beside their target
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
+    """Open a temporary file beside `path` for writing; on success it replaces `path`, on an error
+    it is removed and `path` is left as it was. Parent folders are created."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} | open_kwargs if mode == "w" else open_kwargs)) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` atomically; returns the path."""
+    with atomic_write(path) as f:
+        f.write(text)
+    return Path(path)
+
+
+def json_safe(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float replaced by None (JSON's null), through dicts, lists,
+    tuples and numpy/torch scalars: what strict JSON parsers accept."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
+        obj = obj.item()  # numpy / torch scalar
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    """Write `obj` as strict JSON atomically: NaN and infinity become null (see `json_safe`)."""
+    return write_text(path, json.dumps(json_safe(obj), indent=indent, allow_nan=False) + "\n")

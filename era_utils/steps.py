@@ -1,0 +1,434 @@
+"""The steps of an assignment run, one public function each, in the order a run calls them:
+
+    plan = plan_run("s10", dataset="fashion_mnist", subset=5000)     # settings, device, fast path
+    data = load_data(plan)                                            # arrays (or face folders)
+    train_loader, test_loader = build_loaders(plan, data)
+    model = build_model(plan, data)
+    lr_test = range_test(plan, model, train_loader)                   # S10: the LR range test
+    optimizer, scheduler = optimizer_and_schedule(plan, model, train_loader, lr_test)
+    history = train(plan, model, train_loader, test_loader, optimizer, scheduler)
+    preds = predict(model, test_loader, embeddings=...)               # era_utils.analysis: one pass
+    result = verify(plan, data, model, preds)                         # HW2P2: pairs, AUC, EER
+
+`era-utils run` (era_utils.runner) is this chain plus its files; every notebook cell calls one of
+these steps; the benchmarks train through them. The recipe's numbers are read here at run time,
+never copied: a step asks the plan's recipe (`Recipe.configure_optimizers`, `criterion`, ...).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from era_utils.analysis import Predictions, predict
+from era_utils.data import (
+    DATASETS,
+    HW2P2_MEAN,
+    HW2P2_STD,
+    FaceFolder,
+    ImageArrays,
+    dataset_stats,
+    load_image,
+    read_pairs,
+)
+from era_utils.engine import History, fit
+from era_utils.gpu_loader import GPULoader
+from era_utils.kaggle import ids_for_pairs
+from era_utils.loaders import LOADERS, dataset_loader, load_splits, make_loaders
+from era_utils.lr_finder import LRFinderResult, find_lr
+from era_utils.models import create_model
+from era_utils.recipes import Recipe, get_recipe
+from era_utils.speed import FastPath, fast_path
+from era_utils.transforms import hw2p2_test_transform
+from era_utils.utils import get_device, set_seed
+from era_utils.verification import (
+    VerificationMetrics,
+    class_pair_capacity,
+    class_pairs,
+    cosine_scores,
+    score_pairs,
+    verification_metrics,
+    verify_pairs,
+)
+
+__all__ = [
+    "RUN_DATASETS",
+    "Data",
+    "RunPlan",
+    "Verification",
+    "build_loaders",
+    "build_model",
+    "kaggle_predictions",
+    "load_data",
+    "optimizer_and_schedule",
+    "plan_run",
+    "range_test",
+    "start",
+    "train",
+    "verify",
+]
+
+RUN_DATASETS = (*DATASETS, "faces")  # "faces": HW2P2's Kaggle folders, train/ dev/ test/
+FACE_SIZE = 224  # HW2P2's images are 224x224 RGB
+# Checkpoints at most once a minute: a GPU epoch of S10 can take under a second, and a 78 MB
+# checkpoint every epoch would double it.
+CHECKPOINT_INTERVAL_S = 60.0
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything a run was asked to do, resolved once: the recipe (with this run's overrides), the
+    data, the device and how it is used (`fast`), where files go. Every step reads it."""
+
+    recipe: Recipe
+    dataset: str  # "cifar10" | "fashion_mnist" | "faces"
+    data_dir: Optional[str]
+    download: bool
+    subset: Optional[int]  # training images (stratified subset); None: all
+    test_subset: Optional[int]
+    device: torch.device
+    fast: FastPath
+    loader: str  # "gpu" | "workers"
+    num_workers: int
+    out: Path
+    resume: bool
+    verbose: bool
+    quick: bool  # CI's smoke run (Recipe.quick)
+    checkpoints: bool  # `train` keeps a checkpoint in `out` (off for speed measurements)
+    verification_pairs: int  # HW2P2 stand-in: pairs drawn from the test images
+    dev_pairs: Optional[str] = None  # HW2P2 faces: the labelled pairs file ("a b label")
+    test_pairs: Optional[str] = None  # HW2P2 faces: the unlabelled pairs file ("a b")
+    pairs_root: Optional[str] = None  # the folder the pairs files' paths are relative to
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where `train` keeps its checkpoint (and `resume` reads it)."""
+        return self.out / "checkpoint.pt"
+
+    def describe(self) -> list[tuple[str, str]]:
+        """This run's settings in words, one (what, value) row each, after the recipe's own rows."""
+        images = "all" if self.subset is None else f"{self.subset:,} (stratified)"
+        rows = [("dataset", self.dataset + (f" from {self.data_dir}" if self.data_dir else "")),
+                ("training images", images), ("device", f"{self.device} ({self.fast.describe()})"),
+                ("loader", self.loader), ("output folder", str(self.out) + (" (resuming)" if self.resume else ""))]
+        if self.quick:
+            rows.append(("quick smoke run", f"{self.recipe.quick.subset} images, {self.recipe.epochs} epoch; "
+                         + (self.recipe.quick.why or "the recipe otherwise as it is")))
+        return self.recipe.describe() + rows
+
+    def log_lines(self, data: "Data") -> str:
+        """A few lines for a headless run's log: the recipe, the data as loaded, the device and path."""
+        return "\n".join([
+            self.recipe.title + (" (quick smoke run)" if self.quick else ""),
+            f"  data: {data.title}, {len(data.train)} train / {len(data.test)} test images, {data.channels} "
+            f"channel(s), mean {tuple(round(m, 4) for m in data.mean)}, std {tuple(round(s, 4) for s in data.std)}",
+            f"  loader: {self.loader}; device: {self.device}; {self.fast.describe()}",
+        ])
+
+    def _repr_markdown_(self) -> str:
+        """The plan as a table in notebooks: the recipe's numbers and this run's settings."""
+        rows = "\n".join(f"| {what} | {value} |" for what, value in self.describe())
+        return f"**{self.recipe.title}**\n\n| | |\n|---|---|\n{rows}\n"
+
+
+def start(plan: RunPlan) -> None:
+    """Seed python, numpy and torch with the recipe's seed and set the fast path's process-wide
+    switches (cuDNN's autotuner): the first thing a run does."""
+    set_seed(plan.recipe.seed)
+    plan.fast.apply()
+
+
+def plan_run(
+    recipe: Union[str, Recipe],
+    *,
+    quick: bool = False,
+    dataset: Optional[str] = None,
+    data_dir: Optional[str] = None,
+    download: bool = False,
+    subset: Optional[int] = None,
+    test_subset: Optional[int] = None,
+    epochs: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    lr: Optional[float] = None,
+    seed: Optional[int] = None,
+    device: Optional[str] = None,
+    loader: str = "auto",
+    fast: bool = True,
+    amp: Optional[str] = None,
+    compile: Optional[Union[bool, str]] = None,
+    num_workers: Optional[int] = None,
+    out: Union[str, os.PathLike, None] = None,
+    resume: bool = False,
+    verbose: bool = True,
+    checkpoints: bool = True,
+    verification_pairs: Optional[int] = None,
+    dev_pairs: Optional[str] = None,
+    test_pairs: Optional[str] = None,
+    pairs_root: Optional[str] = None,
+) -> RunPlan:
+    """Resolve a run's settings: the recipe `recipe` (a name or a Recipe) with these overrides.
+
+    `quick`: CI's smoke run (the recipe's `quick` sizes: Fashion-MNIST, a few hundred images, one
+    epoch, the CPU); anything given explicitly still wins. `lr` replaces the recipe's LR and turns
+    the LR range test off. `loader`: "gpu" | "workers" | "auto" (the fast path's choice; per-image
+    augmentation such as HW2P2's always runs on workers). `fast=False` is the classic path; `amp`
+    and `compile` override the precision and torch.compile; `checkpoints=False` keeps none (speed
+    measurements); `num_workers` (default 2, a quick run 0)
+    are the workers loader's processes. `out` (default runs/RECIPE; a quick run's
+    under the temporary folder) holds the checkpoint and whatever the caller saves.
+    """
+    base = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    chosen = base.quick_run() if quick else base
+    changes = {"epochs": epochs, "batch_size": batch_size, "seed": seed}
+    if lr is not None:
+        changes.update(lr=lr, use_lr_finder=False)
+    chosen = chosen.override(**{k: v for k, v in changes.items() if v is not None})
+    if quick:
+        dataset = dataset or "fashion_mnist"
+        subset = subset if subset is not None else base.quick.subset
+        test_subset = test_subset if test_subset is not None else base.quick.test_subset
+        device = device or "cpu"
+    if num_workers is None:  # Colab's 2 cores; a quick run's one epoch is mostly worker start-up
+        num_workers = 0 if quick else 2
+    dataset = dataset or chosen.dataset
+    if dataset not in RUN_DATASETS:
+        raise ValueError(f"dataset must be one of {RUN_DATASETS}, got {dataset!r}")
+    if dataset == "faces" and chosen.augment is not None:
+        raise ValueError(f"recipe {chosen.name!r} trains on 32x32 images; the face folders are HW2P2's (recipe 'hw2p2')")
+    if loader not in LOADERS:
+        raise ValueError(f"loader must be one of {LOADERS}, got {loader!r}")
+    dev = get_device(device)
+    path = fast_path(dev, enabled=fast, amp=amp)
+    if compile is not None:
+        path = replace(path, compile=compile)
+    per_image = chosen.augment is None or dataset == "faces"  # HW2P2's torchvision pipeline
+    if loader == "gpu" and (per_image or not fast):
+        why = ("HW2P2's rotation and colour jitter run per image on CPU workers" if per_image
+               else "the classic path augments per image on CPU workers")
+        raise ValueError(f"loader 'gpu' does not fit this run: {why}; use loader 'workers' (or 'auto')")
+    resolved_loader = "workers" if per_image else (path.loader if loader == "auto" else loader)
+    return RunPlan(
+        recipe=chosen,
+        dataset=dataset,
+        data_dir=data_dir,
+        download=download,
+        subset=subset,
+        test_subset=test_subset,
+        device=dev,
+        fast=path,
+        loader=resolved_loader,
+        num_workers=num_workers,
+        out=Path(out) if out is not None else _default_out(chosen.name, quick),
+        resume=resume,
+        verbose=verbose,
+        quick=quick,
+        checkpoints=checkpoints,
+        verification_pairs=verification_pairs or (base.quick.verification_pairs if quick else 4000),
+        dev_pairs=dev_pairs,
+        test_pairs=test_pairs,
+        pairs_root=pairs_root,
+    )
+
+
+def _default_out(name: str, quick: bool) -> Path:
+    """runs/NAME; a quick smoke run writes under the temporary folder instead (CI, notebooks in CI)."""
+    if quick:
+        return Path(tempfile.gettempdir()) / "era_utils_quick" / name
+    return Path("runs") / name
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Data:
+    """A run's images: training and (labelled) test splits with their classes and normalisation.
+
+    Arrays (CIFAR-10, Fashion-MNIST: uint8 (N, H, W, C) in memory) or HW2P2's face folders (read
+    one image at a time); `kaggle_test` is HW2P2's unlabelled test split, when there is one.
+    """
+
+    name: str  # the dataset actually used, as figures and reports name it
+    train: Union[ImageArrays, FaceFolder]
+    test: Union[ImageArrays, FaceFolder]
+    mean: tuple[float, ...]  # per channel, [0, 1] units (the training split's)
+    std: tuple[float, ...]
+    kaggle_test: Optional[FaceFolder] = None
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names (identities for HW2P2), index = label."""
+        return list(self.train.classes)
+
+    @property
+    def channels(self) -> int:
+        """Input channels: 3 for CIFAR-10 and faces, 1 for Fashion-MNIST."""
+        return len(self.mean)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(C, H, W) of one model input."""
+        if isinstance(self.train, FaceFolder):
+            return (self.channels, FACE_SIZE, FACE_SIZE)
+        return (self.channels, *self.train.images.shape[1:3])
+
+    def samples(self, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """The first `n` training images as stored, uint8 (n, H, W, C), and their labels."""
+        if isinstance(self.train, FaceFolder):
+            picked = self.train.samples[:n]
+            return np.stack([load_image(path) for path, _ in picked]), np.array([label for _, label in picked])
+        return self.train.images[:n], self.train.labels[:n]
+
+    @property
+    def title(self) -> str:
+        """The dataset as a figure title names it, e.g. "Fashion-MNIST"."""
+        return {"cifar10": "CIFAR-10", "fashion_mnist": "Fashion-MNIST", "faces": "HW2P2 faces"}.get(
+            self.name, self.name)
+
+
+def load_data(plan: RunPlan) -> Data:
+    """The plan's dataset: train and test arrays (a stratified subset if asked) with the training
+    split's mean/std, or HW2P2's face folders from `data_dir` (train/, dev/, test/) at 224x224."""
+    if plan.dataset == "faces":
+        if plan.data_dir is None:
+            raise FileNotFoundError(
+                "HW2P2's face data needs data_dir (--data-dir): the unzipped Kaggle folder with train/<identity>/*.jpg, "
+                "dev/<identity>/*.jpg and test/*.jpg. Without it, --dataset fashion_mnist stands in.")
+        mean, std = HW2P2_MEAN, HW2P2_STD
+        train_tf = plan.recipe.train_augment(mean, std, size=FACE_SIZE)
+        test_tf = hw2p2_test_transform(mean, std, size=FACE_SIZE)
+        root = Path(plan.data_dir)
+        kaggle_test = FaceFolder(root, "test", test_tf) if (root / "test").is_dir() else None
+        return Data("faces", FaceFolder(root, "train", train_tf), FaceFolder(root, "dev", test_tf), mean, std,
+                    kaggle_test=kaggle_test)
+    train, test = load_splits(plan.dataset, root=plan.data_dir, download=plan.download, subset=plan.subset,
+                              test_subset=plan.test_subset, seed=plan.recipe.seed)
+    # Fashion-MNIST stays 1-channel (the models take in_channels=1); CIFAR-10 is RGB.
+    mean, std = dataset_stats(plan.dataset, size=train.images.shape[1], channels=train.images.shape[-1],
+                              root=plan.data_dir)
+    return Data(plan.dataset, train, test, mean, std)
+
+
+def build_loaders(plan: RunPlan, data: Data) -> tuple[Union[GPULoader, torch.utils.data.DataLoader], Any]:
+    """(train_loader, test_loader) as the plan says: batched on the device ("gpu") or per image on
+    CPU workers ("workers"); the recipe's batch size and augmentation, the fast path's layout and
+    drop_last. The test loader only normalises, in the test split's order."""
+    recipe = plan.recipe
+    if isinstance(data.train, FaceFolder):
+        kw = dict(num_workers=plan.num_workers, seed=recipe.seed)
+        train_loader = dataset_loader(data.train, recipe.batch_size, shuffle=True,
+                                      drop_last=plan.fast.drop_last is True, **kw)
+        test_loader = dataset_loader(data.test, recipe.batch_size, shuffle=False, **kw)
+    else:
+        try:
+            train_loader, test_loader = make_loaders(
+                data.train, data.test, recipe.train_augment(data.mean, data.std), data.mean, data.std,
+                recipe.batch_size, loader=plan.loader, device=plan.device, seed=recipe.seed,
+                num_workers=plan.num_workers, channels_last=plan.fast.channels_last, drop_last=plan.fast.drop_last)
+        except ValueError as err:
+            raise ValueError(f"recipe {recipe.name!r}: {err}") from None
+    recipe.check_steps(len(data.train), len(train_loader))  # before any work: a run too short to schedule
+    return train_loader, test_loader
+
+
+def build_model(plan: RunPlan, data: Data) -> nn.Module:
+    """The recipe's model for this data (one output per class, its input channels), on the device."""
+    model = create_model(plan.recipe.model, num_classes=len(data.classes), in_channels=data.channels)
+    return model.to(plan.device)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def range_test(plan: RunPlan, model: nn.Module, train_loader: Any) -> Optional[LRFinderResult]:
+    """The recipe's LR range test (S10), or None for a recipe with a fixed LR. Model and optimizer
+    state are restored afterwards (torch-lr-finder's reset)."""
+    recipe = plan.recipe
+    if not recipe.use_lr_finder:
+        return None
+    optimizer = recipe.range_test_optimizer(model, fused=plan.fast.fused)
+    return find_lr(model, optimizer, recipe.criterion(), train_loader, start_lr=recipe.lr_finder_start,
+                   end_lr=recipe.lr_finder_end, num_iter=recipe.range_test_iters(len(train_loader)),
+                   device=plan.device, amp=plan.fast.amp, method=recipe.lr_finder_method, verbose=plan.verbose)
+
+
+def optimizer_and_schedule(plan: RunPlan, model: nn.Module, train_loader: Any,
+                           max_lr: Union[float, LRFinderResult, None] = None) -> tuple[torch.optim.Optimizer, Any]:
+    """The recipe's optimizer and per-step schedule for this run (`Recipe.configure_optimizers`);
+    `max_lr`: the range test's result or an LR (default: the recipe's own LR)."""
+    if isinstance(max_lr, LRFinderResult):
+        max_lr = max_lr.suggestion
+    return plan.recipe.configure_optimizers(model, len(train_loader), max_lr=max_lr, fused=plan.fast.fused)
+
+
+def train(plan: RunPlan, model: nn.Module, train_loader: Any, test_loader: Any,
+          optimizer: torch.optim.Optimizer, scheduler: Any) -> History:
+    """`fit` for the recipe's epochs with its loss, the plan's precision, layout and compile, a
+    checkpoint in the plan's folder (at most once a minute, and after the last epoch) and, with
+    the plan's `resume`, carrying on from it."""
+    return fit(model, train_loader, test_loader, optimizer, plan.recipe.epochs,
+               criterion=plan.recipe.criterion(), scheduler=scheduler, device=plan.device,
+               amp=plan.fast.amp, channels_last=plan.fast.channels_last, compile=plan.fast.compile,
+               checkpoint_path=plan.checkpoint_path if plan.checkpoints else None,
+               checkpoint_interval=CHECKPOINT_INTERVAL_S,
+               resume=plan.resume, verbose=plan.verbose)
+
+
+# ----------------------------------------------------------------------------- verification (HW2P2)
+
+
+@dataclass
+class Verification:
+    """HW2P2's verification: the metrics on labelled pairs and the scores of the pairs to submit."""
+
+    metrics: VerificationMetrics
+    pairs: str  # where the pairs came from, in words
+    test_ids: list[str]  # Kaggle ids of the scored test pairs ("a b")
+    test_scores: np.ndarray  # (P,) cosine similarity of each test pair
+
+
+def verify(plan: RunPlan, data: Data, model: nn.Module, preds: Predictions) -> Verification:
+    """Score same/different pairs by the cosine similarity of their embeddings and measure ROC AUC,
+    EER and its threshold. Face folders: the plan's dev pairs file (labelled) and test pairs file.
+    Stand-in (arrays): balanced pairs of test images, "same" when two images share a class, scored
+    with the embeddings `preds` holds (predict(..., embeddings=True): no second pass)."""
+    if isinstance(data.train, FaceFolder):
+        if not (plan.dev_pairs and plan.test_pairs):
+            raise ValueError("verification on the face folders needs the pairs files: dev_pairs (a b label) "
+                             "and test_pairs (a b), as in the HW2P2 verification download")
+        transform = hw2p2_test_transform(data.mean, data.std, size=FACE_SIZE)
+        kw = dict(device=plan.device, batch_size=plan.recipe.batch_size, num_workers=plan.num_workers,
+                  amp=plan.fast.amp, progress=plan.verbose)
+        metrics = verify_pairs(model, read_pairs(plan.dev_pairs, root=plan.pairs_root), transform, **kw)
+        test = read_pairs(plan.test_pairs, root=plan.pairs_root, labelled=False)
+        scores = score_pairs(model, test, transform, **kw)
+        return Verification(metrics, f"{plan.dev_pairs} (labelled), {plan.test_pairs} (scored)",
+                            ids_for_pairs(test, root=plan.pairs_root), scores)
+    if preds.embeddings is None:
+        raise ValueError("verify needs the embeddings: predict(model, test_loader, embeddings=True)")
+    n = min(plan.verification_pairs, class_pair_capacity(preds.labels))  # a small test subset has few pairs
+    a, b, same = class_pairs(preds.labels, n, seed=plan.recipe.seed)
+    scores = cosine_scores(preds.embeddings[a], preds.embeddings[b]).numpy()  # (P,) in [-1, 1]
+    ids = ids_for_pairs(list(zip(a.astype(str), b.astype(str))))  # "a b" by test image index
+    return Verification(verification_metrics(same, scores),
+                        f"{len(same)} pairs of {data.title} test images, half of one class", ids, scores)
+
+
+def kaggle_predictions(plan: RunPlan, data: Data, model: nn.Module, preds: Predictions
+                       ) -> tuple[list[str], torch.Tensor]:
+    """(image ids, predicted labels) for the classification CSV: HW2P2's unlabelled test split when
+    the face folders have one (a pass over that split), else the test split already predicted."""
+    if data.kaggle_test is not None:
+        loader = dataset_loader(data.kaggle_test, plan.recipe.batch_size, shuffle=False,
+                                num_workers=plan.num_workers)
+        return list(data.kaggle_test.ids), predict(model, loader, amp=plan.fast.amp).preds
+    return [str(i) for i in range(len(preds))], preds.preds

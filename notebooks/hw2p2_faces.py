@@ -1,0 +1,218 @@
+# ---
+# jupyter:
+#   accelerator: GPU
+#   colab:
+#     gpuType: T4
+#     provenance: []
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+#   language_info:
+#     name: python
+# ---
+
+# %% [markdown]
+# # HW2P2: face classification and verification with a ResNet-34
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/era-course/era_utils/blob/main/notebooks/hw2p2_faces.ipynb)
+#
+# HW2P2: face classification over 7000 identities (224x224 RGB, one folder per identity) and face
+# verification with the classifier's penultimate-layer embeddings (cosine similarity of each pair,
+# ROC AUC on the labelled dev pairs), with both Kaggle CSVs written at the end. The recipe (seed
+# 001): a ResNet-34-style network, SGD with momentum and weight decay, label smoothing, cosine
+# annealing with warm restarts, mixed precision; torchvision augmentation (flip, rotation,
+# grayscale, colour jitter, random erasing). Its numbers live in `era_utils.recipes` and are read
+# when the notebook runs.
+#
+# Set `DATASET = "faces"` and `DATA_DIR` to the unzipped Kaggle data (and the pairs files) to run
+# the real assignment. By default Fashion-MNIST stands in: each of its ten classes plays one
+# identity, and pairs of test images of the same class play "same person" pairs, so every step runs
+# anywhere.
+#
+# > **No outputs yet.** This notebook is committed without outputs. Open it in Colab with a GPU
+# > runtime and run all cells for the full recipe; with `ERA_UTILS_QUICK=1` it is CI's quick smoke
+# > run (a few hundred Fashion-MNIST images, one epoch, on a CPU), which checks that every step
+# > runs but is too short to train a useful model.
+
+# %% [markdown]
+# ## Set-up
+# Install era_utils from GitHub (Colab already has torch and torchvision and keeps them). In CI
+# this cell is skipped (its tag is `skip-execution`): the kit is installed there already.
+
+# %% tags=["skip-execution"]
+# %pip install -q git+https://github.com/era-course/era_utils.git
+
+# %% [markdown]
+# Parameters. `None` means "as the recipe says". The cell is tagged `parameters`, so the notebook
+# also runs headless, e.g. `papermill NAME.ipynb out.ipynb -p EPOCHS 5`; with the environment
+# variable `ERA_UTILS_QUICK=1` (CI) it is the quick smoke run.
+
+# %% tags=["parameters"]
+import os
+
+RECIPE = "hw2p2"  # the assignment's recipe in era_utils.recipes
+QUICK = os.environ.get("ERA_UTILS_QUICK") == "1"  # CI's smoke run
+DATASET = "fashion_mnist"  # the stand-in; "faces": the Kaggle folders in DATA_DIR
+DATA_DIR = None  # faces: the folder with train/<identity>/*.jpg, dev/<identity>/*.jpg, test/*.jpg
+DEV_PAIRS = None  # faces: the labelled verification pairs file ("a b label" per line)
+TEST_PAIRS = None  # faces: the unlabelled verification pairs file ("a b" per line)
+PAIRS_ROOT = None  # faces: the folder the pairs files' paths are relative to (None: the file's folder)
+EPOCHS = None  # None: the recipe's
+SUBSET = None  # stand-in: train on N images (a stratified subset); None: all of them
+TEST_SUBSET = None  # stand-in: test on N images; None: all (or max(1000, SUBSET // 5) with a SUBSET)
+DEVICE = None  # None picks cuda, then mps, then cpu
+NUM_WORKERS = None  # DataLoader worker processes; None: 2 (Colab has 2 CPU cores), 0 in the quick run
+DOWNLOAD = True  # stand-in: fetch Fashion-MNIST with torchvision if it is not there (Colab)
+OUT = None  # checkpoint, history and the two Kaggle CSVs; None: runs/RECIPE
+RESUME = False  # carry on from OUT/checkpoint.pt after a Colab session died
+
+# %% [markdown]
+# Imports: every step below is one call into era_utils (no model or training loop is defined in
+# this notebook). `era-utils run hw2p2` runs the same steps headless, verification included.
+
+# %%
+# %matplotlib inline
+from era_utils import plots, summary
+from era_utils.analysis import predict
+from era_utils.kaggle import write_classification_csv, write_verification_csv
+from era_utils.loaders import augment_examples
+from era_utils.steps import (build_loaders, build_model, kaggle_predictions, load_data, optimizer_and_schedule,
+                             plan_run, start, train, verify)
+
+# %% [markdown]
+# ## The run
+# The plan: the recipe with this notebook's parameters, the device, and how the run uses it (on a
+# GPU: bf16 or fp16 autocast, channels_last, `torch.compile`, fused optimizer kernels).
+
+# %%
+plan = plan_run(RECIPE, quick=QUICK, dataset=DATASET, data_dir=DATA_DIR, download=DOWNLOAD, subset=SUBSET,
+                test_subset=TEST_SUBSET, epochs=EPOCHS, device=DEVICE, num_workers=NUM_WORKERS, out=OUT,
+                resume=RESUME, dev_pairs=DEV_PAIRS, test_pairs=TEST_PAIRS, pairs_root=PAIRS_ROOT)
+plan
+
+# %% [markdown]
+# Seed python, numpy and torch with the recipe's seed, so a rerun gives the same numbers on the
+# same machine, and switch on cuDNN's autotuner on a GPU.
+
+# %%
+start(plan)
+
+# %% [markdown]
+# ## Data
+# The faces: the HW2P2 folders (labels are the identity folder names; the flat test/ split is
+# unlabelled), normalised with the train split's own mean and std. The stand-in: Fashion-MNIST as
+# uint8 arrays, each class one "identity", its test split playing the dev split. The first ten
+# training images:
+
+# %%
+data = load_data(plan)
+plots.plot_samples(*data.samples(), data.classes, title=f"Sample training images ({data.title})")
+
+# %% [markdown]
+# The loaders: HW2P2's torchvision augmentation (rotation, colour jitter) runs per image in
+# `NUM_WORKERS` worker processes, each with its own random stream. The dev (test) loader keeps its
+# order, so predictions line up with the image ids.
+
+# %%
+train_loader, test_loader = build_loaders(plan, data)
+len(train_loader), len(test_loader)
+
+# %% [markdown]
+# Five training images (top) and the same five as the training loader augments them, twice: flips,
+# small rotations, the odd grayscale image, colour jitter and an erased patch.
+
+# %%
+originals, labels = data.samples()
+plots.plot_augmentations(originals, augment_examples(train_loader, originals), labels, data.classes,
+                         mean=data.mean, std=data.std)
+
+# %% [markdown]
+# ## Model
+# A ResNet-34 with the ImageNet stem (7x7 stride 2, max-pool) for 224x224 faces, one output per
+# identity. Its pooled penultimate features are the face embedding verification uses below.
+
+# %%
+model = build_model(plan, data)
+summary(model, data.input_size)
+
+# %% [markdown]
+# The optimizer, loss and schedule as the recipe (seed 001) builds them: SGD with momentum and
+# weight decay, cross-entropy with label smoothing, cosine annealing that restarts after the
+# recipe's first cycle and then after cycles twice as long each time, stepped every batch.
+
+# %%
+optimizer, scheduler = optimizer_and_schedule(plan, model, train_loader)
+optimizer
+
+# %% [markdown]
+# ## Classification
+# Train, validating on the dev split after every epoch. A checkpoint goes to the plan's folder (at
+# most once a minute and after the last epoch): Colab sessions die, and `RESUME = True` carries on
+# from it.
+
+# %%
+history = train(plan, model, train_loader, test_loader, optimizer, scheduler)
+
+# %% [markdown]
+# Loss and accuracy per epoch (the training loss includes the label smoothing, so it never reaches
+# zero; training images are augmented, so the dev accuracy can sit above the training accuracy).
+
+# %%
+plots.plot_history(history, title=f"HW2P2 classification on {data.title}: loss and accuracy")
+
+# %% [markdown]
+# The learning rate per step: cosine decay with warm restarts.
+
+# %%
+plots.plot_lr(history, steps_per_epoch=len(train_loader))
+
+# %% [markdown]
+# One pass over the dev (test) split: predictions and, for verification, the embeddings.
+
+# %%
+preds = predict(model, test_loader, embeddings=True)
+preds.accuracy
+
+# %% [markdown]
+# Ten misclassified dev images with the true and the predicted identity.
+
+# %%
+plots.plot_misclassified(preds.misclassified(), data.classes)
+
+# %% [markdown]
+# ## Verification
+# A pair of faces is the same person when their embeddings point the same way. Faces: the
+# labelled dev pairs file, every distinct image embedded once. Stand-in: balanced pairs of the
+# embedded test images, half of them two images of the same class (label 1, "same person").
+
+# %%
+result = verify(plan, data, model, preds)
+result.metrics
+
+# %% [markdown]
+# The ROC curve of the similarity scores: its area (AUC, the Kaggle metric) and the equal error
+# rate, where false accepts and false rejects are equally frequent; its threshold is the one to use
+# for same/different decisions.
+
+# %%
+plots.plot_roc(result.metrics, title=f"Verification ROC ({result.pairs})")
+
+# %% [markdown]
+# The Kaggle verification CSV (`Id,Category`: the pair's two paths and its similarity).
+
+# %%
+write_verification_csv(plan.out / "verification_submission.csv", result.test_ids, result.test_scores)
+
+# %% [markdown]
+# The Kaggle classification CSV (`id,label`: each test image and its predicted identity).
+
+# %%
+write_classification_csv(plan.out / "classification_submission.csv", *kaggle_predictions(plan, data, model, preds),
+                         data.classes)
+
+# %% [markdown]
+# Save the history next to the checkpoint and the CSVs.
+
+# %%
+history.to_json(plan.out / "history.json")

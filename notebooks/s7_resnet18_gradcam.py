@@ -1,0 +1,212 @@
+# ---
+# jupyter:
+#   accelerator: GPU
+#   colab:
+#     gpuType: T4
+#     provenance: []
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+#   language_info:
+#     name: python
+# ---
+
+# %% [markdown]
+# # S7: ResNet18 on CIFAR-10, with GradCAM
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/era-course/era_utils/blob/main/notebooks/s7_resnet18_gradcam.ipynb)
+#
+# Assignment S7: a CIFAR ResNet18 (BasicBlock, [2, 2, 2, 2], 3x3 stem, no max-pool; 11,173,962
+# parameters) trained on CIFAR-10 with random crops after padding and a square CutOut, SGD and One
+# Cycle. Figures: loss and accuracy curves, ten misclassified test images, GradCAM on those ten,
+# accuracy per class. The recipe's numbers live in `era_utils.recipes` and are read when the
+# notebook runs (the table under "The run").
+#
+# > **No outputs yet.** This notebook is committed without outputs. Open it in Colab with a GPU
+# > runtime and run all cells for the full recipe; with `ERA_UTILS_QUICK=1` it is CI's quick smoke
+# > run (a few hundred Fashion-MNIST images, one epoch, on a CPU), which checks that every step
+# > runs but is too short to train a useful model.
+
+# %% [markdown]
+# ## Set-up
+# Install era_utils from GitHub (Colab already has torch and torchvision and keeps them). In CI
+# this cell is skipped (its tag is `skip-execution`): the kit is installed there already.
+
+# %% tags=["skip-execution"]
+# %pip install -q git+https://github.com/era-course/era_utils.git
+
+# %% [markdown]
+# Parameters. `None` means "as the recipe says". The cell is tagged `parameters`, so the notebook
+# also runs headless, e.g. `papermill NAME.ipynb out.ipynb -p EPOCHS 5`; with the environment
+# variable `ERA_UTILS_QUICK=1` (CI) it is the quick smoke run.
+
+# %% tags=["parameters"]
+import os
+
+RECIPE = "s7"  # the assignment's recipe in era_utils.recipes
+QUICK = os.environ.get("ERA_UTILS_QUICK") == "1"  # CI's smoke run
+DATASET = None  # None: the recipe's (CIFAR-10); "fashion_mnist" runs anywhere, offline
+EPOCHS = None  # None: the recipe's
+SUBSET = None  # train on N images (a stratified subset); None: all of them
+TEST_SUBSET = None  # test on N images; None: all (or max(1000, SUBSET // 5) with a SUBSET)
+DEVICE = None  # None picks cuda, then mps, then cpu
+LOADER = "auto"  # "gpu": augment whole batches on the device; "workers": per image on CPU workers
+DATA_DIR = None  # None: ./data for CIFAR-10, the system folder for Fashion-MNIST
+DOWNLOAD = True  # fetch the dataset with torchvision if it is not there (Colab)
+OUT = None  # checkpoint and history; None: runs/RECIPE
+RESUME = False  # carry on from OUT/checkpoint.pt after a Colab session died
+
+# %% [markdown]
+# Imports: every step below is one call into era_utils (no model or training loop is defined in
+# this notebook). `era-utils run s7` runs the same steps headless.
+
+# %%
+# %matplotlib inline
+from era_utils import plots, summary
+from era_utils.analysis import confusion_matrix, most_confused, per_class_accuracy, predict
+from era_utils.gradcam import default_target_layer_name, gradcam
+from era_utils.loaders import augment_examples
+from era_utils.steps import build_loaders, build_model, load_data, optimizer_and_schedule, plan_run, start, train
+
+# %% [markdown]
+# ## The run
+# The plan: the recipe with this notebook's parameters, the device, and how the run uses it (on a
+# GPU: bf16 or fp16, channels_last, `torch.compile`, fused optimizer kernels).
+
+# %%
+plan = plan_run(RECIPE, quick=QUICK, dataset=DATASET, data_dir=DATA_DIR, download=DOWNLOAD, subset=SUBSET,
+                test_subset=TEST_SUBSET, epochs=EPOCHS, device=DEVICE, loader=LOADER, out=OUT, resume=RESUME)
+plan
+
+# %% [markdown]
+# Seed python, numpy and torch with the recipe's seed, so a rerun gives the same numbers on the
+# same machine, and switch on cuDNN's autotuner on a GPU.
+
+# %%
+start(plan)
+
+# %% [markdown]
+# ## Data
+# The training and test splits as uint8 arrays (N, H, W, C), with the training split's per-channel
+# mean and std (Normalize uses them; CutOut fills its hole with the mean). The first ten training
+# images with their class names:
+
+# %%
+data = load_data(plan)
+plots.plot_samples(*data.samples(), data.classes, title=f"Sample training images ({data.title})")
+
+# %% [markdown]
+# The loaders. On the "gpu" path the whole dataset sits on the device and the augmentation runs on
+# whole batches there, so Colab's two CPU cores never starve the GPU; the "workers" path applies the
+# same augmentation per image with albumentations. The test loader only normalises.
+
+# %%
+train_loader, test_loader = build_loaders(plan, data)
+train_loader
+
+# %% [markdown]
+# Check the augmentation: five training images (top) and the same five as the training loader
+# augments them, twice (below).
+
+# %%
+originals, labels = data.samples()
+plots.plot_augmentations(originals, augment_examples(train_loader, originals), labels, data.classes,
+                         mean=data.mean, std=data.std)
+
+# %% [markdown]
+# ## Model
+# The CIFAR ResNet18 from the kit's model registry. `summary` lists every layer with its input,
+# output and kernel shapes, parameters and mult-adds.
+
+# %%
+model = build_model(plan, data)
+summary(model, data.input_size)
+
+# %% [markdown]
+# The optimizer and the schedule, as the recipe builds them: SGD with Nesterov momentum and weight
+# decay; One Cycle from a tenth of the peak LR up to the peak at the recipe's peak epoch (the same
+# share of a shorter run), then back down, stepped every batch.
+
+# %%
+optimizer, scheduler = optimizer_and_schedule(plan, model, train_loader)
+optimizer
+
+# %% [markdown]
+# ## Training
+# `train` runs `fit` for the recipe's epochs, stepping the scheduler after every batch and
+# evaluating on the test set after each epoch; it returns a `History` (loss and accuracy per epoch,
+# LR per step) and keeps a checkpoint in the plan's folder.
+
+# %%
+history = train(plan, model, train_loader, test_loader, optimizer, scheduler)
+
+# %% [markdown]
+# Loss and accuracy per epoch, train and test. Training images are augmented (CutOut, crops), so the
+# test accuracy can sit above the training accuracy.
+
+# %%
+plots.plot_history(history, title=f"S7 on {data.title}: loss and accuracy")
+
+# %% [markdown]
+# The learning rate at every optimizer step: the One Cycle ramp up to the peak and back down.
+
+# %%
+plots.plot_lr(history, steps_per_epoch=len(train_loader))
+
+# %% [markdown]
+# ## What the model gets wrong
+# One pass over the test set; every figure below reads it.
+
+# %%
+preds = predict(model, test_loader)
+preds.accuracy
+
+# %% [markdown]
+# The first ten misclassified test images, titled with the true class, the predicted one and the
+# model's confidence in it.
+
+# %%
+wrong = preds.misclassified()
+plots.plot_misclassified(wrong, data.classes)
+
+# %% [markdown]
+# GradCAM on the same ten images: where the network looked for the class it predicted. The layer
+# is the deepest one whose map is still at least 7x7 (`layer3`, 8x8 on 32x32 images: `layer4`'s
+# 4x4 map is only a blob).
+
+# %%
+layer = default_target_layer_name(model, data.input_size)
+plots.plot_gradcam(wrong, gradcam(model, wrong, target_layer=layer), data.classes, layer=layer)
+
+# %% [markdown]
+# The ten test images with the highest loss: the mistakes the model was surest of first.
+
+# %%
+plots.plot_top_losses(preds.top_losses(), data.classes)
+
+# %% [markdown]
+# Test accuracy per class, the mean as a dashed line.
+
+# %%
+plots.plot_per_class_accuracy(per_class_accuracy(preds), data.classes)
+
+# %% [markdown]
+# The confusion matrix (rows: true class, columns: predicted), normalised per true class.
+
+# %%
+cm = confusion_matrix(preds)
+plots.plot_confusion_matrix(cm, data.classes, normalize=True)
+
+# %% [markdown]
+# The five most frequent mistakes as (true, predicted, count).
+
+# %%
+most_confused(cm, data.classes)
+
+# %% [markdown]
+# Save the history (loss, accuracy and LR curves as JSON) next to the checkpoint, to plot or compare
+# later with `History.from_json`.
+
+# %%
+history.to_json(plan.out / "history.json")

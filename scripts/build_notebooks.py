@@ -1,0 +1,160 @@
+"""Make each notebook's .ipynb from its jupytext script in notebooks/, optionally executed, or check them.
+
+The source of a notebook is `notebooks/NAME.py` (jupytext's percent format: `# %%` code cells,
+`# %% [markdown]` cells, tags in the cell header); the `.ipynb` beside it is what Colab and GitHub
+open. This script is the one way from the first to the second:
+
+    python scripts/build_notebooks.py             # write every .ipynb from its script, no outputs
+    python scripts/build_notebooks.py --execute   # also run each one in quick mode (ERA_UTILS_QUICK=1:
+                                                  # a few hundred Fashion-MNIST images, one epoch, the
+                                                  # CPU) and keep the outputs, as committed
+    python scripts/build_notebooks.py --check     # exit 1 if a committed .ipynb's cells differ from
+                                                  # its script (outputs are not compared)
+
+Cells keep stable ids ("cell-00", ...), so a rebuilt notebook differs from the committed one only
+where its script or its outputs changed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import jupytext
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+QUICK_ENV = "ERA_UTILS_QUICK"
+# Warnings only the CI kernel prints, with the line that follows each (the source line quoted):
+# the CI venv has no ipywidgets, Colab does, so a student never sees this one.
+CI_ONLY_WARNINGS = ("TqdmWarning: IProgress not found",)
+
+
+def scripts() -> list[Path]:
+    """The notebook scripts, in name order."""
+    return sorted(NOTEBOOKS.glob("*.py"))
+
+
+def from_script(script: Path) -> nbformat.NotebookNode:
+    """The notebook a script describes: its cells, tags and metadata, stable cell ids, no outputs."""
+    nb = jupytext.read(script, fmt="py:percent")
+    nb.metadata.pop("jupytext", None)  # the pairing lives here, not in the notebook Colab opens
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i:02d}"
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nbformat.validate(nb)
+    return nb
+
+
+def cell_key(nb: nbformat.NotebookNode) -> list[tuple]:
+    """What must match between a notebook and its script: each cell's type, source and tags."""
+    return [(c.cell_type, c.source, tuple(c.metadata.get("tags", []))) for c in nb.cells]
+
+
+def stale(script: Path) -> str | None:
+    """Why the committed .ipynb of `script` is out of date, or None when its cells match."""
+    path = script.with_suffix(".ipynb")
+    if not path.is_file():
+        return f"{path.relative_to(ROOT)} is missing"
+    committed, expected = cell_key(nbformat.read(path, as_version=4)), cell_key(from_script(script))
+    if committed == expected:
+        return None
+    for i, (have, want) in enumerate(zip(committed, expected)):
+        if have != want:
+            return f"{path.relative_to(ROOT)}: cell {i} differs from {script.name} ({want[0]}: {want[1][:60]!r}...)"
+    return f"{path.relative_to(ROOT)} has {len(committed)} cells, {script.name} {len(expected)}"
+
+
+def _overwrite_line(line: str) -> str:
+    """A line as a terminal shows it: each carriage return restarts it, later text overwrites earlier."""
+    shown = ""
+    for part in line.split("\r"):
+        shown = part + shown[len(part):]
+    return shown.rstrip()
+
+
+def _without_ci_warnings(lines: list[str]) -> list[str]:
+    kept, skip = [], False
+    for line in lines:
+        if any(warning in line for warning in CI_ONLY_WARNINGS):
+            skip = True  # drop it and the quoted source line after it
+            continue
+        if skip and line.startswith("  "):
+            skip = False
+            continue
+        skip = False
+        kept.append(line)
+    return kept
+
+
+def coalesce_streams(cell: nbformat.NotebookNode) -> None:
+    """Merge consecutive stream outputs and keep what Jupyter displays of progress bars (their last
+    state), so the committed file holds one line per bar instead of every redraw."""
+    merged: list = []
+    for output in cell.get("outputs", []):
+        if (output.output_type == "stream" and merged and merged[-1].output_type == "stream"
+                and merged[-1].name == output.name):
+            merged[-1].text += output.text
+        else:
+            merged.append(output)
+    kept = []
+    for output in merged:
+        if output.output_type == "stream":
+            lines = [_overwrite_line(line) for line in output.text.replace("\r\n", "\n").split("\n")]
+            output.text = "\n".join(line for line in _without_ci_warnings(lines) if line) + "\n"
+            if not output.text.strip():
+                continue
+        kept.append(output)
+    cell.outputs = kept
+
+
+def execute(nb: nbformat.NotebookNode, timeout: int) -> float:
+    """Run `nb` in quick mode in notebooks/ (cells tagged skip-execution are skipped); return seconds."""
+    from nbclient import NotebookClient
+
+    os.environ[QUICK_ENV] = "1"  # the kernel inherits the environment
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    start = time.perf_counter()
+    client.execute()
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            coalesce_streams(cell)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    names = [s.stem for s in scripts()]
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"notebooks to build (default: all of {names})")
+    parser.add_argument("--execute", action="store_true",
+                        help=f"run each notebook with {QUICK_ENV}=1 and save it with its outputs")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; fail if a committed notebook's cells differ from its script")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per cell when executing")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.names) - set(names))
+    if unknown:
+        parser.error(f"unknown notebook(s) {unknown}; choose from {names}")
+    chosen = [NOTEBOOKS / f"{name}.py" for name in args.names or names]
+    if args.check:
+        problems = [p for p in (stale(s) for s in chosen) if p]
+        for problem in problems:
+            print(f"{problem}: rebuild it (python scripts/build_notebooks.py --execute)")
+        return 1 if problems else 0
+    for script in chosen:
+        nb = from_script(script)
+        path = script.with_suffix(".ipynb")
+        if args.execute:
+            print(f"{path.relative_to(ROOT)}: executed in quick mode in {execute(nb, args.timeout):.0f} s")
+        nbformat.write(nb, path)
+        print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size / 1024:.0f} KiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

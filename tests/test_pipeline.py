@@ -1,0 +1,186 @@
+"""The one pipeline: `era-utils run` is the chain of era_utils.steps, the recipe is the only builder of
+optimizers and schedules, the test set is passed over once after training, modules import each
+other's public names only and every public name has one home, and HW2P2's face folders go through
+the same steps."""
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from era_utils import steps
+from era_utils.data import FASHION_MNIST_SYSTEM_DIR
+from era_utils.gpu_loader import GPULoader
+from era_utils.recipes import get_recipe
+from era_utils.runner import run_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "era_utils"
+needs_fmnist = pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.exists(), reason="Fashion-MNIST not installed")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _sources(*folders: str) -> dict[Path, str]:
+    return {p: p.read_text() for folder in folders for p in sorted((ROOT / folder).rglob("*.py"))}
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+BUILDERS = re.compile(r"\b(make_optimizer|one_cycle|cosine_warm_restarts|OneCycleLR|CosineAnnealingWarmRestarts"
+                      r"|OneCycleSchedule|optim\.(SGD|Adam|AdamW|RMSprop))\(")
+
+
+def test_optimizers_and_schedules_are_built_in_the_recipe_only():
+    """A grep over the kit, the notebooks and the benchmarks: calls that build an optimizer or a
+    schedule stand in recipes.py; schedules.py defines the builders (and wraps torch's)."""
+    places = []
+    for path, text in _sources("era_utils", "notebooks", "benchmarks").items():
+        for number, line in enumerate(text.splitlines(), start=1):
+            code = line.split("#", 1)[0]
+            if BUILDERS.search(code) and not re.match(r"\s*(def|class) ", code):
+                places.append(f"{path.relative_to(ROOT)}:{number}")
+    outside = [p for p in places if not p.startswith(("era_utils/recipes.py", "era_utils/schedules.py"))]
+    assert not outside, f"optimizers or schedules built outside the recipe: {outside}"
+    assert any(p.startswith("era_utils/recipes.py") for p in places)  # the grep does find the one place
+
+
+def test_no_module_imports_another_modules_private_names():
+    for path, text in _sources("era_utils", "benchmarks", "scripts").items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("era_utils"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.relative_to(ROOT)} imports {private} from {node.module}"
+
+
+def test_every_public_function_and_class_has_one_home():
+    """A module lists in __all__ only what it defines: no re-exports, so one import path per name."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = "era_utils." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        if name.endswith("__init__"):
+            continue
+        module = importlib.import_module(name)
+        for public in getattr(module, "__all__", []):
+            obj = getattr(module, public)
+            if inspect.isfunction(obj) or inspect.isclass(obj):
+                assert obj.__module__ == name, f"{name}.{public} is {obj.__module__}.{public} re-exported"
+
+
+def test_the_run_command_reads_top_to_bottom_in_one_screen():
+    tree = ast.parse((PACKAGE / "runner.py").read_text())
+    run = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "run_recipe")
+    body_lines = run.end_lineno - run.body[1].lineno  # after the docstring
+    assert body_lines <= 60, f"run_recipe's body is {body_lines} lines: keep it a chain of steps"
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+def test_plan_quick_sizes_and_overrides():
+    plan = steps.plan_run("s10", quick=True)
+    recipe = get_recipe("s10")
+    assert plan.dataset == "fashion_mnist" and plan.device.type == "cpu" and plan.subset == recipe.quick.subset
+    assert plan.recipe.epochs == recipe.quick.epochs and plan.recipe.batch_size == dict(recipe.quick.changes)["batch_size"]
+    assert plan.out.name == "s10" and "era_utils_quick" in str(plan.out)
+    given = steps.plan_run("s10", quick=True, subset=64, epochs=2, batch_size=8)
+    assert (given.subset, given.recipe.epochs, given.recipe.batch_size) == (64, 2, 8)  # explicit wins
+    fixed = steps.plan_run("s10", lr=0.01)
+    assert fixed.recipe.lr == 0.01 and not fixed.recipe.use_lr_finder
+    assert steps.plan_run("s10").loader == "gpu" and steps.plan_run("s10", fast=False).loader == "workers"
+    assert steps.plan_run("hw2p2", dataset="fashion_mnist").loader == "workers"  # per-image torchvision
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(recipe="hw2p2", dataset="fashion_mnist", loader="gpu"), "per image on CPU workers"),
+    (dict(recipe="s10", fast=False, loader="gpu"), "classic path"),
+    (dict(recipe="s10", dataset="mnist"), "dataset must be one of"),
+    (dict(recipe="s10", dataset="faces"), "face folders are HW2P2's"),
+    (dict(recipe="s10", loader="tpu"), "loader must be one of"),
+    (dict(recipe="s10", amp="half"), "amp must be one of"),
+])
+def test_plan_refuses_what_cannot_run(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        steps.plan_run(**kwargs)
+
+
+def test_faces_without_a_folder_say_where_to_get_them():
+    with pytest.raises(FileNotFoundError, match="--data-dir"):
+        steps.load_data(steps.plan_run("hw2p2"))
+
+
+def test_recipe_builds_each_schedule_it_names():
+    model = torch.nn.Linear(4, 2)
+    s10 = get_recipe("s10").override(epochs=4)
+    optimizer, scheduler = s10.configure_optimizers(model, steps_per_epoch=10, max_lr=3e-3)
+    assert isinstance(optimizer, torch.optim.Adam) and scheduler.total_steps == 40
+    lrs = []
+    for _ in range(40):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert max(lrs) == pytest.approx(3e-3) and lrs.index(max(lrs)) == round(5 / 24 * 4 * 10) - 1
+    hw = get_recipe("hw2p2")
+    optimizer, scheduler = hw.configure_optimizers(model, steps_per_epoch=10)
+    assert isinstance(optimizer, torch.optim.SGD) and scheduler.T_0 == hw.restart_epochs * 10
+    assert optimizer.param_groups[0]["lr"] == hw.lr and optimizer.param_groups[0]["weight_decay"] == hw.weight_decay
+    assert hw.criterion().label_smoothing == hw.label_smoothing
+    assert get_recipe("s7").override(schedule="constant").configure_optimizers(model, 10)[1] is None
+
+
+# ----------------------------------------------------------------------------- one pass after training
+
+
+@needs_fmnist
+def test_a_run_passes_over_the_test_set_once_after_training(tmp_path, monkeypatch):
+    """fit evaluates once per epoch; after it, predict is the only pass, whatever the run draws."""
+    passes: list[str] = []
+    original = GPULoader.__iter__
+
+    def counting(self):
+        passes.append("test" if not self.shuffle else "train")
+        return original(self)
+
+    monkeypatch.setattr(GPULoader, "__iter__", counting)
+    plan = steps.plan_run("s7_lite", dataset="fashion_mnist", subset=256, test_subset=128, epochs=2,
+                          batch_size=64, device="cpu", out=tmp_path / "run", verbose=False)
+    metrics = run_recipe(plan)
+    assert passes.count("test") == 2 + 1, passes  # two epochs' evaluations, then predict once
+    assert metrics["predicted_test_acc"] == pytest.approx(metrics["final_test_acc"], abs=1e-4)
+    assert (tmp_path / "run" / "gradcam.png").exists() == bool(json.loads(
+        (tmp_path / "run" / "metrics.json").read_text())["final_test_acc"] < 100)
+
+
+# ----------------------------------------------------------------------------- HW2P2 faces, headless
+
+
+def test_face_folders_run_through_the_same_steps(tmp_path):
+    """The real assignment's layout (train/ dev/ test/ folders, pairs files) through era-utils run's
+    chain: classification on dev, verification on the pairs files, both Kaggle CSVs."""
+    from fake_data import make_pairs, write_face_folders, write_pairs
+
+    from era_utils.kaggle import read_submission
+
+    faces = write_face_folders(tmp_path / "faces", n_identities=3, n_train=4, n_dev=2, n_test=5)
+    dev = write_pairs(tmp_path / "faces" / "dev_pairs.txt", make_pairs(faces, "dev", n=6))
+    test_lines = list(dict.fromkeys((a, b) for a, b, _ in make_pairs(faces, "test", n=6, seed=1)))[:4]
+    test = write_pairs(tmp_path / "faces" / "test_pairs.txt", test_lines, labelled=False)
+    recipe = get_recipe("hw2p2").override(model="face_baseline", epochs=1, batch_size=4, lr=0.01)
+    plan = steps.plan_run(recipe, dataset="faces", data_dir=str(faces.root), dev_pairs=str(dev), test_pairs=str(test),
+                          device="cpu", num_workers=0, out=tmp_path / "run", verbose=False)
+    data = steps.load_data(plan)
+    assert data.input_size == (3, 224, 224) and data.classes == faces.identities and len(data.test) == 6
+    metrics = run_recipe(plan)
+    out = tmp_path / "run"
+    assert metrics["dataset"] == "faces" and metrics["verification"]["n_pairs"] == 6
+    submission = read_submission(out / "verification_submission.csv")
+    assert submission.ids == [f"{a} {b}" for a, b in test_lines] and len(submission.scores()) == 4
+    classified = read_submission(out / "classification_submission.csv")
+    assert classified.ids == [f"{j:06d}.jpg" for j in range(5)] and set(classified.values) <= set(faces.identities)
+    for name in ("samples.png", "augmentations.png", "curves.png", "misclassified.png", "roc.png"):
+        assert (out / name).stat().st_size > 0, name
