@@ -8,7 +8,9 @@ classic path: per-image augmentation on CPU workers, fp32, eager, torch's defaul
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +19,7 @@ __all__ = [
     "AMP_MODES",
     "FastPath",
     "autocast",
+    "cpu_has_native_bf16",
     "fast_path",
     "grad_scaler",
     "precision_name",
@@ -25,6 +28,23 @@ __all__ = [
 ]
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+def cpu_has_native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
+    """Does this CPU compute bf16 in hardware (x86 avx512_bf16 or AMX-BF16, ARM's BF16 extension)?
+
+    Read from the CPU's flags, never assumed: without them bf16 is emulated, and an Intel Xeon
+    trained custom_resnet 2.6x slower under bf16 autocast than in fp32. Not Linux: False.
+    """
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):  # x86 "flags", ARM "Features"
+            flags.update(line.split(":", 1)[-1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def grad_scaler(device_type: str, enabled: bool = True) -> Any:
@@ -123,12 +143,15 @@ class FastPath:
 def fast_path(device: str | torch.device, enabled: bool = True, amp: str | None = None) -> FastPath:
     """The fast path for `device` (or, with enabled=False, the classic one); `amp` overrides the precision.
 
-    Fast: data on the device, autocast ("auto": bf16/fp16 on CUDA, fp32 elsewhere; "bf16" also
-    speeds up CPUs with native bf16), and on CUDA channels_last, torch.compile (with Triton), fused
-    optimizer kernels, the short last batch dropped and cuDNN autotuning. Classic: per-image
-    augmentation on CPU workers, fp32 unless `amp` says otherwise, eager, torch's default kernels.
+    Fast: data on the device; autocast: bf16/fp16 on CUDA ("auto"), bf16 on a CPU that runs it
+    natively (`cpu_has_native_bf16`), fp32 on other CPUs and MPS; and on CUDA channels_last,
+    torch.compile (with Triton), fused optimizer kernels, the short last batch dropped and cuDNN
+    autotuning. Classic: per-image augmentation on CPU workers, fp32 unless `amp` says otherwise,
+    eager, torch's default kernels.
     """
     device = torch.device(device)
+    if amp is None and enabled and device.type == "cpu":
+        amp = "bf16" if cpu_has_native_bf16() else "off"
     amp = amp or ("auto" if enabled else "off")
     resolve_amp(device, amp)  # refuse an unknown or impossible mode now, not in the middle of a run
     cuda = enabled and device.type == "cuda"

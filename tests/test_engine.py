@@ -485,3 +485,21 @@ def test_real_compile_builds_one_graph_for_a_whole_run():
     assert counters["stats"]["unique_graphs"] == 1
     assert len(history.test_acc) == 2 and all(t > 0 for t in history.train_times)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("flags, native", [
+    ("flags\t\t: fpu sse avx512f avx512_bf16 amx_tile", True),
+    ("flags\t\t: fpu sse avx512f amx_bf16", True),
+    ("Features\t: fp asimd bf16 i8mm", True),  # ARM with the BF16 extension
+    ("flags\t\t: fpu sse avx2 avx512f", False),  # an Intel Xeon without it: bf16 would be emulated
+    ("", False),
+])
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\n{flags}\n")
+    assert speed.cpu_has_native_bf16(cpuinfo) is native
+    assert speed.cpu_has_native_bf16(tmp_path / "missing") is False  # not Linux: never assumed
+    monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: native)
+    assert speed.fast_path("cpu").amp == ("bf16" if native else "off")  # what every CPU run trains in
+    assert speed.fast_path("cpu", enabled=False).amp == "off"  # the classic path: fp32
+    assert speed.fast_path("cpu", amp="off").amp == "off"  # asked for: kept
