@@ -42,9 +42,19 @@ from era_utils.batches import (
 from era_utils.speed import grad_scaler, resolve_amp
 from era_utils.utils import get_device, keep_modes
 
-__all__ = ["LRFinderResult", "find_lr", "smooth_losses", "suggest_lr", "SUGGESTION_METHODS"]
+__all__ = ["LRFinderResult", "MIN_LR_METHODS", "RULES", "SUGGESTION_METHODS", "find_lr", "smooth_losses",
+           "suggest_lr", "suggest_min_lr"]
 
-SUGGESTION_METHODS = ("steepest", "valley", "minimum")
+SUGGESTION_METHODS = ("steepest", "valley", "minimum")  # rules for the max LR
+MIN_LR_METHODS = ("tenth", "descent")  # rules for One Cycle's starting (min) LR
+# Each rule in words, for figures and reports.
+RULES = {
+    "steepest": "the steepest descent of the smoothed loss, before its minimum",
+    "valley": "fastai's valley: two thirds of the way down the longest falling stretch",
+    "minimum": "a tenth of the LR at the smoothed loss's minimum",
+    "tenth": "a tenth of the max LR",
+    "descent": "where the smoothed loss has fallen a tenth of the way to its minimum (Smith's lower bound)",
+}
 MIN_POINTS = 10  # fewer recorded batches than this cannot support a suggestion
 
 
@@ -101,6 +111,21 @@ def _suggest(lrs: np.ndarray, smoothed: np.ndarray, method: str) -> float:
     return float(lrs[int(np.argmin(slope[: lowest + 1]))])
 
 
+def suggest_min_lr(lrs: Sequence[float], smoothed: Sequence[float], max_lr: float, method: str = "tenth") -> float:
+    """One Cycle's starting LR from a range test: "tenth" = max_lr / 10; "descent" = the LR where
+    the smoothed loss has fallen a tenth of the way from its start to its minimum (where training
+    starts to work: Smith's lower bound), at most half of max_lr so the cycle still rises."""
+    if method not in MIN_LR_METHODS:
+        raise ValueError(f"min LR method must be one of {list(MIN_LR_METHODS)}, got {method!r}.")
+    if method == "tenth":
+        return float(max_lr / 10)
+    curve = np.asarray(smoothed, dtype=np.float64)
+    lowest = int(np.argmin(curve))
+    threshold = curve[0] - 0.1 * (curve[0] - curve[lowest])
+    start = int(np.argmax(curve[: lowest + 1] <= threshold))  # the first LR at or past it
+    return float(min(lrs[start], max_lr / 2))
+
+
 def suggest_lr(lrs: Sequence[float], losses: Sequence[float], method: str = "steepest") -> float:
     """Suggested LR from raw range-test losses (they are smoothed first).
 
@@ -124,21 +149,32 @@ class LRFinderResult:
     lrs: list[float]
     losses: list[float]  # raw training loss of each batch
     smoothed: list[float]  # smooth_losses(losses)
-    suggestion: float
+    suggestion: float  # the max LR, by `method`
     method: str = "steepest"
     stopped_early: bool = False  # the loss diverged (or became NaN/inf) before num_iter batches
+    min_lr: float | None = None  # One Cycle's starting LR, by `min_method` (S10: LRMIN = FIND)
+    min_method: str = "tenth"
+
+    @property
+    def loss_min_lr(self) -> float:
+        """The LR at the smoothed loss's minimum."""
+        return float(self.lrs[int(np.argmin(self.smoothed))])
 
     def to_dict(self) -> dict[str, Any]:
-        """The curve and the suggestion as plain lists and numbers, ready for JSON."""
+        """The curve, both suggestions and their rules as plain lists and numbers, ready for JSON."""
         return {"lrs": self.lrs, "losses": self.losses, "smoothed": self.smoothed,
-                "suggestion": self.suggestion, "method": self.method, "stopped_early": self.stopped_early}
+                "suggestion": self.suggestion, "method": self.method, "rule": RULES[self.method],
+                "min_lr": self.min_lr, "min_method": self.min_method, "min_rule": RULES[self.min_method],
+                "loss_min_lr": self.loss_min_lr, "stopped_early": self.stopped_early}
 
-    def plot(self, ax: Axes | None = None) -> Figure:
-        """Loss against LR (log axis) with the suggestion marked; never calls plt.show()."""
+    def plot(self, ax: Axes | None = None, title: str = "LR range test") -> Figure:
+        """Loss against LR (log axis): the loss minimum, the chosen max LR and min LR marked, each
+        with its rule; never calls plt.show()."""
         from era_utils.plots import plot_lr_finder  # one drawing of this figure, shared with plots.py
 
-        return plot_lr_finder(self.lrs, self.losses, self.suggestion, self.smoothed, ax=ax,
-                              title=f"LR range test (suggestion: {self.method})")
+        return plot_lr_finder(self.lrs, self.losses, self.suggestion, self.smoothed, ax=ax, title=title,
+                              min_lr=self.min_lr, rule=RULES[self.method],
+                              min_rule=RULES[self.min_method] if self.min_lr is not None else None)
 
 
 # ----------------------------------------------------------------------------- range test
@@ -239,12 +275,14 @@ def find_lr(
     smooth_f: float = 0.05,
     diverge_th: float = 5.0,
     method: str = "steepest",
+    min_method: str = "tenth",
     verbose: bool = True,
 ) -> LRFinderResult:
     """Run the LR range test and return the curve and a suggested LR; model and optimizer are restored.
 
     Trains one batch per LR on `loader` (a DataLoader or the GPU-resident loader; restarted if
-    shorter than num_iter). Stops early when torch-lr-finder's smoothed loss (EMA with
+    shorter than num_iter). `method` picks the max LR (`suggestion`), `min_method` One Cycle's
+    starting LR (`min_lr`); RULES says each in words. Stops early when torch-lr-finder's smoothed loss (EMA with
     `smooth_f`) exceeds `diverge_th` x its best, or at the first NaN/inf loss. `amp` as in fit.
     Afterwards the weights (and BatchNorm statistics), the optimizer state and LR, and every
     module's train/eval flag are what they were before; gradients are cleared.
@@ -257,6 +295,8 @@ def find_lr(
         raise ValueError(f"Need 0 < start_lr < end_lr, got start_lr={start_lr}, end_lr={end_lr}.")
     if method not in SUGGESTION_METHODS:
         raise ValueError(f"method must be one of {list(SUGGESTION_METHODS)}, got {method!r}.")
+    if min_method not in MIN_LR_METHODS:
+        raise ValueError(f"min_method must be one of {list(MIN_LR_METHODS)}, got {min_method!r}.")
     if any("initial_lr" in group for group in optimizer.param_groups):
         raise ValueError(
             "The optimizer already has an LR scheduler attached (e.g. one_cycle). Run find_lr on a "
@@ -297,9 +337,10 @@ def find_lr(
         )
     smoothed = smooth_losses(raw)
     suggestion = _suggest(np.asarray(lrs), smoothed, method)
+    min_lr = suggest_min_lr(lrs, smoothed, suggestion, min_method)
     if verbose:
         note = " (stopped early: the loss diverged)" if stopped_early else ""
         tqdm.write(f"LR range test: {len(lrs)} batches, lr {lrs[0]:.1e} to {lrs[-1]:.1e}{note}; "
-                   f"suggested LR {suggestion:.2e} ({method}).")
+                   f"max LR {suggestion:.2e} ({method}), min LR {min_lr:.2e} ({min_method}).")
     return LRFinderResult(lrs=lrs, losses=raw, smoothed=smoothed.tolist(), suggestion=suggestion,
-                          method=method, stopped_early=stopped_early)
+                          method=method, stopped_early=stopped_early, min_lr=min_lr, min_method=min_method)

@@ -24,12 +24,13 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import Formatter, MaxNLocator
 
 from era_utils.analysis import denormalize
 from era_utils.files import atomic_write
 
 __all__ = [
+    "DistinctFormatter",
     "plot_augmentations",
     "plot_confusion_matrix",
     "plot_gradcam",
@@ -261,12 +262,33 @@ def _series(history: Any, name: str) -> list[float]:
     return [float(v) for v in (values or [])]
 
 
-def plot_history(history: Any, title: str = "Training history") -> Figure:
+class DistinctFormatter(Formatter):
+    """Tick labels in scientific notation ("4.5e-04") with as many digits as it takes for no two
+    ticks to read the same (a One Cycle axis at 3e-3 otherwise shows "3.0e-03" five times)."""
+
+    def __call__(self, value: float, pos: int | None = None) -> str:
+        return self.format_ticks([value])[0]
+
+    def format_ticks(self, values) -> list[str]:
+        for digits in range(1, 7):
+            labels = [f"{v:.{digits}e}" if v else "0" for v in values]
+            if len(set(labels)) == len(labels):
+                return labels
+        return labels
+
+
+def plot_history(history: Any, title: str = "Training history", *, augmented: bool = False) -> Figure:
     """Loss and accuracy per epoch, train and test, from a `History` (or a dict with its keys:
-    train_loss, train_acc, test_loss, test_acc; accuracy in %). Empty test lists are skipped."""
-    fig = Figure(figsize=(11, 4), layout="constrained")
+    train_loss, train_acc, test_loss, test_acc; accuracy in %). Empty test lists are skipped.
+
+    A run of one or two epochs has its values written beside its points (two dots are not a
+    curve). `augmented`: the training images were augmented, so where the test accuracy ends
+    above the training accuracy a note says why that is expected.
+    """
+    fig = Figure(figsize=(11, 4.3), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
     for ax, key, label in ((ax_loss, "loss", "Loss"), (ax_acc, "acc", "Accuracy (%)")):
+        n_epochs = max((len(_series(history, f"{s}_{key}")) for s in ("train", "test")), default=0)
         for split, style in (("train", "-o"), ("test", "-s")):
             values = _series(history, f"{split}_{key}")
             if not values:
@@ -275,16 +297,19 @@ def plot_history(history: Any, title: str = "Training history") -> Figure:
             legend = f"{split}"
             if key == "acc":
                 legend += f" (best {max(values):.2f}%)"
-            ax.plot(epochs, values, style, markersize=3, label=legend)
+            line, = ax.plot(epochs, values, style, markersize=3 if n_epochs > 12 else 5, label=legend)
+            if n_epochs <= 2:  # a value per point: the figure must say what it shows
+                for x, y in zip(epochs, values):
+                    ax.annotate(f"{y:.2f}" + ("%" if key == "acc" else ""), (x, y), xytext=(6, 0),
+                                textcoords="offset points", va="center", fontsize=9, color=line.get_color())
         ax.set_xlabel("epoch")
         # Epochs are whole numbers; one or two points sit in the middle, not on a 0.96..1.04 axis.
-        n_epochs = max((len(_series(history, f"{s}_{key}")) for s in ("train", "test")), default=0)
         if 0 < n_epochs <= 12:
             ax.set_xticks(np.arange(1, n_epochs + 1))
         else:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if n_epochs <= 2:
-            ax.set_xlim(0.5, n_epochs + 0.5)
+            ax.set_xlim(0.5, n_epochs + 0.9)
         ax.set_ylabel(label)
         ax.set_title(label.split(" (")[0] + " per epoch")
         ax.grid(alpha=0.3)
@@ -292,6 +317,11 @@ def plot_history(history: Any, title: str = "Training history") -> Figure:
             ax.legend()
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    train_acc, test_acc = _series(history, "train_acc"), _series(history, "test_acc")
+    if augmented and train_acc and test_acc and test_acc[-1] > train_acc[-1]:
+        fig.text(0.5, -0.02, "Test accuracy above training accuracy is expected here: the training accuracy "
+                 "is measured on augmented images (crops, CutOut), while the weights change, and the test "
+                 "images are not augmented.", ha="center", va="top", fontsize=9, wrap=True)
     fig.suptitle(title, fontsize=13)
     return fig
 
@@ -301,8 +331,9 @@ def plot_lr(
     steps_per_epoch: int | None = None,
     title: str = "Learning rate per step",
 ) -> Figure:
-    """The learning rate at every optimizer step (One Cycle's ramp up and down), with epochs on the
-    top axis when `steps_per_epoch` is known (given, or len(lrs) / epochs of a History)."""
+    """The learning rate of every optimizer step, numbered from 1 (One Cycle's ramp up and down),
+    with epochs on the top axis when `steps_per_epoch` is known (given, or len(lrs) / epochs of a
+    History): step k ends at epoch k / steps_per_epoch, so the peak of "epoch 5" sits at 5.0."""
     lrs = _series(history_or_lrs, "lrs") if not isinstance(history_or_lrs, (list, tuple, np.ndarray, torch.Tensor)) \
         else [float(v) for v in _to_numpy(history_or_lrs).ravel()]
     if steps_per_epoch is None and not isinstance(history_or_lrs, (list, tuple, np.ndarray, torch.Tensor)):
@@ -315,23 +346,32 @@ def plot_lr(
         ax.text(0.5, 0.5, "no learning rates recorded", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(title)
         return fig
-    steps = np.arange(len(lrs))
+    steps = np.arange(1, len(lrs) + 1)  # lrs[k - 1] is the LR step k trained with
     ax.plot(steps, lrs, color="tab:blue")
-    peak = int(np.argmax(lrs))
-    where = f"step {peak}" + (f", epoch {peak / steps_per_epoch:.1f}" if steps_per_epoch else "")
-    ax.plot([peak], [lrs[peak]], "o", color="tab:red", label=f"peak {lrs[peak]:.2e} at {where}")
+    peak = int(np.argmax(lrs)) + 1
+    where = f"step {peak}" + (f" (end of epoch {peak / steps_per_epoch:.2f})" if steps_per_epoch else "")
+    ax.plot([peak], [lrs[peak - 1]], "o", color="tab:red", label=f"peak {lrs[peak - 1]:.2e} at {where}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
     # Each tick written out ("4.5e-04"): a shared "1e-4" offset label collides with the epoch axis.
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.1e}" if v else "0"))
+    ax.yaxis.set_major_formatter(DistinctFormatter())
     if steps_per_epoch:
         spe = float(steps_per_epoch)
         top = ax.secondary_xaxis("top", functions=(lambda s: s / spe, lambda e: e * spe))
         top.set_xlabel("epoch")
     ax.set_title(title)
     return fig
+
+
+def _mark_lr(ax: Axes, lrs: np.ndarray, curve: np.ndarray, lr: float, colour: str, style: str, label: str) -> None:
+    """A vertical line at `lr` and a dot where it meets the curve."""
+    ax.axvline(lr, color=colour, linestyle=style, linewidth=1.5, label=label)
+    if lrs.size and curve.size:
+        k = int(np.argmin(np.abs(np.log(lrs[: curve.size]) - np.log(lr))))
+        if np.isfinite(curve[k]):
+            ax.plot([lrs[k]], [curve[k]], "o", color=colour, markersize=7)
 
 
 def plot_lr_finder(
@@ -342,8 +382,12 @@ def plot_lr_finder(
     *,
     ax: Axes | None = None,
     title: str = "LR range test",
+    min_lr: float | None = None,
+    rule: str | None = None,
+    min_rule: str | None = None,
 ) -> Figure:
-    """Loss against learning rate (log x) from an LR range test, the suggested LR marked.
+    """Loss against learning rate (log x) from an LR range test: the smoothed loss's minimum, the
+    chosen max LR (`suggestion`) and, when given, One Cycle's min LR, each labelled with its rule.
 
     Draws into `ax` when given (LRFinderResult.plot(ax=...)) and returns its Figure. The y range
     stops a little above the starting loss, so the final blow-up does not flatten the curve.
@@ -352,7 +396,7 @@ def plot_lr_finder(
     loss_a = _to_numpy(losses).astype(float).ravel()
     smooth_a = None if smoothed is None else _to_numpy(smoothed).astype(float).ravel()
     if ax is None:
-        fig = Figure(figsize=(8, 4.5), layout="constrained")
+        fig = Figure(figsize=(8.5, 5), layout="constrained")
         ax = fig.subplots()
     else:
         fig = ax.figure
@@ -368,17 +412,21 @@ def plot_lr_finder(
         low, start = float(finite.min()), float(finite[: max(1, finite.size // 10)].max())
         top = max(start, low) + 0.25 * max(abs(start - low), 0.1 * abs(start), 1e-3)
         ax.set_ylim(low - 0.05 * (top - low), min(top, float(finite.max()) + 0.05 * (top - low)))
+        lowest = int(np.nanargmin(curve))
+        ax.plot([lrs_a[lowest]], [curve[lowest]], "v", color="black", markersize=8,
+                label=f"loss minimum at LR {lrs_a[lowest]:.2e}")
     if suggestion is not None and np.isfinite(suggestion):
-        ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested LR {suggestion:.2e}")
-        if lrs_a.size and curve.size:
-            k = int(np.argmin(np.abs(np.log(lrs_a[: curve.size]) - np.log(suggestion))))
-            if np.isfinite(curve[k]):
-                ax.plot([lrs_a[k]], [curve[k]], "o", color="tab:red", markersize=7)
+        _mark_lr(ax, lrs_a, curve, suggestion, "tab:red", "--",
+                 f"max LR {suggestion:.2e}" + (f": {rule}" if rule else ""))
+    if min_lr is not None and np.isfinite(min_lr):
+        _mark_lr(ax, lrs_a, curve, min_lr, "tab:green", ":",
+                 f"min LR {min_lr:.2e}" + (f": {min_rule}" if min_rule else ""))
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("training loss")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    # Below the axes: the rules are sentences, and inside they would cover the curve.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8.5, frameon=False)
     return fig
 
 

@@ -171,7 +171,7 @@ def test_plot_returns_a_figure_without_showing(monkeypatch):
                             suggestion=suggest_lr(lrs, losses))
     fig = result.plot()
     assert isinstance(fig, Figure)
-    assert "suggested LR" in fig.axes[0].get_legend().get_texts()[-1].get_text()
+    assert "max LR" in fig.axes[0].get_legend().get_texts()[-1].get_text()
     fig2, ax = plt.subplots()
     assert result.plot(ax=ax) is fig2
     plt.close(fig2)
@@ -187,3 +187,28 @@ def test_find_lr_with_autocast_uses_the_librarys_amp_path_and_restores():
     assert len(result.lrs) == 12 and np.isfinite(result.losses).all()
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert opt.param_groups[0]["lr"] == 1e-3
+
+
+def test_min_lr_rules():
+    from era_utils.lr_finder import suggest_min_lr
+
+    lrs = np.logspace(-6, 0, 61)  # ten points per decade
+    # flat until 1e-5, then falling to its minimum at 1e-2, then rising
+    curve = np.where(lrs < 1e-5, 2.3, np.where(lrs < 1e-2, 2.3 - 0.5 * np.log10(lrs / 1e-5), 0.8))
+    assert suggest_min_lr(lrs, curve, max_lr=1e-3, method="tenth") == pytest.approx(1e-4)
+    start = suggest_min_lr(lrs, curve, max_lr=1e-3, method="descent")  # a tenth of the way down: 1.58e-5
+    assert 1e-5 < start < 3e-5
+    assert suggest_min_lr(lrs, curve, max_lr=2e-5, method="descent") == pytest.approx(1e-5)  # at most max / 2
+    with pytest.raises(ValueError, match="min LR method"):
+        suggest_min_lr(lrs, curve, 1e-3, method="valley")
+
+
+def test_find_lr_reports_both_ends_of_the_cycle():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    data = [(torch.randn(8, 3, 2, 2), torch.randint(0, 3, (8,))) for _ in range(4)]
+    result = find_lr(model, torch.optim.SGD(model.parameters(), lr=1e-5), nn.CrossEntropyLoss(), data,
+                     start_lr=1e-5, end_lr=1.0, num_iter=30, method="minimum", min_method="descent", verbose=False)
+    assert result.min_lr is not None and result.min_lr <= result.suggestion / 2
+    saved = result.to_dict()
+    assert saved["min_method"] == "descent" and "fallen a tenth" in saved["min_rule"] and saved["loss_min_lr"] > 0

@@ -156,19 +156,44 @@ def test_plot_lr_one_cycle_with_epochs():
     ax = fig.axes[0]
     assert len(ax.get_lines()[0].get_ydata()) == 240
     assert ax.get_xlabel() == "optimizer step"
-    assert "epoch 4.9" in ax.get_legend().get_texts()[0].get_text()
+    # The 50th step trains at the peak and ends epoch 5: the marker sits there, not one step early.
+    assert "step 50 (end of epoch 5.00)" in ax.get_legend().get_texts()[0].get_text()
+    assert ax.get_lines()[1].get_xdata()[0] == 50 and ax.get_lines()[0].get_xdata()[0] == 1
     assert any(getattr(child, "get_xlabel", lambda: "")() == "epoch" for child in ax.child_axes)
     fig = plots.plot_lr(lrs)  # no epochs known: still a figure, no top axis
     assert not fig.axes[0].child_axes
 
 
+def test_plot_lr_ticks_never_repeat_a_label():
+    """A One Cycle between 2.95e-3 and 3.05e-3: one decimal would print "3.0e-03" on every tick."""
+    fig = plots.plot_lr(np.linspace(2.95e-3, 3.05e-3, 40).tolist())
+    ax = fig.axes[0]
+    labels = plots.DistinctFormatter().format_ticks(ax.get_yticks())
+    assert len(set(labels)) == len(labels) == len(ax.get_yticks()) > 2
+    assert plots.DistinctFormatter().format_ticks([1e-3, 2e-3]) == ["1.0e-03", "2.0e-03"]
+
+
+def test_short_runs_show_their_values_and_test_above_train_is_explained():
+    history = {"train_loss": [0.9], "test_loss": [0.7], "train_acc": [70.0], "test_acc": [75.0]}
+    fig = plots.plot_history(history, augmented=True)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert "75.00%" in texts and "0.70" in texts  # one epoch: the values are written out
+    assert any("expected" in t.get_text() for t in fig.texts)
+    assert not [t for t in plots.plot_history(history).texts if "expected" in t.get_text()]  # not augmented
+    long = {k: v * 20 for k, v in history.items()}
+    assert not [t for ax in plots.plot_history(long, augmented=True).axes for t in ax.texts]
+
+
 def test_plot_lr_finder_marks_the_suggestion():
     lrs = np.logspace(-7, 1, 100)
     losses = np.concatenate([np.linspace(2.3, 0.9, 80), np.linspace(0.9, 40.0, 20)])
-    fig = plots.plot_lr_finder(lrs, losses, 3e-3, smoothed=losses * 0.99)
+    fig = plots.plot_lr_finder(lrs, losses, 3e-3, smoothed=losses * 0.99, min_lr=1e-5, rule="a tenth of the LR at "
+                               "the minimum", min_rule="where the loss starts to fall")
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
-    assert any("3.00e-03" in t.get_text() for t in ax.get_legend().get_texts())
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("max LR 3.00e-03: a tenth" in t for t in legend) and any("min LR 1.00e-05: where" in t for t in legend)
+    assert any(t.startswith("loss minimum at LR") for t in legend)
     assert ax.get_ylim()[1] < 5  # the final blow-up does not flatten the useful part
     # drawing into a given axes (LRFinderResult.plot(ax=...)) returns that axes' figure
     outer = Figure()
