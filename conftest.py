@@ -1,9 +1,9 @@
-"""Root pytest set-up: notebooks run by `pytest --nbmake notebooks/` use the quick mode.
+"""Root pytest set-up: notebooks run by `pytest --nbmake notebooks/` are CI's quick smoke run.
 
-Each notebook's parameters cell switches to a small Fashion-MNIST subset, one epoch, on the CPU
-when ERA_UTILS_QUICK=1; the kernels nbmake starts inherit this process's environment. An explicit
-ERA_UTILS_QUICK=0 in the environment runs the notebooks' full recipes instead.
+Each notebook's parameters cell reads its SIZE from ERA_UTILS_SIZE ("quick": a few hundred
+Fashion-MNIST images, one epoch, the CPU); the kernels nbmake starts inherit this process's
+environment. An explicit ERA_UTILS_SIZE=preview (or full) in the environment runs that size instead.
 """
 import os
 
-os.environ.setdefault("ERA_UTILS_QUICK", "1")
+os.environ.setdefault("ERA_UTILS_SIZE", "quick")

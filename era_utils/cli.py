@@ -52,15 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--classic", action="store_true",
                      help="turn the fast path off: per-image augmentation on CPU workers, fp32, eager (the fast "
                      "path: data on the device, bf16/fp16, channels_last, torch.compile and fused optimizer on CUDA)")
-    run.add_argument("--quick", action="store_true",
-                     help="CI's smoke run: the recipe on a few hundred Fashion-MNIST images for one epoch on the CPU")
+    sizes = run.add_mutually_exclusive_group()
+    sizes.add_argument("--preview", action="store_const", const="preview", dest="size", default="full",
+                       help="the recipe's preview: Fashion-MNIST, minutes on a 2-core CPU, and the model learns")
+    sizes.add_argument("--quick", action="store_const", const="quick", dest="size",
+                       help="CI's smoke run: a few hundred Fashion-MNIST images, one epoch, on the CPU")
     run.add_argument("--amp", choices=AMP_MODES,
-                     help="mixed precision: auto (bf16/fp16 on CUDA, off elsewhere; the default), "
-                     "bf16 (also fast on CPUs with native bf16), fp16, off")
+                     help="mixed precision (default: bf16 or fp16 on CUDA, bf16 on a CPU that runs it "
+                     "natively, fp32 on other CPUs): auto (bf16/fp16 on CUDA, fp32 elsewhere), bf16, fp16, off")
     run.add_argument("--workers", type=int, help="DataLoader worker processes of the workers loader (default 2; "
                      "0 with --quick)")
     run.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
     run.add_argument("--seed", type=int, help="override the recipe's seed")
+    run.add_argument("--seeds", type=_positive_int, default=1,
+                     help="run N seeds (SEED, SEED+1, ...), each in OUT/seed_S; OUT/report.md gives their mean and spread")
     run.add_argument("--out", help="output folder (default: runs/RECIPE)")
     run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (written at most once a minute, and at the end)")
     run.add_argument("--dev-pairs", help="faces: the labelled verification pairs file (a b label per line)")
@@ -90,20 +95,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _list()
         return 0
 
-    from era_utils.runner import run_recipe
+    from era_utils.runner import run_recipe, run_seeds
     from era_utils.steps import plan_run
 
     if args.classic and args.loader == "gpu":
         parser.error("--classic augments per image on CPU workers; drop --loader gpu")
     try:
         plan = plan_run(
-            args.recipe, quick=args.quick, dataset=args.dataset, data_dir=args.data_dir,
+            args.recipe, size=args.size, dataset=args.dataset, data_dir=args.data_dir,
             download=args.download, subset=args.subset, test_subset=args.test_subset, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, loader=args.loader,
             fast=not args.classic, amp=args.amp, num_workers=args.workers, out=args.out, resume=args.resume,
             verbose=not args.quiet, dev_pairs=args.dev_pairs, test_pairs=args.test_pairs,
             pairs_root=args.pairs_root)
-        run_recipe(plan, command="era-utils " + " ".join(shlex.quote(a) for a in argv))
+        command = "era-utils " + " ".join(shlex.quote(a) for a in argv)
+        if args.seeds > 1:
+            run_seeds(plan, args.seeds, command=command)
+        else:
+            run_recipe(plan, command=command)
     except (FileNotFoundError, ValueError) as err:  # bad data folder or input: a message, not a trace
         print(f"era-utils: error: {err}", file=sys.stderr)
         return 2

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
+import subprocess
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -25,6 +28,7 @@ __all__ = [
     "CLASSIFICATION_HEADER",
     "VERIFICATION_HEADER",
     "Submission",
+    "download_competition",
     "ids_for_pairs",
     "read_submission",
     "write_classification_csv",
@@ -182,3 +186,54 @@ def read_submission(path: PathLike) -> Submission:
             raise ValueError(f"{path}, row {number}: id {row[0]!r} appears twice")
         seen.add(row[0])
     return Submission(kinds[header], [r[0] for r in rows[1:]], [r[1] for r in rows[1:]])
+
+
+# --------------------------------------------------------------------------- downloading the data
+
+
+def _colab_secret(name: str) -> str | None:
+    """A secret from Colab's Secrets panel (the key icon), or None outside Colab or when not granted."""
+    try:
+        from google.colab import userdata  # only in Colab
+    except ImportError:
+        return None
+    try:
+        return userdata.get(name)
+    except Exception:  # not set, or this notebook was not given access to it
+        return None
+
+
+def download_competition(competitions: str | Sequence[str], dest: PathLike, *, cli: str = "kaggle") -> Path:
+    """Download Kaggle competitions' data (one name or several) with the Kaggle CLI into `dest` and
+    unzip it there.
+
+    The credentials never appear in code: KAGGLE_USERNAME and KAGGLE_KEY from the environment, else
+    from Colab's Secrets (same names), else the CLI's own ~/.kaggle/kaggle.json. The competition's
+    rules must have been accepted on kaggle.com (the CLI answers 403 otherwise). Returns `dest`.
+    """
+    exe = shutil.which(cli)
+    if exe is None:
+        raise FileNotFoundError(f"the Kaggle CLI ({cli!r}) is not installed: pip install kaggle")
+    env = dict(os.environ)
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY"):
+        if not env.get(name) and (secret := _colab_secret(name)):
+            env[name] = secret
+    has_file = (Path(env.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")) / "kaggle.json").is_file()
+    if not (env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY")) and not has_file:
+        raise ValueError(
+            "no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY in the environment or, in Colab, as "
+            "Secrets (the key icon on the left; allow this notebook access). Never write the key in a notebook.")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for competition in [competitions] if isinstance(competitions, str) else competitions:
+        done = subprocess.run([exe, "competitions", "download", "-c", competition, "-p", str(dest)], env=env,
+                              capture_output=True, text=True)
+        if done.returncode:
+            said = (done.stderr or done.stdout).strip().splitlines()[-3:]
+            raise RuntimeError(f"the Kaggle CLI could not download {competition!r} (exit {done.returncode}): "
+                               f"{' '.join(said)}. Check the name and that you accepted its rules on kaggle.com.")
+    for archive in sorted(dest.glob("*.zip")):
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(dest)
+        archive.unlink()  # the images are what is needed; the archive would double the disk used
+    return dest

@@ -38,6 +38,7 @@ __all__ = [
     "augment_examples",
     "can_fetch_inputs",
     "dataset_loader",
+    "eval_loader",
     "inputs_at",
     "load_splits",
     "make_loaders",
@@ -273,20 +274,28 @@ def make_loaders(
         drop_last = get_device(device).type == "cuda" and len(train.labels) >= batch_size
     elif not isinstance(drop_last, bool):
         raise ValueError(f"drop_last must be True, False or 'auto', got {drop_last!r}")
-    if loader == "gpu" or (loader == "auto" and not per_image):
+    on_gpu = loader == "gpu" or (loader == "auto" and not per_image)
+    if on_gpu:
         # channels_last batches match fit()'s channels_last model on CUDA: no per-step layout copies.
-        kw = dict(mean=mean, std=std, device=device, classes=list(train.classes) or None,
-                  channels_last=channels_last)
-        return (
-            GPULoader(train.images, train.labels, batch_size, spec=augment, shuffle=True, seed=seed,
-                      drop_last=drop_last, **kw),
-            GPULoader(test.images, test.labels, batch_size, spec=NO_AUGMENT, shuffle=False, **kw),
-        )
-    return (
-        worker_loader(train, augment, mean, std, batch_size, shuffle=True, num_workers=num_workers,
-                      seed=seed, drop_last=drop_last),
-        worker_loader(test, NO_AUGMENT, mean, std, batch_size, shuffle=False, num_workers=num_workers),
-    )
+        train_loader = GPULoader(train.images, train.labels, batch_size, spec=augment, mean=mean, std=std,
+                                 device=device, classes=list(train.classes) or None, channels_last=channels_last,
+                                 shuffle=True, seed=seed, drop_last=drop_last)
+    else:
+        train_loader = worker_loader(train, augment, mean, std, batch_size, shuffle=True, num_workers=num_workers,
+                                     seed=seed, drop_last=drop_last)
+    return train_loader, eval_loader(test, mean, std, batch_size, on_gpu=on_gpu, device=device,
+                                     num_workers=num_workers, channels_last=channels_last)
+
+
+def eval_loader(arrays: ImageArrays, mean: Sequence[float], std: Sequence[float], batch_size: int, *,
+                on_gpu: bool, device: Optional[Union[str, torch.device]] = None, num_workers: int = 2,
+                channels_last: bool = False) -> Loader:
+    """A loader that only normalises, in the arrays' order: for testing, predicting and embedding."""
+    if on_gpu:
+        return GPULoader(arrays.images, arrays.labels, batch_size, spec=NO_AUGMENT, mean=mean, std=std,
+                         device=device, classes=list(arrays.classes) or None, channels_last=channels_last,
+                         shuffle=False)
+    return worker_loader(arrays, NO_AUGMENT, mean, std, batch_size, shuffle=False, num_workers=num_workers)
 
 
 def _transform_of(loader: Any) -> Any:

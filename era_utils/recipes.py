@@ -9,7 +9,7 @@ optimizer and the per-step schedule, `range_test_optimizer` the LR range test's 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional, Union
 
 import torch
@@ -21,17 +21,30 @@ from era_utils.transforms import S7_AUGMENT, S10_AUGMENT, AugmentSpec, hw2p2_tra
 Schedule = Literal["one_cycle", "cosine_restarts", "constant"]
 
 
-@dataclass(frozen=True)
-class QuickRun:
-    """CI's smoke run of a recipe: every step on a few hundred Fashion-MNIST images for one epoch on
-    the CPU, with the recipe changes that size needs (`changes`) and the reason for them (`why`)."""
+SIZES = ("full", "preview", "quick")
 
-    subset: int = 500  # training images (stratified)
-    test_subset: int = 500  # test images
-    epochs: int = 1
+
+@dataclass(frozen=True)
+class RunSize:
+    """A smaller run of a recipe on Fashion-MNIST (it needs no download): how many images and epochs,
+    the recipe changes that size needs (`changes`) and why (`why`).
+
+    "preview": minutes on a 2-core CPU, long enough that the model clearly learns (README's first
+    command, results/, the notebooks' committed outputs). "quick": CI's smoke run, every step on a
+    few hundred images for one epoch, too short to learn much.
+    """
+
+    subset: int  # training images (stratified)
+    test_subset: int  # test images
+    epochs: int
     changes: tuple[tuple[str, Any], ...] = ()  # (recipe field, value) pairs
     why: str = ""
-    verification_pairs: int = 2000  # HW2P2's stand-in: same/different pairs drawn from the test images
+    device: Optional[str] = None  # None: the best device there is
+    verification_pairs: int = 2000  # HW2P2's stand-in: same/different pairs of held-out test images
+    dataset: str = "fashion_mnist"
+
+
+QUICK = RunSize(subset=500, test_subset=500, epochs=1, device="cpu")  # CI: the same size for every recipe
 
 
 @dataclass(frozen=True)
@@ -57,16 +70,24 @@ class Recipe:
     lr_finder_end: float = 1.0
     lr_finder_iters: int = 100
     # fastai's "valley" sits inside the long falling stretch; "steepest" can pick the first noisy dip.
-    lr_finder_method: Literal["valley", "steepest", "minimum"] = "valley"
+    lr_finder_method: Literal["valley", "steepest", "minimum"] = "valley"  # the max LR's rule
+    # One Cycle's starting LR: "tenth" = max / 10; "descent" = where the range test's loss starts to fall.
+    lr_finder_min_method: Literal["tenth", "descent"] = "tenth"
     # Batched on the GPU loader or per sample with albumentations; None = HW2P2's torchvision pipeline.
     augment: Optional[AugmentSpec] = None
     dataset: Literal["cifar10", "fashion_mnist", "faces"] = "cifar10"  # "faces": HW2P2's Kaggle folders
     target_accuracy: Optional[float] = None  # % on the test set, from the assignment
     max_params: Optional[int] = None  # the assignment's parameter limit (S7-lite: under 100k)
     verification: bool = False  # HW2P2: also verify pairs with the embeddings and write both Kaggle CSVs
+    # A classification set standing in for faces: these classes (indices) are held out of
+    # classification training and verified on, unseen "identities" as HW2P2's verification pairs are.
+    # Fashion-MNIST: Trouser, Shirt and Bag, three unlike shapes; Shirt, the class most confused with
+    # the other tops, out of classification too.
+    held_out_classes: tuple[int, ...] = (1, 6, 8)
     seed: int = 1
     notes: str = ""
-    quick: QuickRun = field(default_factory=QuickRun)  # CI's smoke run of this recipe
+    quick: RunSize = QUICK  # CI's smoke run of this recipe
+    preview: Optional[RunSize] = None  # minutes on a CPU, and the model learns
 
     def peak_epoch_for(self, epochs: int, steps_per_epoch: int) -> float:
         """One Cycle's peak for a run of `epochs`: the assignment's peak epoch at its own length;
@@ -87,6 +108,7 @@ class Recipe:
 
     def describe(self) -> list[tuple[str, str]]:
         """The recipe's numbers in words, one (what, value) row each: for notebooks and reports."""
+        from era_utils.lr_finder import RULES  # here: the command's start-up need not load matplotlib
         opt = f"{self.optimizer.upper() if self.optimizer == 'sgd' else 'Adam'}"
         if self.optimizer == "sgd":
             opt += f", momentum {self.momentum:g}" + (" (Nesterov)" if self.nesterov else "")
@@ -101,10 +123,11 @@ class Recipe:
             schedule = f"cosine annealing with warm restarts (T_0 = {self.restart_epochs} epochs, T_mult = 2)"
         else:
             schedule = "constant"
-        lr = (f"from an LR range test ({self.lr_finder_iters} batches, {self.lr_finder_start:g} to "
-              f"{self.lr_finder_end:g}, rule '{self.lr_finder_method}')" if self.use_lr_finder else f"{self.lr:g}")
+        lr = (f"max and min from an LR range test ({self.lr_finder_iters} batches, {self.lr_finder_start:g} to "
+              f"{self.lr_finder_end:g}; max: {RULES[self.lr_finder_method]}; min: "
+              f"{RULES[self.lr_finder_min_method]})" if self.use_lr_finder else f"{self.lr:g}")
         rows = [("model", self.model), ("epochs", str(self.epochs)), ("batch size", str(self.batch_size)),
-                ("optimizer", opt), ("learning rate (peak)", lr), ("schedule", schedule),
+                ("optimizer", opt), ("learning rate", lr), ("schedule", schedule),
                 ("loss", "cross-entropy" + (f", label smoothing {self.label_smoothing:g}" if self.label_smoothing else "")),
                 ("augmentation", self.augment.describe() if self.augment else "HW2P2 torchvision pipeline (flip, "
                  "rotation, grayscale, colour jitter, random erasing)")]
@@ -119,9 +142,16 @@ class Recipe:
         rows = "\n".join(f"| {what} | {value} |" for what, value in self.describe())
         return f"**{self.title}**\n\n| | |\n|---|---|\n{rows}\n"
 
-    def quick_run(self) -> "Recipe":
-        """This recipe as CI's smoke run trains it (`quick`: one epoch and its `changes`)."""
-        return self.override(epochs=self.quick.epochs, **dict(self.quick.changes))
+    def size(self, name: str) -> Optional[RunSize]:
+        """The RunSize called `name` ("preview" | "quick"; None for "full", the recipe as it is)."""
+        if name not in SIZES:
+            raise ValueError(f"size must be one of {SIZES}, got {name!r}")
+        return None if name == "full" else getattr(self, name)
+
+    def sized(self, name: str) -> "Recipe":
+        """This recipe at size `name`: its epochs and `changes` applied ("full": unchanged)."""
+        size = self.size(name)
+        return self if size is None else self.override(epochs=size.epochs, **dict(size.changes))
 
     # -- what the recipe builds ----------------------------------------------------------------
 
@@ -158,15 +188,20 @@ class Recipe:
                 f"{self.epochs} epoch(s): use more images (--subset), more --epochs or a smaller --batch-size.")
 
     def configure_optimizers(self, model: nn.Module, steps_per_epoch: int, max_lr: float | None = None,
-                             fused: bool | None = None) -> tuple[torch.optim.Optimizer, Any]:
+                             min_lr: float | None = None, fused: bool | None = None
+                             ) -> tuple[torch.optim.Optimizer, Any]:
         """(optimizer, scheduler) for `model`: the recipe's optimizer at `max_lr` (default: the
-        recipe's `lr`; S10 passes the range test's suggestion) and its schedule, stepped once per
-        batch (None for a constant LR). `fused=None`: torch's fused kernels on CUDA."""
+        recipe's `lr`; S10 passes the range test's) and its schedule, stepped once per batch (None
+        for a constant LR). One Cycle starts and ends at `min_lr` (default max_lr / 10; S10: the range
+        test's LRMIN), no annihilation below it. `fused=None`: torch's fused kernels on CUDA."""
         lr = self.lr if max_lr is None else float(max_lr)
         optimizer = self._optimizer(model.parameters(), lr, fused)
         if self.schedule == "one_cycle":
             peak = self.peak_epoch_for(self.epochs, steps_per_epoch)
-            return optimizer, one_cycle(optimizer, lr, self.epochs, steps_per_epoch, peak_epoch=peak)
+            div = 10.0 if min_lr is None else lr / float(min_lr)
+            if not div > 1:
+                raise ValueError(f"One Cycle needs min_lr < max_lr, got min {min_lr:g} and max {lr:g}")
+            return optimizer, one_cycle(optimizer, lr, self.epochs, steps_per_epoch, peak_epoch=peak, div_factor=div)
         if self.schedule == "cosine_restarts":
             return optimizer, cosine_warm_restarts(optimizer, steps_per_epoch, T_0=self.restart_epochs, T_mult=2)
         return optimizer, None
@@ -190,7 +225,9 @@ RECIPES: dict[str, Recipe] = {
             peak_epoch=5,
             augment=S7_AUGMENT,  # RandomCrop(32, padding=4) + CutOut 16x16
             notes="The seed gives epochs, augmentation and figures; the optimiser is this kit's choice.",
-            quick=QuickRun(changes=(("batch_size", 64),),
+            preview=RunSize(subset=10000, test_subset=5000, epochs=4, changes=(("batch_size", 64),),
+                            why="batch 64 instead of 128: more optimizer steps in the few epochs a CPU has time for"),
+            quick=dataclasses.replace(QUICK, changes=(("batch_size", 64),),
                            why="batch 64 instead of 128, so the 500 images make eight optimiser steps, not four"),
         ),
         Recipe(
@@ -210,7 +247,9 @@ RECIPES: dict[str, Recipe] = {
             target_accuracy=87.0,
             max_params=100_000,
             notes="'as many epochs as you want': 40 is this kit's choice.",
-            quick=QuickRun(changes=(("batch_size", 64),),
+            preview=RunSize(subset=16000, test_subset=5000, epochs=4, changes=(("batch_size", 64),),
+                            why="batch 64 instead of 128: more optimizer steps in the few epochs a CPU has time for"),
+            quick=dataclasses.replace(QUICK, changes=(("batch_size", 64),),
                            why="batch 64 instead of 128, so the 500 images make eight optimiser steps, not four"),
         ),
         Recipe(
@@ -233,9 +272,14 @@ RECIPES: dict[str, Recipe] = {
             # 3.3e-4 -> 62.3%; the minimum itself 3.3e-3 -> 72.9%. Valley sat far down the early
             # fall that is the model learning, not the LR's effect.
             lr_finder_method="minimum",
+            lr_finder_min_method="descent",  # "LRMIN = FIND": where the loss starts to fall
             augment=S10_AUGMENT,  # RandomCrop 32 after pad 4 -> FlipLR -> CutOut 8x8 (mean fill)
             target_accuracy=90.0,
-            quick=QuickRun(changes=(("batch_size", 16), ("lr_finder_iters", 30)),
+            preview=RunSize(subset=6000, test_subset=5000, epochs=4,
+                            changes=(("batch_size", 64), ("lr_finder_iters", 40)),
+                            why="batch 64 instead of 512 (94 optimizer steps an epoch rather than 12) and a "
+                                "40-batch LR range test instead of 100, so a CPU finishes in minutes"),
+            quick=dataclasses.replace(QUICK, changes=(("batch_size", 16), ("lr_finder_iters", 30)),
                            why="batch 16 instead of 512, so the 500 images make 32 steps rather than one: enough "
                                "for the range test (30 batches) to draw a curve and for BatchNorm's running "
                                "statistics to settle; with a handful of large batches the test accuracy stays "
@@ -258,7 +302,13 @@ RECIPES: dict[str, Recipe] = {
             verification=True,
             dataset="faces",  # the Kaggle folders (--data-dir); Fashion-MNIST stands in anywhere
             notes="Seed 001: SGD 0.1, wd 1e-4, label smoothing 0.2, cosine warm restarts, AMP, batch 128.",
-            quick=QuickRun(changes=(("batch_size", 64), ("lr", 0.003)),
+            preview=RunSize(subset=8000, test_subset=5000, epochs=3,
+                            changes=(("batch_size", 64), ("lr", 0.005), ("restart_epochs", 3)),
+                            why="batch 64 and LR 0.005 instead of 128 and 0.1 (that LR suits thousands of "
+                                "steps over 7000 identities; a few hundred steps on Fashion-MNIST go astray with "
+                                "it), and the cosine cycle over the preview's 3 epochs instead of 10, so its LR "
+                                "falls as the full recipe's first cycle does"),
+            quick=dataclasses.replace(QUICK, changes=(("batch_size", 64), ("lr", 0.003)),
                            why="batch 64 and LR 0.003 instead of 128 and 0.1: that learning rate suits thousands "
                                "of steps over 7000 identities, but makes these few steps diverge (the test loss "
                                "explodes and every pair's similarity comes out as 1.0)"),

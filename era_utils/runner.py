@@ -8,21 +8,24 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from era_utils import plots
+from era_utils import __version__, plots
 from era_utils.analysis import Predictions, confusion_matrix, most_confused, per_class_accuracy, predict
 from era_utils.engine import History
 from era_utils.files import write_json, write_text
 from era_utils.gradcam import default_target_layer_name, gradcam
 from era_utils.kaggle import write_classification_csv, write_verification_csv
 from era_utils.loaders import augment_examples
+from era_utils.lr_finder import LRFinderResult
+from era_utils.report import assignment_checks, git_commit, render_report, render_seeds_report
 from era_utils.speed import precision_name
 from era_utils.steps import (Data, RunPlan, Verification, build_loaders, build_model,
                              kaggle_predictions, load_data, optimizer_and_schedule, range_test, start, train,
@@ -30,7 +33,7 @@ from era_utils.steps import (Data, RunPlan, Verification, build_loaders, build_m
 from era_utils.summary import summary
 from era_utils.utils import device_name
 
-__all__ = ["RunFolder", "run_recipe"]
+__all__ = ["RunFolder", "full_length_command", "run_recipe", "run_seeds"]
 
 
 class RunFolder:
@@ -69,16 +72,14 @@ class RunFolder:
 
 
 def run_recipe(plan: RunPlan, command: Optional[str] = None) -> dict:
-    """Run the plan's assignment end to end; its figures, history.json and metrics.json go to plan.out.
+    """Run the plan's assignment end to end; its figures, history.json, metrics.json and report.md go
+    to plan.out. The steps are those a notebook runs, one cell each; the test set is passed over once
+    after training (`predict`), and every analysis reads that one pass. Returns the metrics."""
+    run = _Run(plan, RunFolder(plan.out), command, time.perf_counter())
+    folder, recipe, say = run.folder, plan.recipe, (print if plan.verbose else _silent)
+    start(plan)  # seeds; says so when a full-length recipe is about to run on a CPU
 
-    The steps are those a notebook runs, one cell each; the test set is passed over once after
-    training (`predict`), and every analysis reads that one pass. Returns the metrics.
-    """
-    wall_start = time.perf_counter()
-    folder, recipe, say = RunFolder(plan.out), plan.recipe, (print if plan.verbose else _silent)
-    start(plan)
-
-    data = load_data(plan)
+    data = run.data = load_data(plan)
     train_loader, test_loader = build_loaders(plan, data)
     say(plan.log_lines(data))
     images, labels = data.samples(10)
@@ -87,99 +88,170 @@ def run_recipe(plan: RunPlan, command: Optional[str] = None) -> dict:
     folder.figure("augmentations.png", plots.plot_augmentations(
         images, augment_examples(train_loader, images), labels, data.classes, mean=data.mean, std=data.std))
 
-    model = build_model(plan, data)
+    model = run.model = build_model(plan, data)
     folder.text("summary.txt", f"{summary(model, data.input_size)}\n")
     state = folder.read_json("run_state.json") if plan.resume else None
-    lr_test = None if state else range_test(plan, model, train_loader)  # resumed: the LR it used
-    max_lr = state["max_lr"] if state else (lr_test.suggestion if lr_test else recipe.lr)
-    folder.json("run_state.json", {"max_lr": max_lr})
-    if lr_test is not None:
-        folder.figure("lr_finder.png", lr_test.plot())
-        folder.json("lr_finder.json", lr_test.to_dict())
-        say(f"  LR range test: max LR {max_lr:.3g} ({recipe.lr_finder_method})")
-    optimizer, scheduler = optimizer_and_schedule(plan, model, train_loader, max_lr)
+    run.lr_test = None if state else range_test(plan, model, train_loader)  # resumed: the LRs it used
+    run.lrs = ((state["max_lr"], state.get("min_lr")) if state else
+               (run.lr_test.suggestion, run.lr_test.min_lr) if run.lr_test else (recipe.lr, None))
+    folder.json("run_state.json", {"max_lr": run.lrs[0], "min_lr": run.lrs[1]})
+    if run.lr_test is not None:
+        folder.figure("lr_finder.png", run.lr_test.plot(title=f"LR range test ({data.title})"))
+        folder.json("lr_finder.json", run.lr_test.to_dict())
+    optimizer, scheduler = optimizer_and_schedule(plan, model, train_loader, run.lrs)
 
     train_start = time.perf_counter()
-    history = train(plan, model, train_loader, test_loader, optimizer, scheduler)
-    train_seconds = time.perf_counter() - train_start
+    history = run.history = train(plan, model, train_loader, test_loader, optimizer, scheduler)
+    run.train_seconds = time.perf_counter() - train_start
     folder.json("history.json", history.to_dict())
-    folder.figure("curves.png", plots.plot_history(history, title=f"{recipe.title.split(':')[0]} on {data.title}"))
+    folder.figure("curves.png", plots.plot_history(history, title=f"{recipe.title.split(':')[0]} on {data.title}",
+                                                   augmented=True))
     folder.figure("lr_schedule.png", plots.plot_lr(history, steps_per_epoch=len(train_loader)))
 
-    preds = predict(model, test_loader, embeddings=recipe.verification, amp=plan.fast.amp)  # the one pass
+    preds = run.preds = predict(model, test_loader, amp=plan.fast.amp)  # the one pass over the test set
     wrong = preds.misclassified(10)
     folder.figure("misclassified.png", plots.plot_misclassified(wrong, data.classes))
     folder.figure("top_losses.png", plots.plot_top_losses(preds.top_losses(10), data.classes))
     if wrong:
-        layer = default_target_layer_name(model, data.input_size)
-        folder.figure("gradcam.png", plots.plot_gradcam(wrong, gradcam(model, wrong, layer), data.classes, layer=layer))
-    cm = confusion_matrix(preds, num_classes=len(data.classes))
+        run.gradcam_layer = default_target_layer_name(model, data.input_size)
+        folder.figure("gradcam.png", plots.plot_gradcam(wrong, gradcam(model, wrong, run.gradcam_layer),
+                                                        data.classes, layer=run.gradcam_layer))
+    run.cm = confusion_matrix(preds, num_classes=len(data.classes))
     folder.figure("per_class_accuracy.png", plots.plot_per_class_accuracy(per_class_accuracy(preds), data.classes))
-    folder.figure("confusion_matrix.png", plots.plot_confusion_matrix(cm, data.classes, normalize=True))
-    result = None
+    folder.figure("confusion_matrix.png", plots.plot_confusion_matrix(run.cm, data.classes, normalize=True))
     if recipe.verification:
-        result = verify(plan, data, model, preds)
-        folder.figure("roc.png", plots.plot_roc(result.metrics, title=f"Verification ROC ({result.pairs})"))
+        result = run.verification = verify(plan, data, model)
+        folder.figure("roc.png", plots.plot_roc(result.metrics, title=result.title))
         write_verification_csv(folder.file("verification_submission.csv"), result.test_ids, result.test_scores)
         write_classification_csv(folder.file("classification_submission.csv"),
                                  *kaggle_predictions(plan, data, model, preds), data.classes)
-
-    metrics = run_metrics(plan, data, model, history, preds, cm, result, max_lr, lr_test, command,
-                          train_seconds, time.perf_counter() - wall_start, folder.files + ["metrics.json"])
-    folder.json("metrics.json", metrics)
-    say(f"  done: test accuracy {metrics['final_test_acc']}% (best {metrics['best_test_acc']}%), "
-        f"{metrics['wall_seconds']} s; results in {plan.out}")
-    return metrics
+    run.misclassified_shown = len(wrong)
+    return run.finish(say)
 
 
 def _silent(*_args: Any, **_kwargs: Any) -> None:
     return None
 
 
-def run_metrics(plan: RunPlan, data: Data, model: torch.nn.Module, history: History, preds: Predictions,
-                cm: Any, result: Optional[Verification], max_lr: float, lr_test: Any, command: Optional[str],
-                train_seconds: float, wall_seconds: float, files: list[str]) -> dict:
-    """metrics.json: what the run was (recipe, data, device, path, versions) and what it measured."""
-    recipe = plan.recipe
-    per_class = per_class_accuracy(preds, num_classes=len(data.classes))
-    return {
-        "recipe": recipe.name,
-        "title": recipe.title,
-        "model": recipe.model,
-        "params": sum(p.numel() for p in model.parameters()),
-        "dataset": data.name,
-        "train_images": len(data.train),
-        "test_images": len(data.test),
-        "quick": plan.quick,
-        "epochs": history.epochs,
-        "batch_size": recipe.batch_size,
-        "max_lr": max_lr,
-        "lr_finder": None if lr_test is None else {
-            "suggestion": lr_test.suggestion, "method": lr_test.method, "num_iter": len(lr_test.lrs),
-            "start_lr": recipe.lr_finder_start, "end_lr": recipe.lr_finder_end},
-        "final_test_acc": history.test_acc[-1] if history.test_acc else None,
-        "best_test_acc": history.best_test_acc,
-        "final_train_acc": history.train_acc[-1] if history.train_acc else None,
-        "predicted_test_acc": preds.accuracy,  # the one pass after training: equals final_test_acc
-        "target_accuracy": recipe.target_accuracy,
-        "per_class_accuracy": dict(zip(data.classes, [round(float(a), 2) for a in per_class])),
-        "most_confused": [list(map(str, t)) for t in most_confused(cm, data.classes, k=5)],
-        "verification": None if result is None else {**result.metrics.to_dict(), "pairs": result.pairs},
-        "loader": plan.loader,
-        "fast": plan.fast.enabled,
-        "amp": plan.fast.amp,
-        "precision": precision_name(plan.fast.amp_dtype),
-        "channels_last": plan.fast.channels_last,
-        "compile": bool(plan.fast.compile),
-        "device": str(plan.device),
-        "device_name": device_name(plan.device),
-        "train_seconds": round(train_seconds, 1),  # fit's wall time: training, evaluation, checkpoints
-        "train_pass_seconds": round(sum(history.train_times), 1),  # the training passes alone
-        "wall_seconds": round(wall_seconds, 1),
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": command,
-        "recipe_settings": asdict(recipe),
-        "files": files,
-    }
+@dataclass
+class _Run:
+    """What one run made, gathered for metrics.json and report.md."""
+
+    plan: RunPlan
+    folder: RunFolder
+    command: Optional[str]
+    started: float  # time.perf_counter() at the start
+    data: Optional[Data] = None
+    model: Optional[torch.nn.Module] = None
+    lr_test: Optional[LRFinderResult] = None
+    lrs: tuple[float, Optional[float]] = (0.0, None)  # the max and min LR trained with
+    history: Optional[History] = None
+    train_seconds: float = 0.0
+    preds: Optional[Predictions] = None
+    cm: Any = None
+    misclassified_shown: int = 0
+    gradcam_layer: Optional[str] = None
+    verification: Optional[Verification] = None
+
+    def finish(self, say: Callable[..., None]) -> dict:
+        """Write metrics.json (with the assignment's checks) and report.md; return the metrics."""
+        metrics = self.metrics()
+        checks = assignment_checks(self.plan.recipe, self.model, self.history.to_dict(), metrics, self.folder.files)
+        metrics["checks"] = [asdict(check) for check in checks]
+        metrics["files"] = self.folder.files + ["metrics.json", "report.md"]
+        self.folder.json("metrics.json", metrics)
+        self.folder.text("report.md", render_report(metrics))
+        say(f"  done: test accuracy {metrics['final_test_acc']:.2f}% (best {metrics['best_test_acc']:.2f}%), "
+            f"{metrics['wall_seconds']} s; results and report.md in {self.plan.out}")
+        return metrics
+
+    def metrics(self) -> dict:
+        """metrics.json: what the run was (recipe, data, device, path, versions) and what it measured."""
+        plan, data, history, recipe = self.plan, self.data, self.history, self.plan.recipe
+        per_class = per_class_accuracy(self.preds, num_classes=len(data.classes))
+        lr_test = self.lr_test
+        return {
+            "recipe": recipe.name,
+            "title": recipe.title,
+            "size": plan.size,
+            "size_note": plan.sizing.why if plan.sizing else None,
+            "full_command": full_length_command(recipe.name),
+            "model": recipe.model,
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "dataset": data.name,
+            "dataset_title": data.title,
+            "num_classes": len(data.classes),
+            "input_size": "x".join(map(str, data.input_size)),
+            "input_channels": data.channels,
+            "train_images": len(data.train),
+            "test_images": len(data.test),
+            "epochs": history.epochs,
+            "batch_size": recipe.batch_size,
+            "max_lr": self.lrs[0],
+            "min_lr": self.lrs[1],
+            "lr_finder": None if lr_test is None else {
+                "suggestion": lr_test.suggestion, "method": lr_test.method, "min_lr": lr_test.min_lr,
+                "min_method": lr_test.min_method, "loss_min_lr": lr_test.loss_min_lr, "num_iter": len(lr_test.lrs),
+                "start_lr": recipe.lr_finder_start, "end_lr": recipe.lr_finder_end},
+            "final_test_acc": history.test_acc[-1] if history.test_acc else None,
+            "best_test_acc": history.best_test_acc,
+            "final_train_acc": history.train_acc[-1] if history.train_acc else None,
+            "predicted_test_acc": self.preds.accuracy,  # the one pass after training: equals final_test_acc
+            "target_accuracy": recipe.target_accuracy,
+            "per_class_accuracy": dict(zip(data.classes, [round(float(a), 2) for a in per_class])),
+            "most_confused": [list(map(str, t)) for t in most_confused(self.cm, data.classes, k=5)],
+            "misclassified_shown": self.misclassified_shown,
+            "gradcam_layer": self.gradcam_layer,
+            "verification": None if self.verification is None else {
+                **self.verification.metrics.to_dict(), "pairs": self.verification.pairs},
+            "checkpoint": plan.checkpoints and plan.checkpoint_path.is_file(),
+            "loader": plan.loader,
+            "fast": plan.fast.enabled,
+            "amp": plan.fast.amp,
+            "precision": precision_name(plan.fast.amp_dtype),
+            "channels_last": plan.fast.channels_last,
+            "compile": bool(plan.fast.compile),
+            "device": str(plan.device),
+            "device_name": device_name(plan.device),
+            "train_seconds": round(self.train_seconds, 1),  # fit's wall time: training, evaluation, checkpoints
+            "train_pass_seconds": round(sum(history.train_times), 1),  # the training passes alone
+            "wall_seconds": round(time.perf_counter() - self.started, 1),
+            "era_utils": __version__,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+            "commit": git_commit(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "command": self.command,
+            "recipe_settings": asdict(recipe),
+        }
+
+
+def full_length_command(name: str) -> str:
+    """The command that runs a recipe in full, on its assignment's data (on a GPU)."""
+    if name == "hw2p2":
+        return ("era-utils run hw2p2 --dataset faces --data-dir DATA --dev-pairs DEV_PAIRS "
+                "--test-pairs TEST_PAIRS --out results/hw2p2_full")
+    return f"era-utils run {name} --download --out results/{name}_full"
+
+
+def run_seeds(plan: RunPlan, seeds: int, command: Optional[str] = None) -> dict:
+    """The plan's run for `seeds` seeds (the recipe's seed, +1, ...), each in OUT/seed_N with its own
+    report; OUT/metrics.json and OUT/report.md give each seed's result and their mean and spread."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
+    runs = []
+    for k in range(seeds):
+        seed = plan.recipe.seed + k
+        folder = f"seed_{seed}"
+        one = replace(plan, recipe=plan.recipe.override(seed=seed), out=plan.out / folder)
+        metrics = run_recipe(one, command=command)
+        runs.append({"seed": seed, "folder": folder, **{key: metrics[key] for key in (
+            "final_test_acc", "best_test_acc", "train_seconds", "wall_seconds")}})
+    accs = np.array([r["final_test_acc"] for r in runs])
+    summary = {"recipe": plan.recipe.name, "title": plan.recipe.title, "size": plan.size, "command": command,
+               "mean_final_test_acc": float(accs.mean()),
+               "std_final_test_acc": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0, "runs": runs}
+    folder = RunFolder(plan.out)
+    folder.json("metrics.json", summary)
+    folder.text("report.md", render_seeds_report(summary))
+    return summary

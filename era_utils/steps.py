@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -40,10 +41,10 @@ from era_utils.data import (
 from era_utils.engine import History, fit
 from era_utils.gpu_loader import GPULoader
 from era_utils.kaggle import ids_for_pairs
-from era_utils.loaders import LOADERS, dataset_loader, load_splits, make_loaders
+from era_utils.loaders import LOADERS, dataset_loader, eval_loader, load_splits, make_loaders
 from era_utils.lr_finder import LRFinderResult, find_lr
 from era_utils.models import create_model
-from era_utils.recipes import Recipe, get_recipe
+from era_utils.recipes import Recipe, RunSize, get_recipe
 from era_utils.speed import FastPath, fast_path
 from era_utils.transforms import hw2p2_test_transform
 from era_utils.utils import get_device, set_seed
@@ -79,6 +80,9 @@ FACE_SIZE = 224  # HW2P2's images are 224x224 RGB
 # Checkpoints at most once a minute: a GPU epoch of S10 can take under a second, and a 78 MB
 # checkpoint every epoch would double it.
 CHECKPOINT_INTERVAL_S = 60.0
+# Training images (x epochs) beyond which `start` warns before a CPU run: over half an hour at the
+# ~100 images/s a 2-core CPU trains these networks at.
+LONG_ON_A_CPU = 200_000
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -102,7 +106,8 @@ class RunPlan:
     out: Path
     resume: bool
     verbose: bool
-    quick: bool  # CI's smoke run (Recipe.quick)
+    size: str  # "full" (the assignment), "preview" (minutes on a CPU, learns) or "quick" (CI's smoke run)
+    sizing: Optional[RunSize]  # the recipe's numbers for that size (None: full)
     checkpoints: bool  # `train` keeps a checkpoint in `out` (off for speed measurements)
     verification_pairs: int  # HW2P2 stand-in: pairs drawn from the test images
     dev_pairs: Optional[str] = None  # HW2P2 faces: the labelled pairs file ("a b label")
@@ -120,15 +125,20 @@ class RunPlan:
         rows = [("dataset", self.dataset + (f" from {self.data_dir}" if self.data_dir else "")),
                 ("training images", images), ("device", f"{self.device} ({self.fast.describe()})"),
                 ("loader", self.loader), ("output folder", str(self.out) + (" (resuming)" if self.resume else ""))]
-        if self.quick:
-            rows.append(("quick smoke run", f"{self.recipe.quick.subset} images, {self.recipe.epochs} epoch; "
-                         + (self.recipe.quick.why or "the recipe otherwise as it is")))
+        if self.sizing is not None:
+            rows.append((f"{self.size} run", f"{self.sizing.subset:,} training images, {self.recipe.epochs} "
+                         f"epoch(s)" + (f"; {self.sizing.why}" if self.sizing.why else "; the recipe otherwise as it is")))
         return self.recipe.describe() + rows
+
+    @property
+    def quick(self) -> bool:
+        """CI's smoke run: too short to learn, so nothing it shows is a result."""
+        return self.size == "quick"
 
     def log_lines(self, data: "Data") -> str:
         """A few lines for a headless run's log: the recipe, the data as loaded, the device and path."""
         return "\n".join([
-            self.recipe.title + (" (quick smoke run)" if self.quick else ""),
+            self.recipe.title + ("" if self.size == "full" else f" ({self.size} run)"),
             f"  data: {data.title}, {len(data.train)} train / {len(data.test)} test images, {data.channels} "
             f"channel(s), mean {tuple(round(m, 4) for m in data.mean)}, std {tuple(round(s, 4) for s in data.std)}",
             f"  loader: {self.loader}; device: {self.device}; {self.fast.describe()}",
@@ -142,7 +152,15 @@ class RunPlan:
 
 def start(plan: RunPlan) -> None:
     """Seed python, numpy and torch with the recipe's seed and set the fast path's process-wide
-    switches (cuDNN's autotuner): the first thing a run does."""
+    switches (cuDNN's autotuner): the first thing a run does. A full-length recipe about to train on
+    a CPU gets a warning first: that is hours, where a GPU takes minutes and a preview minutes too."""
+    images = (plan.subset or 50_000) * plan.recipe.epochs  # a whole CIFAR-10 training set unless a subset
+    if plan.device.type == "cpu" and images >= LONG_ON_A_CPU:
+        warnings.warn(
+            f"{plan.recipe.name}: {images:,} training images ({plan.recipe.epochs} epochs) on a CPU take hours. On Colab switch the "
+            "runtime to a GPU (Runtime > Change runtime type > T4 GPU); to see every step in minutes on "
+            f"this CPU, run the preview instead (SIZE = \"preview\" in a notebook, era-utils run "
+            f"{plan.recipe.name} --preview).", UserWarning, stacklevel=2)
     set_seed(plan.recipe.seed)
     plan.fast.apply()
 
@@ -150,7 +168,7 @@ def start(plan: RunPlan) -> None:
 def plan_run(
     recipe: Union[str, Recipe],
     *,
-    quick: bool = False,
+    size: str = "full",
     dataset: Optional[str] = None,
     data_dir: Optional[str] = None,
     download: bool = False,
@@ -177,8 +195,9 @@ def plan_run(
 ) -> RunPlan:
     """Resolve a run's settings: the recipe `recipe` (a name or a Recipe) with these overrides.
 
-    `quick`: CI's smoke run (the recipe's `quick` sizes: Fashion-MNIST, a few hundred images, one
-    epoch, the CPU); anything given explicitly still wins. `lr` replaces the recipe's LR and turns
+    `size`: "full" (the recipe as the assignment gives it), "preview" (the recipe's preview: Fashion-MNIST,
+    minutes on a 2-core CPU, and the model clearly learns) or "quick" (CI's smoke run: a few hundred
+    images, one epoch, the CPU); anything given explicitly still wins. `lr` replaces the recipe's LR and turns
     the LR range test off. `loader`: "gpu" | "workers" | "auto" (the fast path's choice; per-image
     augmentation such as HW2P2's always runs on workers). `fast=False` is the classic path; `amp`
     and `compile` override the precision and torch.compile; `checkpoints=False` keeps none (speed
@@ -187,16 +206,21 @@ def plan_run(
     under the temporary folder) holds the checkpoint and whatever the caller saves.
     """
     base = get_recipe(recipe) if isinstance(recipe, str) else recipe
-    chosen = base.quick_run() if quick else base
+    sizing = base.size(size)
+    if size != "full" and sizing is None:
+        raise ValueError(f"recipe {base.name!r} has no {size} size; run it in full or give the sizes yourself")
+    chosen = base.sized(size)
     changes = {"epochs": epochs, "batch_size": batch_size, "seed": seed}
     if lr is not None:
         changes.update(lr=lr, use_lr_finder=False)
     chosen = chosen.override(**{k: v for k, v in changes.items() if v is not None})
-    if quick:
-        dataset = dataset or "fashion_mnist"
-        subset = subset if subset is not None else base.quick.subset
-        test_subset = test_subset if test_subset is not None else base.quick.test_subset
-        device = device or "cpu"
+    if sizing is not None:
+        dataset = dataset or sizing.dataset
+        subset = subset if subset is not None else sizing.subset
+        test_subset = test_subset if test_subset is not None else sizing.test_subset
+        device = device or sizing.device
+        verification_pairs = verification_pairs or sizing.verification_pairs
+    quick = size == "quick"
     if num_workers is None:  # Colab's 2 cores; a quick run's one epoch is mostly worker start-up
         num_workers = 0 if quick else 2
     dataset = dataset or chosen.dataset
@@ -230,9 +254,10 @@ def plan_run(
         out=Path(out) if out is not None else _default_out(chosen.name, quick),
         resume=resume,
         verbose=verbose,
-        quick=quick,
+        size=size,
+        sizing=sizing,
         checkpoints=checkpoints,
-        verification_pairs=verification_pairs or (base.quick.verification_pairs if quick else 4000),
+        verification_pairs=verification_pairs or 4000,
         dev_pairs=dev_pairs,
         test_pairs=test_pairs,
         pairs_root=pairs_root,
@@ -263,6 +288,7 @@ class Data:
     mean: tuple[float, ...]  # per channel, [0, 1] units (the training split's)
     std: tuple[float, ...]
     kaggle_test: Optional[FaceFolder] = None
+    held_out: Optional[ImageArrays] = None  # stand-in verification: test images of classes never trained on
 
     @property
     def classes(self) -> list[str]:
@@ -315,7 +341,26 @@ def load_data(plan: RunPlan) -> Data:
     # Fashion-MNIST stays 1-channel (the models take in_channels=1); CIFAR-10 is RGB.
     mean, std = dataset_stats(plan.dataset, size=train.images.shape[1], channels=train.images.shape[-1],
                               root=plan.data_dir)
-    return Data(plan.dataset, train, test, mean, std)
+    if not plan.recipe.verification:
+        return Data(plan.dataset, train, test, mean, std)
+    # Verification on a classification set: some classes play identities the model never saw.
+    held = sorted(set(plan.recipe.held_out_classes))
+    kept = [c for c in range(len(train.classes)) if c not in held]
+    if len(kept) < 2 or not held or held[-1] >= len(train.classes):
+        raise ValueError(f"held_out_classes {tuple(held)} must name classes of the {len(train.classes)} and "
+                         "leave at least two to classify")
+    return Data(plan.dataset, _only(train, kept), _only(test, kept), mean, std, held_out=_only(test, held, relabel=False))
+
+
+def _only(arrays: ImageArrays, classes: list[int], relabel: bool = True) -> ImageArrays:
+    """The images of `classes` only; `relabel` numbers those classes 0 .. len(classes) - 1 (a
+    classifier's outputs), else labels stay as they were (they only say which images are alike)."""
+    mask = np.isin(arrays.labels, classes)
+    if not relabel:
+        return ImageArrays(arrays.images[mask], arrays.labels[mask], list(arrays.classes))
+    new_label = np.full(max(classes) + 1, -1, dtype=np.int64)
+    new_label[classes] = np.arange(len(classes))
+    return ImageArrays(arrays.images[mask], new_label[arrays.labels[mask]], [arrays.classes[c] for c in classes])
 
 
 def build_loaders(plan: RunPlan, data: Data) -> tuple[Union[GPULoader, torch.utils.data.DataLoader], Any]:
@@ -358,16 +403,22 @@ def range_test(plan: RunPlan, model: nn.Module, train_loader: Any) -> Optional[L
     optimizer = recipe.range_test_optimizer(model, fused=plan.fast.fused)
     return find_lr(model, optimizer, recipe.criterion(), train_loader, start_lr=recipe.lr_finder_start,
                    end_lr=recipe.lr_finder_end, num_iter=recipe.range_test_iters(len(train_loader)),
-                   device=plan.device, amp=plan.fast.amp, method=recipe.lr_finder_method, verbose=plan.verbose)
+                   device=plan.device, amp=plan.fast.amp, method=recipe.lr_finder_method,
+                   min_method=recipe.lr_finder_min_method, verbose=plan.verbose)
 
 
 def optimizer_and_schedule(plan: RunPlan, model: nn.Module, train_loader: Any,
-                           max_lr: Union[float, LRFinderResult, None] = None) -> tuple[torch.optim.Optimizer, Any]:
-    """The recipe's optimizer and per-step schedule for this run (`Recipe.configure_optimizers`);
-    `max_lr`: the range test's result or an LR (default: the recipe's own LR)."""
-    if isinstance(max_lr, LRFinderResult):
-        max_lr = max_lr.suggestion
-    return plan.recipe.configure_optimizers(model, len(train_loader), max_lr=max_lr, fused=plan.fast.fused)
+                           lrs: Union[LRFinderResult, tuple[float, Optional[float]], None] = None
+                           ) -> tuple[torch.optim.Optimizer, Any]:
+    """The recipe's optimizer and per-step schedule for this run (`Recipe.configure_optimizers`).
+
+    `lrs`: the range test's result (its max and min LR), a (max LR, min LR or None) pair, or None
+    for the recipe's own LR."""
+    if isinstance(lrs, LRFinderResult):
+        lrs = (lrs.suggestion, lrs.min_lr)
+    max_lr, min_lr = lrs if lrs is not None else (None, None)
+    return plan.recipe.configure_optimizers(model, len(train_loader), max_lr=max_lr, min_lr=min_lr,
+                                            fused=plan.fast.fused)
 
 
 def train(plan: RunPlan, model: nn.Module, train_loader: Any, test_loader: Any,
@@ -394,33 +445,41 @@ class Verification:
     pairs: str  # where the pairs came from, in words
     test_ids: list[str]  # Kaggle ids of the scored test pairs ("a b")
     test_scores: np.ndarray  # (P,) cosine similarity of each test pair
+    title: str = "Verification ROC"  # for the figure: short
 
 
-def verify(plan: RunPlan, data: Data, model: nn.Module, preds: Predictions) -> Verification:
+def verify(plan: RunPlan, data: Data, model: nn.Module) -> Verification:
     """Score same/different pairs by the cosine similarity of their embeddings and measure ROC AUC,
     EER and its threshold. Face folders: the plan's dev pairs file (labelled) and test pairs file.
-    Stand-in (arrays): balanced pairs of test images, "same" when two images share a class, scored
-    with the embeddings `preds` holds (predict(..., embeddings=True): no second pass)."""
+    Stand-in (arrays): balanced pairs of test images of the classes held out of training (`Data.held_out`),
+    "same" when two images share a class, embedded in one pass (`predict(..., embeddings=True)`)."""
+    kw = dict(device=plan.device, amp=plan.fast.amp)
     if isinstance(data.train, FaceFolder):
         if not (plan.dev_pairs and plan.test_pairs):
             raise ValueError("verification on the face folders needs the pairs files: dev_pairs (a b label) "
                              "and test_pairs (a b), as in the HW2P2 verification download")
         transform = hw2p2_test_transform(data.mean, data.std, size=FACE_SIZE)
-        kw = dict(device=plan.device, batch_size=plan.recipe.batch_size, num_workers=plan.num_workers,
-                  amp=plan.fast.amp, progress=plan.verbose)
+        kw.update(batch_size=plan.recipe.batch_size, num_workers=plan.num_workers, progress=plan.verbose)
         metrics = verify_pairs(model, read_pairs(plan.dev_pairs, root=plan.pairs_root), transform, **kw)
         test = read_pairs(plan.test_pairs, root=plan.pairs_root, labelled=False)
         scores = score_pairs(model, test, transform, **kw)
         return Verification(metrics, f"{plan.dev_pairs} (labelled), {plan.test_pairs} (scored)",
-                            ids_for_pairs(test, root=plan.pairs_root), scores)
-    if preds.embeddings is None:
-        raise ValueError("verify needs the embeddings: predict(model, test_loader, embeddings=True)")
-    n = min(plan.verification_pairs, class_pair_capacity(preds.labels))  # a small test subset has few pairs
-    a, b, same = class_pairs(preds.labels, n, seed=plan.recipe.seed)
-    scores = cosine_scores(preds.embeddings[a], preds.embeddings[b]).numpy()  # (P,) in [-1, 1]
-    ids = ids_for_pairs(list(zip(a.astype(str), b.astype(str))))  # "a b" by test image index
+                            ids_for_pairs(test, root=plan.pairs_root), scores, "Verification ROC (dev pairs)")
+    if data.held_out is None:
+        raise ValueError("no held-out classes to verify on: the recipe's verification is off")
+    # Unlabelled for the classifier (it has no output for these classes); the true labels make the pairs.
+    unseen = ImageArrays(data.held_out.images, np.full(len(data.held_out), -1), data.held_out.classes)
+    loader = eval_loader(unseen, data.mean, data.std, plan.recipe.batch_size, on_gpu=plan.loader == "gpu",
+                         device=plan.device, num_workers=plan.num_workers, channels_last=plan.fast.channels_last)
+    embeddings = predict(model, loader, embeddings=True, **kw).embeddings  # (N, D)
+    n = min(plan.verification_pairs, class_pair_capacity(data.held_out.labels))  # a small subset has few pairs
+    a, b, same = class_pairs(data.held_out.labels, n, seed=plan.recipe.seed)
+    scores = cosine_scores(embeddings[a], embeddings[b]).numpy()  # (P,) in [-1, 1]
+    ids = ids_for_pairs(list(zip(a.astype(str), b.astype(str))))  # "a b" by held-out image index
+    names = ", ".join(data.held_out.classes[c] for c in np.unique(data.held_out.labels))
     return Verification(verification_metrics(same, scores),
-                        f"{len(same)} pairs of {data.title} test images, half of one class", ids, scores)
+                        f"{len(same)} pairs of {data.title} test images of classes never trained on ({names}), "
+                        "half of them the same class", ids, scores, f"Verification ROC: classes never trained on\n({names})")
 
 
 def kaggle_predictions(plan: RunPlan, data: Data, model: nn.Module, preds: Predictions

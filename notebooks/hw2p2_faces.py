@@ -26,33 +26,48 @@
 # when the notebook runs.
 #
 # Set `DATASET = "faces"` and `DATA_DIR` to the unzipped Kaggle data (and the pairs files) to run
-# the real assignment. By default Fashion-MNIST stands in: each of its ten classes plays one
-# identity, and pairs of test images of the same class play "same person" pairs, so every step runs
-# anywhere.
+# the real assignment. By default Fashion-MNIST stands in, so every step runs anywhere: its classes
+# play identities; a few are held out of classification training, and pairs of their test images
+# (same class: "same person") are what verification scores.
 #
-# > **No outputs yet.** This notebook is committed without outputs. Open it in Colab with a GPU
-# > runtime and run all cells for the full recipe; with `ERA_UTILS_QUICK=1` it is CI's quick smoke
-# > run (a few hundred Fashion-MNIST images, one epoch, on a CPU), which checks that every step
-# > runs but is too short to train a useful model.
+# > **About the outputs shown here.** They come from this notebook's preview run (`SIZE = "preview"`:
+# > the recipe on a Fashion-MNIST subset for a few epochs, minutes on a 2-core CPU; the table under
+# > "The run" gives its numbers and the machine), made by `scripts/build_notebooks.py --execute`. The
+# > model learns, but this is not the assignment's result: open the notebook in Colab with a GPU
+# > runtime and run all cells for the full recipe. CI runs it as a quick smoke run (`SIZE = "quick"`).
 
 # %% [markdown]
 # ## Set-up
-# Install era_utils from GitHub (Colab already has torch and torchvision and keeps them). In CI
-# this cell is skipped (its tag is `skip-execution`): the kit is installed there already.
+# Install era_utils from GitHub (Colab already has torch and torchvision and keeps them), and the
+# Kaggle CLI for the competition data. In CI this cell is skipped (its tag is `skip-execution`): the
+# kit is installed there already.
 
 # %% tags=["skip-execution"]
-# %pip install -q git+https://github.com/era-course/era_utils.git
+# %pip install -q git+https://github.com/era-course/era_utils.git kaggle
 
 # %% [markdown]
-# Parameters. `None` means "as the recipe says". The cell is tagged `parameters`, so the notebook
-# also runs headless, e.g. `papermill NAME.ipynb out.ipynb -p EPOCHS 5`; with the environment
-# variable `ERA_UTILS_QUICK=1` (CI) it is the quick smoke run.
+# Stop here if the install failed: "Run all" would otherwise go on and fail further down, with a less
+# clear message.
+
+# %%
+import importlib.util
+
+if importlib.util.find_spec("era_utils") is None:
+    raise ModuleNotFoundError("era_utils is not installed: the install cell above failed (its output says why), "
+                              "or the runtime was restarted since. Run the install cell again, then Run all.")
+
+# %% [markdown]
+# Parameters. `None` means "as the recipe says". `SIZE`: "full" is the assignment (on a GPU: minutes;
+# on a CPU: hours, and the run says so before it starts), "preview" the recipe on a Fashion-MNIST subset
+# in minutes on a CPU, "quick" CI's smoke run. The cell is tagged `parameters`, so the notebook also
+# runs headless, e.g. `papermill NAME.ipynb out.ipynb -p SIZE preview`; the environment variable
+# `ERA_UTILS_SIZE` sets `SIZE` too (CI: quick).
 
 # %% tags=["parameters"]
 import os
 
 RECIPE = "hw2p2"  # the assignment's recipe in era_utils.recipes
-QUICK = os.environ.get("ERA_UTILS_QUICK") == "1"  # CI's smoke run
+SIZE = os.environ.get("ERA_UTILS_SIZE", "full")  # "full" (the assignment), "preview" or "quick" (CI)
 DATASET = "fashion_mnist"  # the stand-in; "faces": the Kaggle folders in DATA_DIR
 DATA_DIR = None  # faces: the folder with train/<identity>/*.jpg, dev/<identity>/*.jpg, test/*.jpg
 DEV_PAIRS = None  # faces: the labelled verification pairs file ("a b label" per line)
@@ -64,8 +79,10 @@ TEST_SUBSET = None  # stand-in: test on N images; None: all (or max(1000, SUBSET
 DEVICE = None  # None picks cuda, then mps, then cpu
 NUM_WORKERS = None  # DataLoader worker processes; None: 2 (Colab has 2 CPU cores), 0 in the quick run
 DOWNLOAD = True  # stand-in: fetch Fashion-MNIST with torchvision if it is not there (Colab)
-OUT = None  # checkpoint, history and the two Kaggle CSVs; None: runs/RECIPE
+OUT = None  # checkpoint, history and the two Kaggle CSVs; None: runs/RECIPE (Drive: see USE_DRIVE)
 RESUME = False  # carry on from OUT/checkpoint.pt after a Colab session died
+USE_DRIVE = False  # Colab: keep OUT on Google Drive, so a recycled runtime can resume from it
+KAGGLE_COMPETITIONS = ()  # e.g. ("11-785-s22-hw2p2-classification", "11-785-s22-hw2p2-verification")
 
 # %% [markdown]
 # Imports: every step below is one call into era_utils (no model or training loop is defined in
@@ -75,10 +92,33 @@ RESUME = False  # carry on from OUT/checkpoint.pt after a Colab session died
 # %matplotlib inline
 from era_utils import plots, summary
 from era_utils.analysis import predict
-from era_utils.kaggle import write_classification_csv, write_verification_csv
+from era_utils.kaggle import download_competition, write_classification_csv, write_verification_csv
 from era_utils.loaders import augment_examples
 from era_utils.steps import (build_loaders, build_model, kaggle_predictions, load_data, optimizer_and_schedule,
                              plan_run, start, train, verify)
+
+# %% [markdown]
+# Optional, in Colab: keep `OUT` (the checkpoint, history and CSVs) on Google Drive. A Colab runtime
+# is recycled after a while and takes its disk with it; with the checkpoint on Drive, `RESUME = True`
+# carries on from the last epoch in a new runtime.
+
+# %%
+if USE_DRIVE:
+    from google.colab import drive
+
+    drive.mount("/content/drive")
+    OUT = OUT or "/content/drive/MyDrive/era_utils/hw2p2"
+
+# %% [markdown]
+# Optional: download the competition data with the Kaggle CLI into `DATA_DIR` (default
+# `data/hw2p2`), then point `DATA_DIR` at the folder that holds train/, dev/ and test/ and set the
+# pairs files. The key is never written here: the CLI reads `KAGGLE_USERNAME` and `KAGGLE_KEY` from
+# the environment or from Colab's Secrets (the key icon on the left), and the competitions' rules must
+# be accepted on kaggle.com first.
+
+# %%
+if KAGGLE_COMPETITIONS:
+    DATA_DIR = str(download_competition(KAGGLE_COMPETITIONS, DATA_DIR or "data/hw2p2"))
 
 # %% [markdown]
 # ## The run
@@ -86,7 +126,7 @@ from era_utils.steps import (build_loaders, build_model, kaggle_predictions, loa
 # GPU: bf16 or fp16 autocast, channels_last, `torch.compile`, fused optimizer kernels).
 
 # %%
-plan = plan_run(RECIPE, quick=QUICK, dataset=DATASET, data_dir=DATA_DIR, download=DOWNLOAD, subset=SUBSET,
+plan = plan_run(RECIPE, size=SIZE, dataset=DATASET, data_dir=DATA_DIR, download=DOWNLOAD, subset=SUBSET,
                 test_subset=TEST_SUBSET, epochs=EPOCHS, device=DEVICE, num_workers=NUM_WORKERS, out=OUT,
                 resume=RESUME, dev_pairs=DEV_PAIRS, test_pairs=TEST_PAIRS, pairs_root=PAIRS_ROOT)
 plan
@@ -102,8 +142,8 @@ start(plan)
 # ## Data
 # The faces: the HW2P2 folders (labels are the identity folder names; the flat test/ split is
 # unlabelled), normalised with the train split's own mean and std. The stand-in: Fashion-MNIST as
-# uint8 arrays, each class one "identity", its test split playing the dev split. The first ten
-# training images:
+# uint8 arrays, each class one "identity", its test split playing the dev split, a few classes kept
+# apart for verification. The first ten training images:
 
 # %%
 data = load_data(plan)
@@ -168,11 +208,11 @@ plots.plot_history(history, title=f"HW2P2 classification on {data.title}: loss a
 plots.plot_lr(history, steps_per_epoch=len(train_loader))
 
 # %% [markdown]
-# One pass over the dev (test) split: predictions and, for verification, the embeddings.
+# One pass over the dev (test) split: every prediction, its confidence and loss.
 
 # %%
-preds = predict(model, test_loader, embeddings=True)
-preds.accuracy
+preds = predict(model, test_loader, amp=plan.fast.amp)  # in the precision it trained in
+f"test accuracy {preds.accuracy:.2f}%"
 
 # %% [markdown]
 # Ten misclassified dev images with the true and the predicted identity.
@@ -182,12 +222,14 @@ plots.plot_misclassified(preds.misclassified(), data.classes)
 
 # %% [markdown]
 # ## Verification
-# A pair of faces is the same person when their embeddings point the same way. Faces: the
-# labelled dev pairs file, every distinct image embedded once. Stand-in: balanced pairs of the
-# embedded test images, half of them two images of the same class (label 1, "same person").
+# A pair of faces is the same person when their penultimate-layer embeddings point the same way.
+# Faces: the labelled dev pairs file, every distinct image embedded once. Stand-in: the classes held
+# out of classification training play identities the model never saw (as HW2P2's verification pairs
+# are); balanced pairs of their test images, half of them two images of the same class (label 1,
+# "same person").
 
 # %%
-result = verify(plan, data, model, preds)
+result = verify(plan, data, model)
 result.metrics
 
 # %% [markdown]
@@ -196,7 +238,7 @@ result.metrics
 # for same/different decisions.
 
 # %%
-plots.plot_roc(result.metrics, title=f"Verification ROC ({result.pairs})")
+plots.plot_roc(result.metrics, title=result.title)
 
 # %% [markdown]
 # The Kaggle verification CSV (`Id,Category`: the pair's two paths and its similarity).

@@ -5,9 +5,10 @@ The source of a notebook is `notebooks/NAME.py` (jupytext's percent format: `# %
 open. This script is the one way from the first to the second:
 
     python scripts/build_notebooks.py             # write every .ipynb from its script, no outputs
-    python scripts/build_notebooks.py --execute   # also run each one in quick mode (ERA_UTILS_QUICK=1:
-                                                  # a few hundred Fashion-MNIST images, one epoch, the
-                                                  # CPU) and keep the outputs, as committed
+    python scripts/build_notebooks.py --execute   # also run each one as its preview (ERA_UTILS_SIZE=preview:
+                                                  # the recipe on a Fashion-MNIST subset, minutes on a
+                                                  # CPU, the model learns) and keep the outputs, as committed
+    python scripts/build_notebooks.py --execute --size quick   # CI's smoke run instead (a check, not for committing)
     python scripts/build_notebooks.py --check     # exit 1 if a committed .ipynb's cells differ from
                                                   # its script (outputs are not compared)
 
@@ -27,7 +28,7 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-QUICK_ENV = "ERA_UTILS_QUICK"
+SIZE_ENV = "ERA_UTILS_SIZE"  # the notebooks' SIZE parameter reads it
 # Warnings only the CI kernel prints, with the line that follows each (the source line quoted):
 # the CI venv has no ipywidgets, Colab does, so a student never sees this one.
 CI_ONLY_WARNINGS = ("TqdmWarning: IProgress not found",)
@@ -112,11 +113,11 @@ def coalesce_streams(cell: nbformat.NotebookNode) -> None:
     cell.outputs = kept
 
 
-def execute(nb: nbformat.NotebookNode, timeout: int) -> float:
-    """Run `nb` in quick mode in notebooks/ (cells tagged skip-execution are skipped); return seconds."""
+def execute(nb: nbformat.NotebookNode, timeout: int, size: str = "preview") -> float:
+    """Run `nb` at `size` in notebooks/ (cells tagged skip-execution are skipped); return seconds."""
     from nbclient import NotebookClient
 
-    os.environ[QUICK_ENV] = "1"  # the kernel inherits the environment
+    os.environ[SIZE_ENV] = size  # the kernel inherits the environment
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
     start = time.perf_counter()
@@ -132,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     names = [s.stem for s in scripts()]
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"notebooks to build (default: all of {names})")
     parser.add_argument("--execute", action="store_true",
-                        help=f"run each notebook with {QUICK_ENV}=1 and save it with its outputs")
+                        help=f"run each notebook (with {SIZE_ENV}=SIZE) and save it with its outputs")
+    parser.add_argument("--size", default="preview", choices=("preview", "quick", "full"),
+                        help="the size --execute runs at (default: preview, what is committed)")
     parser.add_argument("--check", action="store_true",
                         help="write nothing; fail if a committed notebook's cells differ from its script")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell when executing")
@@ -150,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         nb = from_script(script)
         path = script.with_suffix(".ipynb")
         if args.execute:
-            print(f"{path.relative_to(ROOT)}: executed in quick mode in {execute(nb, args.timeout):.0f} s")
+            seconds = execute(nb, args.timeout, args.size)
+            print(f"{path.relative_to(ROOT)}: executed at size {args.size} in {seconds:.0f} s")
         nbformat.write(nb, path)
         print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size / 1024:.0f} KiB)")
     return 0

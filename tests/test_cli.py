@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ needs_fmnist = pytest.mark.skipif(
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_recipes_carry_the_assignment_numbers():
@@ -91,8 +93,23 @@ def test_s10_run_writes_every_file_and_resumes(tmp_path):
                  "lr_schedule.png", "misclassified.png", "top_losses.png", "gradcam.png", "per_class_accuracy.png",
                  "confusion_matrix.png", "history.json", "lr_finder.json", "metrics.json"]:
         assert (out / name).stat().st_size > 0, name
-    metrics = json.loads((out / "metrics.json").read_text())
+    strict = dict(parse_constant=lambda name: pytest.fail(f"{name} in a results file: not JSON"))
+    metrics = json.loads((out / "metrics.json").read_text(), **strict)
+    json.loads((out / "history.json").read_text(), **strict)
     assert metrics["predicted_test_acc"] == pytest.approx(metrics["final_test_acc"], abs=1e-4)  # one pass, same model
+    report = (out / "report.md").read_text()
+    assert "## The assignment, checked" in report and "| LRMIN = FIND, LRMAX = FIND (LR range test) |" in report
+    assert metrics["min_lr"] < metrics["max_lr"] and {c["status"] for c in metrics["checks"]} <= {
+        "pass", "fail", "not checked"}
+    # The README's results table is made from the runs' own files, each row linking its report.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("results_table", ROOT / "scripts" / "results_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    row = table.row(out, tmp_path)
+    assert row.startswith("| [s10](s10/report.md) | full | custom_resnet | Fashion-MNIST (256 / 128) | 2 |")
+    assert f"**{metrics['final_test_acc']:.2f}%**" in row
     assert metrics["recipe"] == "s10" and metrics["dataset"] == "fashion_mnist"
     assert metrics["epochs"] == 2 and metrics["train_images"] == 256 and metrics["test_images"] == 128
     assert metrics["loader"] == "gpu" and metrics["device"] == "cpu"
@@ -126,7 +143,7 @@ def test_hw2p2_runs_on_the_cpu_worker_path(tmp_path):
     from era_utils.kaggle import read_submission
 
     assert read_submission(out / "verification_submission.csv").kind == "verification"
-    assert len(read_submission(out / "classification_submission.csv").ids) == 64
+    assert len(read_submission(out / "classification_submission.csv").ids) == metrics["test_images"]  # 7 classes of 64
     with pytest.raises(SystemExit):
         main(argv[:-1] + ["--loader", "gpu", "--classic", "--quiet"])
     assert main(argv[:-1] + ["--loader", "gpu"]) == 2  # HW2P2's per-image pipeline: a message, not a trace

@@ -55,7 +55,7 @@ def test_no_module_imports_another_modules_private_names():
     for path, text in _sources("era_utils", "benchmarks", "scripts").items():
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("era_utils"):
-                private = [a.name for a in node.names if a.name.startswith("_")]
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.endswith("__")]
                 assert not private, f"{path.relative_to(ROOT)} imports {private} from {node.module}"
 
 
@@ -82,13 +82,20 @@ def test_the_run_command_reads_top_to_bottom_in_one_screen():
 # ----------------------------------------------------------------------------- the plan
 
 
-def test_plan_quick_sizes_and_overrides():
-    plan = steps.plan_run("s10", quick=True)
+def test_plan_sizes_and_overrides():
+    plan = steps.plan_run("s10", size="quick")
     recipe = get_recipe("s10")
     assert plan.dataset == "fashion_mnist" and plan.device.type == "cpu" and plan.subset == recipe.quick.subset
     assert plan.recipe.epochs == recipe.quick.epochs and plan.recipe.batch_size == dict(recipe.quick.changes)["batch_size"]
-    assert plan.out.name == "s10" and "era_utils_quick" in str(plan.out)
-    given = steps.plan_run("s10", quick=True, subset=64, epochs=2, batch_size=8)
+    assert plan.out.name == "s10" and "era_utils_quick" in str(plan.out) and plan.quick
+    for name in ("s7", "s7_lite", "s10", "hw2p2"):  # every recipe has a preview on Fashion-MNIST
+        preview = steps.plan_run(name, size="preview")
+        sizing = get_recipe(name).preview
+        assert preview.dataset == "fashion_mnist" and preview.subset == sizing.subset
+        assert preview.recipe.epochs == sizing.epochs >= 3 and preview.out == Path("runs") / name
+    with pytest.raises(ValueError, match="size must be one of"):
+        steps.plan_run("s10", size="huge")
+    given = steps.plan_run("s10", size="quick", subset=64, epochs=2, batch_size=8)
     assert (given.subset, given.recipe.epochs, given.recipe.batch_size) == (64, 2, 8)  # explicit wins
     fixed = steps.plan_run("s10", lr=0.01)
     assert fixed.recipe.lr == 0.01 and not fixed.recipe.use_lr_finder
@@ -184,3 +191,32 @@ def test_face_folders_run_through_the_same_steps(tmp_path):
     assert classified.ids == [f"{j:06d}.jpg" for j in range(5)] and set(classified.values) <= set(faces.identities)
     for name in ("samples.png", "augmentations.png", "curves.png", "misclassified.png", "roc.png"):
         assert (out / name).stat().st_size > 0, name
+
+
+def test_a_long_cpu_run_is_warned_about_before_it_starts(recwarn):
+    steps.start(steps.plan_run("s10", size="preview", device="cpu"))
+    assert not [w for w in recwarn if "take hours" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"take hours.*GPU.*--preview"):
+        steps.start(steps.plan_run("s10", device="cpu"))
+
+
+def test_stand_in_verification_holds_classes_out_of_training(tmp_path):
+    """HW2P2 on Fashion-MNIST: the last classes are never trained on and are the ones verified."""
+    from fake_data import write_fashion_mnist
+
+    root = write_fashion_mnist(tmp_path, n_train=200, n_test=100)
+    recipe = get_recipe("hw2p2").override(model="face_baseline", epochs=1, batch_size=16)
+    plan = steps.plan_run(recipe, dataset="fashion_mnist", data_dir=str(root), device="cpu", num_workers=0,
+                          out=tmp_path / "run", verbose=False, verification_pairs=40)
+    data = steps.load_data(plan)
+    held = set(recipe.held_out_classes)
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    kept = [c for c in range(10) if c not in held]
+    assert data.classes == [names[c] for c in kept]  # the classifier's classes: the others, numbered 0..6
+    assert set(data.train.labels) == set(data.test.labels) == set(range(len(kept)))
+    assert set(data.held_out.labels) == held and len(data.held_out) == 30  # 100 test images, 10 a class
+    model = steps.build_model(plan, data)
+    assert model.fc.out_features == len(kept)
+    result = steps.verify(plan, data, model)
+    assert result.metrics.n_pairs == 40 and "never trained on" in result.pairs
+    assert len(set(result.test_ids)) == 40

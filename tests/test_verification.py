@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -489,3 +490,48 @@ def test_class_pairs_are_balanced_and_labelled_right():
     assert len({(min(i, j), max(i, j)) for i, j in zip(a, b)}) == 8
     with pytest.raises(ValueError, match="at most 8"):
         class_pairs(small, 9)
+
+
+# --------------------------------------------------------------------------- Kaggle download
+
+
+def _fake_kaggle(tmp_path: Path, body: str) -> Path:
+    """A stand-in `kaggle` CLI on PATH: a shell script that runs `body`."""
+    folder = tmp_path / "bin"
+    folder.mkdir(exist_ok=True)
+    script = folder / "kaggle"
+    script.write_text("#!/bin/sh\n" + body + "\n")
+    script.chmod(0o755)
+    return folder
+
+
+def test_download_competition_unzips_and_takes_the_key_from_the_environment(tmp_path, monkeypatch):
+    import zipfile
+
+    archive = tmp_path / "payload.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("train/id_000/0.jpg", b"jpeg")
+    # The fake CLI checks it got the key from the environment and the arguments, then drops the zip.
+    body = (f'[ "$KAGGLE_KEY" = "k3y" ] || exit 9\n[ "$1 $2 $3 $4" = "competitions download -c hw2p2" ] || exit 8\n'
+            f'cp {archive} "$6/hw2p2.zip"')
+    monkeypatch.setenv("PATH", f"{_fake_kaggle(tmp_path, body)}:{os.environ['PATH']}")
+    monkeypatch.setenv("KAGGLE_USERNAME", "student")
+    monkeypatch.setenv("KAGGLE_KEY", "k3y")
+    dest = K.download_competition("hw2p2", tmp_path / "data")
+    assert (dest / "train" / "id_000" / "0.jpg").read_bytes() == b"jpeg" and not list(dest.glob("*.zip"))
+
+
+def test_download_competition_errors_say_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="pip install kaggle"):
+        K.download_competition("hw2p2", tmp_path / "data")
+    monkeypatch.setenv("PATH", f"{_fake_kaggle(tmp_path, 'echo 403 Forbidden >&2; exit 1')}:/usr/bin:/bin")
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.delenv("KAGGLE_KEY", raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no_config"))
+    with pytest.raises(ValueError, match="Never write the key"):
+        K.download_competition("hw2p2", tmp_path / "data")
+    monkeypatch.setenv("KAGGLE_USERNAME", "student")
+    monkeypatch.setenv("KAGGLE_KEY", "k3y")
+    with pytest.raises(RuntimeError, match="403 Forbidden.*accepted its rules"):
+        K.download_competition("hw2p2", tmp_path / "data")
