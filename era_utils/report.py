@@ -268,14 +268,16 @@ def assignment_checks(recipe: Recipe, model: nn.Module, history: dict, metrics: 
 
 
 def git_commit(folder: Path | None = None) -> str:
-    """The kit's git commit ("abc1234", "+ uncommitted changes" when the tree differs), or why not known."""
+    """The kit's git commit ("abc1234", "+ uncommitted changes" when the package's files differ from it), or
+    why it is not known."""
     folder = folder or Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True,
                               text=True, timeout=10)
         if head.returncode:
             return "not a git checkout (installed from a package)"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=folder.parent, capture_output=True,
+        # Only the package's own files: results/ and notebooks being rewritten by this run are not the kit.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=folder, capture_output=True,
                                text=True, timeout=10).stdout.strip()
         return head.stdout.strip() + (" + uncommitted changes" if dirty else "")
     except (OSError, subprocess.SubprocessError):

@@ -125,6 +125,25 @@ def test_git_commit_names_the_checkout():
     assert len(text.split()[0]) >= 7 or "not a git checkout" in text
 
 
+def test_git_commit_marks_changes_to_the_package_only(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "code.py").write_text("x = 1\n")
+    (tmp_path / "results.md").write_text("old\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "one")
+    (tmp_path / "results.md").write_text("remade by a run\n")  # a run rewriting results/: the kit is unchanged
+    assert "uncommitted" not in git_commit(tmp_path / "pkg")
+    (tmp_path / "pkg" / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path / "pkg").endswith("+ uncommitted changes")
+
+
 def test_seeds_give_each_run_and_the_spread(tmp_path):
     from fake_data import write_fashion_mnist
 
