@@ -11,9 +11,11 @@ same pixels. The face datasets load one image at a time (7000 identities do not 
 """
 from __future__ import annotations
 
+import codecs
 import gzip
 import math
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -154,17 +156,71 @@ _CIFAR_TEST_FILES = ["test_batch"]
 _CIFAR_META = "batches.meta"
 
 
-def _cifar10_reader() -> type:
-    """torchvision's CIFAR10 with the md5 checks off, so any folder in the real pickled layout loads
-    (a re-packed or test copy has other checksums); download=True still verifies the archive."""
-    from torchvision.datasets import CIFAR10
+# What a CIFAR-10 python batch pickle may refer to: numpy's array, dtype and scalar rebuilders (the
+# batches were written by Python 2 with numpy 1's module names) and, in a copy re-pickled by Python 3
+# at protocol 2, codecs.encode for its bytes. Dicts, lists, strings and numbers need no global at
+# all, so a pickle asking for anything else is not a CIFAR batch.
+_NUMPY_MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
 
-    class _LocalCIFAR10(CIFAR10):
-        train_list = [[name, None] for name, _ in CIFAR10.train_list]
-        test_list = [[name, None] for name, _ in CIFAR10.test_list]
-        meta = {**CIFAR10.meta, "md5": None}
 
-    return _LocalCIFAR10
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that admits only what a CIFAR-10 batch holds, so a crafted file can run no code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in _NUMPY_MULTIARRAY and name in ("_reconstruct", "scalar"):
+            return _numpy_multiarray(name)
+        if module == "numpy" and name in ("ndarray", "dtype"):
+            return getattr(np, name)
+        if (module, name) == ("_codecs", "encode"):  # bytes in a protocol-2 pickle written by Python 3
+            return codecs.encode
+        raise pickle.UnpicklingError(
+            f"it asks for {module}.{name}, which a CIFAR-10 batch never holds (only numpy arrays, lists, "
+            f"dicts, strings and numbers): not a CIFAR-10 file, and nothing in it was run")
+
+
+def _numpy_multiarray(name: str) -> Any:
+    """numpy's array rebuilder `name` under numpy 2's module name, else numpy 1's (no deprecation warning)."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy 1
+        from numpy.core import multiarray
+    return getattr(multiarray, name)
+
+
+def _read_cifar_pickle(path: Path) -> dict:
+    """One CIFAR-10 batch or meta file, read with `_CifarUnpickler`: a dict with str keys."""
+    with open(path, "rb") as f:
+        entry = _CifarUnpickler(f, encoding="latin1").load()  # latin1: the Python 2 str in the real files
+    if not isinstance(entry, dict):
+        raise ValueError(f"it holds a {type(entry).__name__}, not the dict a CIFAR-10 batch is")
+    return entry
+
+
+def _read_cifar_folder(folder: Path, files: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images (N, 32, 32, 3) uint8 RGB, labels and class names from the batch `files` in `folder`."""
+    images, labels = [], []
+    for name in files:
+        path = folder / name
+        try:
+            entry = _read_cifar_pickle(path)
+            data = entry["data"]
+            batch_labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
+            if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+                raise ValueError(f"its 'data' is {getattr(data, 'dtype', type(data).__name__)} "
+                                 f"{getattr(data, 'shape', '')}, not uint8 rows of 3072 pixels")
+        except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, AttributeError) as e:
+            what = f"no {e} entry" if isinstance(e, KeyError) else str(e) or type(e).__name__
+            raise ValueError(f"{path} is not a readable CIFAR-10 batch: {what}. Delete "
+                             f"{folder.name}/ and load again with download=True (the official files).") from e
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # R, G, B planes -> HWC
+        labels.extend(batch_labels)
+    meta_path = folder / _CIFAR_META
+    try:
+        classes = [str(c) for c in _read_cifar_pickle(meta_path)["label_names"]]
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{meta_path} is not a readable CIFAR-10 meta file: {e}. Delete {folder.name}/ and "
+                         f"load again with download=True.") from e
+    return np.concatenate(images), np.asarray(labels), classes
 
 
 def load_cifar10(root: str | os.PathLike = "data", train: bool = True, download: bool = False) -> ImageArrays:
@@ -179,8 +235,8 @@ def load_cifar10(root: str | os.PathLike = "data", train: bool = True, download:
     folder = root / _CIFAR_FOLDER
     if download:
         # Fetches the archive (md5-checked) unless the batches already match their checksums.
-        ds = CIFAR10(str(root), train=train, download=True)
-        return _cifar_arrays(ds, folder)
+        ds = CIFAR10(str(root), train=train, download=True)  # (N, 32, 32, 3) HWC already
+        return _checked_cifar(ds.data, ds.targets, ds.classes, folder)
     needed = (_CIFAR_TRAIN_FILES if train else _CIFAR_TEST_FILES) + [_CIFAR_META]
     missing = [name for name in needed if not (folder / name).is_file()]
     if missing:
@@ -189,25 +245,22 @@ def load_cifar10(root: str | os.PathLike = "data", train: bool = True, download:
             f"Pass download=True (on Colab, or any machine with internet) to fetch it into {root.resolve()}, "
             f"or extract cifar-10-python.tar.gz there so that {_CIFAR_FOLDER}/ sits inside root."
         )
-    try:
-        ds = _cifar10_reader()(str(root), train=train, download=False)
-    except Exception as e:  # a truncated or foreign pickle: name the folder, suggest a fresh copy
-        raise RuntimeError(
-            f"could not read CIFAR-10 batches in {folder.resolve()}: {type(e).__name__}: {e}. "
-            f"Delete the folder and load again with download=True."
-        ) from e
-    return _cifar_arrays(ds, folder)
+    # Not torchvision's reader: it unpickles without limits, and a folder that is not the official
+    # download (a re-packed or test copy) has no checksum to trust. Every batch is read with an
+    # unpickler that admits only numpy arrays and plain values.
+    images, labels, classes = _read_cifar_folder(folder, needed[:-1])
+    return _checked_cifar(images, labels, classes, folder)
 
 
-def _cifar_arrays(ds: Any, folder: Path) -> ImageArrays:
-    """ImageArrays from a loaded torchvision CIFAR10, after a sanity check of its contents."""
-    images = np.ascontiguousarray(ds.data, dtype=np.uint8)  # (N, 32, 32, 3): torchvision already made it HWC
-    labels = np.asarray(ds.targets, dtype=np.int64)
+def _checked_cifar(images: np.ndarray, labels: Any, classes: Sequence[str], folder: Path) -> ImageArrays:
+    """ImageArrays of CIFAR-10 (N, 32, 32, 3) images, after a sanity check of its contents."""
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    labels = np.asarray(labels, dtype=np.int64)
     if len(images) != len(labels) or (len(labels) and not 0 <= labels.min() <= labels.max() < 10):
         raise RuntimeError(f"CIFAR-10 batches in {folder.resolve()} are inconsistent: "
                            f"{len(images)} images, {len(labels)} labels in range "
                            f"{labels.min(initial=0)}..{labels.max(initial=0)} (expected 0..9)")
-    return ImageArrays(images, labels, list(ds.classes))
+    return ImageArrays(images, labels, list(classes))
 
 
 # ----------------------------------------------------------------------------------------------

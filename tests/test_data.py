@@ -3,6 +3,7 @@ files when installed), mean/std, face folders, pairs files, stratified subsets."
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 from pathlib import Path
 
@@ -94,11 +95,58 @@ def test_missing_cifar_folder_says_where_and_how(tmp_path):
     assert "download=True" in msg
 
 
-def test_corrupt_cifar_batch_names_the_folder(tmp_path):
+def test_corrupt_cifar_batch_names_the_file(tmp_path):
     write_cifar10(tmp_path, n_train=10, n_test=2)
-    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"not a pickle")
-    with pytest.raises(RuntimeError, match="cifar-10-batches-py"):
+    batch = tmp_path / "cifar-10-batches-py" / "test_batch"
+    good = batch.read_bytes()
+    batch.write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="cifar-10-batches-py/test_batch is not a readable CIFAR-10 batch"):
         load_cifar10(tmp_path, train=False)
+    batch.write_bytes(good[: len(good) // 2])  # truncated: a download cut short
+    with pytest.raises(ValueError, match="test_batch is not a readable CIFAR-10 batch.*download=True"):
+        load_cifar10(tmp_path, train=False)
+    batch.write_bytes(pickle.dumps({"data": [1, 2, 3], "labels": [0]}))  # a dict, but not of images
+    with pytest.raises(ValueError, match="not uint8 rows of 3072 pixels"):
+        load_cifar10(tmp_path, train=False)
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_cifar_batch_re_pickled_by_python3_still_loads(tmp_path, protocol):
+    write_cifar10(tmp_path, n_train=10, n_test=3)
+    batch = tmp_path / "cifar-10-batches-py" / "test_batch"
+    expected = load_cifar10(tmp_path, train=False)
+    entry = {"batch_label": "testing batch 1 of 1", "labels": expected.labels.tolist(),
+             "data": expected.images.transpose(0, 3, 1, 2).reshape(3, 3072), "filenames": ["a", "b", "c"]}
+    batch.write_bytes(pickle.dumps(entry, protocol=protocol))  # protocol 2 writes numpy's bytes via codecs
+    got = load_cifar10(tmp_path, train=False)
+    assert np.array_equal(got.images, expected.images) and np.array_equal(got.labels, expected.labels)
+
+
+class _Payload:
+    """Unpickling this calls os.system: what a crafted 'CIFAR batch' would do to a user's machine."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_cifar_batch_runs_nothing(tmp_path):
+    write_cifar10(tmp_path, n_train=10, n_test=2)
+    marker = tmp_path / "pwned"
+    crafted = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1], b"payload": _Payload(marker)}
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(crafted, protocol=2))
+    pickle.loads(pickle.dumps(crafted, protocol=2))  # the payload is real: plain pickle runs it
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(ValueError, match="asks for (posix|nt|os).system.*nothing in it was run"):
+        load_cifar10(tmp_path, train=False)
+    assert not marker.exists()
+    (tmp_path / "cifar-10-batches-py" / "batches.meta").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(ValueError, match="batches.meta"):
+        load_cifar10(tmp_path, train=True)
+    assert not marker.exists()
 
 
 def test_load_dataset_rejects_unknown_names_and_bad_options(tmp_path):
