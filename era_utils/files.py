@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-__all__ = ["TEMP_SUFFIX", "atomic_write", "json_safe", "write_json", "write_text"]
+__all__ = ["TEMP_SUFFIX", "atomic_write", "json_safe", "remove_leftover_temp_files", "write_json", "write_text"]
 
 TEMP_SUFFIX = ".tmp"  # temporary files are ".<name>.<random>.tmp" beside their target
 
@@ -37,6 +37,19 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def remove_leftover_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files `atomic_write` left in `folder` when its process was killed
+    mid-write (a clean error removes its own); returns them. Call it before a run writes there."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    leftovers = [p for p in folder.glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    for path in leftovers:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return sorted(leftovers)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -20,6 +20,7 @@ import os
 import tempfile
 import warnings
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -39,6 +40,7 @@ from era_utils.data import (
     read_pairs,
 )
 from era_utils.engine import History, fit
+from era_utils.files import remove_leftover_temp_files
 from era_utils.gpu_loader import GPULoader
 from era_utils.kaggle import ids_for_pairs
 from era_utils.loaders import LOADERS, dataset_loader, eval_loader, load_splits, make_loaders
@@ -113,6 +115,7 @@ class RunPlan:
     dev_pairs: Optional[str] = None  # HW2P2 faces: the labelled pairs file ("a b label")
     test_pairs: Optional[str] = None  # HW2P2 faces: the unlabelled pairs file ("a b")
     pairs_root: Optional[str] = None  # the folder the pairs files' paths are relative to
+    scratch_out: bool = False  # `out` is a temporary folder the kit chose (a quick run's): reused freely
 
     @property
     def checkpoint_path(self) -> Path:
@@ -161,8 +164,25 @@ def start(plan: RunPlan) -> None:
             "runtime to a GPU (Runtime > Change runtime type > T4 GPU); to see every step in minutes on "
             f"this CPU, run the preview instead (SIZE = \"preview\" in a notebook, era-utils run "
             f"{plan.recipe.name} --preview).", UserWarning, stacklevel=2)
+    _claim_out(plan)
     set_seed(plan.recipe.seed)
     plan.fast.apply()
+
+
+def _claim_out(plan: RunPlan) -> None:
+    """Make `plan.out` ready for this run without losing an earlier one: temporary files a killed
+    save left are removed, and a checkpoint there is refused unless the run resumes from it."""
+    for leftover in remove_leftover_temp_files(plan.out):
+        if plan.verbose:
+            print(f"removed {leftover}: half a file that a killed run was saving")
+    ckpt = plan.checkpoint_path
+    if plan.checkpoints and not plan.resume and not plan.scratch_out and ckpt.is_file():
+        saved = datetime.fromtimestamp(ckpt.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+        raise ValueError(
+            f"{plan.out} already holds an earlier run's checkpoint ({ckpt.name}, saved {saved}); this run "
+            f"would replace it, so nothing was changed. To carry on from it, add --resume (RESUME = True in a "
+            f"notebook). To start over on purpose, delete {ckpt} or give another folder with --out (OUT in a "
+            f"notebook).")
 
 
 def plan_run(
@@ -261,6 +281,7 @@ def plan_run(
         dev_pairs=dev_pairs,
         test_pairs=test_pairs,
         pairs_root=pairs_root,
+        scratch_out=quick and out is None,
     )
 
 

@@ -84,7 +84,7 @@ def test_too_few_steps_for_one_cycle_is_said_before_any_work(tmp_path, capsys):
 
 
 @needs_fmnist
-def test_s10_run_writes_every_file_and_resumes(tmp_path):
+def test_s10_run_writes_every_file_and_resumes(tmp_path, capsys):
     out = tmp_path / "s10"
     argv = ["run", "s10", "--dataset", "fashion_mnist", "--epochs", "2", "--subset", "256",
             "--test-subset", "128", "--batch-size", "64", "--device", "cpu", "--out", str(out), "--quiet"]
@@ -122,8 +122,19 @@ def test_s10_run_writes_every_file_and_resumes(tmp_path):
     # One Cycle's peak is the run's highest LR and equals the LR finder's suggestion.
     assert max(history["lrs"]) == pytest.approx(metrics["max_lr"])
 
+    # The same command again, without --resume, would replace the checkpoint: refused, nothing touched.
+    checkpoint = (out / "checkpoint.pt").read_bytes()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already holds an earlier run's checkpoint" in err and "--resume" in err and "--out" in err
+    assert (out / "checkpoint.pt").read_bytes() == checkpoint
+    # A killed save leaves a temporary file: the next run removes it.
+    leftover = out / ".checkpoint.pt.x1y2z3.tmp"
+    leftover.write_bytes(checkpoint[:100])
+
     # A finished run resumed: nothing left to train, same history, no second LR range test.
     assert main(argv + ["--resume"]) == 0
+    assert not leftover.exists()
     again = json.loads((out / "history.json").read_text())
     assert again["test_acc"] == history["test_acc"] and again["lrs"] == history["lrs"]
 
