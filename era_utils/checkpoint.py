@@ -29,6 +29,7 @@ __all__ = [
     "read_checkpoint",
     "restore_checkpoint",
     "load_checkpoint",
+    "check_settings",
     "rng_state",
     "set_rng_state",
 ]
@@ -149,6 +150,22 @@ def save_checkpoint(
     with atomic_write(path, "wb") as f:  # a session killed mid-save keeps the previous checkpoint
         torch.save(payload, f)
     return path
+
+
+def check_settings(ckpt: dict[str, Any], settings: dict[str, Any] | None, path: str | os.PathLike) -> None:
+    """Refuse to resume from `ckpt` with other settings than the run that wrote it (its
+    extra["settings"]): every differing setting is listed. A checkpoint without settings (written by
+    `fit` without them) or no `settings` given: nothing to compare."""
+    stored = (ckpt.get("extra") or {}).get("settings")
+    if stored is None or settings is None:
+        return
+    differ = [f"{key}: {stored.get(key, '(not set)')!r} in the checkpoint, {settings.get(key, '(not set)')!r} now"
+              for key in sorted(set(stored) | set(settings)) if stored.get(key) != settings.get(key)]
+    if differ:
+        raise ValueError(
+            f"{path} was written by a run with other settings, so this run cannot carry on from it: "
+            + "; ".join(differ) + ". Resume with the settings it was started with (drop or change the options "
+            "that differ), or start a new run in another folder (--out).")
 
 
 def read_checkpoint(

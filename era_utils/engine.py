@@ -38,7 +38,7 @@ from era_utils.batches import (
     unpack_batch,
     unpack_inference_batch,
 )
-from era_utils.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
+from era_utils.checkpoint import check_settings, read_checkpoint, restore_checkpoint, save_checkpoint
 from era_utils.files import write_json
 from era_utils.speed import autocast, resolve_amp, resolve_compile
 from era_utils.utils import eval_mode, get_device, keep_modes, model_device
@@ -401,6 +401,7 @@ def fit(
     checkpoint_path: str | os.PathLike | None = None,
     checkpoint_interval: float = 0.0,
     resume: bool = False,
+    settings: dict[str, Any] | None = None,
     verbose: bool = True,
     sync_every: int = DEFAULT_SYNC_EVERY,
 ) -> History:
@@ -420,6 +421,8 @@ def fit(
       (0: after every epoch; the last epoch is always written). With `resume=True` and an
       existing file, training continues from it (the scheduler must be passed again, built the
       same way); a resumed run repeats an unbroken one on the same seed.
+    - `settings`: what the run was started with (plain values: batch size, seed, data, ...), kept
+      in the checkpoint; resuming with other settings is refused, each difference named.
     - `history.epoch_times` is each epoch's wall time, `history.train_times` its training pass.
     Prints progress bars and one summary line per epoch unless verbose=False. The model's
     train/eval flags are put back at the end.
@@ -445,6 +448,7 @@ def fit(
     history, start = History(), 0
     if checkpoint_path is not None and resume and Path(checkpoint_path).is_file():
         ckpt = read_checkpoint(checkpoint_path)
+        check_settings(ckpt, settings, checkpoint_path)
         if (ckpt.get("scheduler") is None) != (scheduler is None):
             have = "has" if ckpt.get("scheduler") is not None else "has no"
             raise ValueError(
@@ -495,6 +499,6 @@ def fit(
                     epoch == epochs - 1 or time.perf_counter() - last_write >= checkpoint_interval):
                 save_checkpoint(checkpoint_path, model, optimizer, scheduler=scheduler,
                                 scaler=scaler, epoch=epoch + 1, history=history,
-                                loader=train_loader)
+                                loader=train_loader, extra={"settings": settings} if settings else None)
                 last_write = time.perf_counter()
     return history

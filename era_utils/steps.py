@@ -16,10 +16,11 @@ never copied: a step asks the plan's recipe (`Recipe.configure_optimizers`, `cri
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from era_utils.analysis import Predictions, predict
+from era_utils.checkpoint import check_settings, read_checkpoint
 from era_utils.data import (
     DATASETS,
     HW2P2_MEAN,
@@ -40,7 +42,7 @@ from era_utils.data import (
     read_pairs,
 )
 from era_utils.engine import History, fit
-from era_utils.files import remove_leftover_temp_files
+from era_utils.files import json_safe, remove_leftover_temp_files
 from era_utils.gpu_loader import GPULoader
 from era_utils.kaggle import ids_for_pairs
 from era_utils.loaders import LOADERS, dataset_loader, eval_loader, load_splits, make_loaders
@@ -133,6 +135,15 @@ class RunPlan:
                          f"epoch(s)" + (f"; {self.sizing.why}" if self.sizing.why else "; the recipe otherwise as it is")))
         return self.recipe.describe() + rows
 
+    def settings(self) -> dict[str, Any]:
+        """What a resumed run must share with the run that wrote the checkpoint: the recipe's numbers,
+        the data drawn and how it is loaded, the precision. Plain JSON values, kept in the checkpoint."""
+        recipe = {k: v for k, v in asdict(self.recipe).items() if k not in ("title", "notes", "preview", "quick")}
+        plan = {"dataset": self.dataset, "subset": self.subset, "test_subset": self.test_subset,
+                "loader": self.loader, "num_workers": self.num_workers if self.loader == "workers" else None,
+                "precision": self.fast.amp}
+        return json.loads(json.dumps(json_safe({**recipe, **plan})))  # tuples as lists: as read back
+
     @property
     def quick(self) -> bool:
         """CI's smoke run: too short to learn, so nothing it shows is a result."""
@@ -176,6 +187,8 @@ def _claim_out(plan: RunPlan) -> None:
         if plan.verbose:
             print(f"removed {leftover}: half a file that a killed run was saving")
     ckpt = plan.checkpoint_path
+    if plan.checkpoints and plan.resume and ckpt.is_file():  # before the data and the LR test, not after
+        check_settings(read_checkpoint(ckpt), plan.settings(), ckpt)
     if plan.checkpoints and not plan.resume and not plan.scratch_out and ckpt.is_file():
         saved = datetime.fromtimestamp(ckpt.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
         raise ValueError(
@@ -452,7 +465,7 @@ def train(plan: RunPlan, model: nn.Module, train_loader: Any, test_loader: Any,
                amp=plan.fast.amp, channels_last=plan.fast.channels_last, compile=plan.fast.compile,
                checkpoint_path=plan.checkpoint_path if plan.checkpoints else None,
                checkpoint_interval=CHECKPOINT_INTERVAL_S,
-               resume=plan.resume, verbose=plan.verbose)
+               resume=plan.resume, settings=plan.settings(), verbose=plan.verbose)
 
 
 # ----------------------------------------------------------------------------- verification (HW2P2)

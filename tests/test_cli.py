@@ -133,6 +133,14 @@ def test_s10_run_writes_every_file_and_resumes(tmp_path, capsys):
     leftover.write_bytes(checkpoint[:100])
 
     # A finished run resumed: nothing left to train, same history, no second LR range test.
+    # Resuming with other settings than the checkpoint's is refused, each difference named, nothing run.
+    assert main(argv + ["--resume", "--batch-size", "32", "--seed", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "batch_size: 64 in the checkpoint, 32 now" in err and "seed: 1 in the checkpoint, 5 now" in err
+    assert main(argv + ["--resume", "--lr", "0.01"]) == 2
+    assert "use_lr_finder: True in the checkpoint, False now" in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == checkpoint
+
     assert main(argv + ["--resume"]) == 0
     assert not leftover.exists()
     again = json.loads((out / "history.json").read_text())

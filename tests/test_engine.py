@@ -417,6 +417,20 @@ def test_resume_without_the_scheduler_is_refused(tmp_path):
             checkpoint_path=tmp_path / "c.pt", resume=True, verbose=False)
 
 
+def test_resume_with_other_settings_is_refused_naming_each(tmp_path):
+    def run(settings, resume):
+        model = tiny_model()
+        opt = make_optimizer("sgd", model.parameters(), lr=0.05)
+        return fit(model, DataLoader(tiny_data(), batch_size=8), None, opt, 2, device="cpu", verbose=False,
+                   checkpoint_path=tmp_path / "s.pt", resume=resume, settings=settings)
+
+    run({"batch_size": 8, "seed": 1}, resume=False)
+    with pytest.raises(ValueError, match=r"seed: 1 in the checkpoint, 2 now.*another folder") as err:
+        run({"batch_size": 8, "seed": 2, "subset": 100}, resume=True)
+    assert "subset: '(not set)' in the checkpoint, 100 now" in str(err.value) and "batch_size" not in str(err.value)
+    assert len(run({"batch_size": 8, "seed": 1}, resume=True).train_loss) == 2  # the same settings: resumed
+
+
 def test_schedule_longer_than_training_warns():
     data = DataLoader(tiny_data(n=16), batch_size=8)
     model = tiny_model()
