@@ -43,8 +43,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def _loader_generator(loader: Any) -> torch.Generator | None:
-    """The torch.Generator a loader shuffles with, if it exposes one (DataLoader(generator=g), GPULoader)."""
-    for owner in (loader, getattr(loader, "sampler", None)):
+    """The torch.Generator a loader shuffles with, if it exposes one: its sampler's (dataset_loader's
+    EpochSeededSampler, DataLoader(shuffle=True, generator=g)), else its own (GPULoader)."""
+    for owner in (getattr(loader, "sampler", None), loader):
         gen = getattr(owner, "generator", None)
         if isinstance(gen, torch.Generator):
             return gen

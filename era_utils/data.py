@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from era_utils.transforms import apply_transform
+from era_utils.transforms import apply_transform, epoch_item
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -632,8 +632,8 @@ class FaceFolder(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        path, label = self.samples[index]
+    def __getitem__(self, index: Any) -> tuple[Any, int]:
+        path, label = self.samples[epoch_item(self, index)]
         return apply_transform(self.transform, load_image(path, self.expected_size)), label
 
 

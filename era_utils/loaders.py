@@ -13,11 +13,11 @@ a loader's augmentation does, and `inputs_at` fetches the inputs a prediction wa
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from era_utils.data import ImageArrays, load_dataset
 from era_utils.gpu_loader import GPULoader
@@ -28,6 +28,7 @@ from era_utils.transforms import (
     apply_transform,
     check_images,
     check_mean_std,
+    epoch_item,
     seed_transform,
 )
 from era_utils.utils import get_device
@@ -155,7 +156,8 @@ class ArrayDataset(Dataset):
             out = out.float().div_(255.0)
         return out.float()
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: Any) -> tuple[torch.Tensor, int]:
+        index = epoch_item(self, index)  # an (index, epoch seed) pair from EpochSeededSampler too
         return self.augment(self.images[index]), int(self.labels[index])
 
 
@@ -181,27 +183,55 @@ def worker_init_fn(worker_id: int) -> None:
         dataset = getattr(dataset, "dataset", None)
 
 
+class EpochSeededSampler(Sampler):
+    """Yields (index, epoch seed) pairs: each epoch draws one seed for its augmentation, then its
+    order (shuffled or in turn), both from `generator`, the one RNG a checkpoint keeps. Datasets
+    reseed their augmentation at a new epoch seed (`transforms.epoch_item`), so persistent workers
+    carry no RNG state from one epoch to the next and a resumed run repeats an unbroken one."""
+
+    def __init__(self, size: int, shuffle: bool, generator: torch.Generator) -> None:
+        self.size, self.shuffle, self.generator = size, shuffle, generator
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        seed = int(torch.randint(2**31 - 1, (), generator=self.generator))
+        order = torch.randperm(self.size, generator=self.generator).tolist() if self.shuffle else range(self.size)
+        for index in order:
+            yield index, seed
+
+
 def dataset_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int = 2,
                    seed: int | None = None, drop_last: bool = False, pin_memory: bool | None = None
                    ) -> DataLoader:
     """A DataLoader over any per-image dataset (arrays, face folders), its workers reseeded.
 
-    Workers are persistent (their start-up and RNG state carry across epochs) and reseeded by
-    `worker_init_fn`; `seed` fixes the shuffle order and the workers' base seed; `pin_memory=None`
-    pins when CUDA is available.
+    Workers are persistent (started once) and the augmentation is reseeded at the start of every
+    epoch from the seed `EpochSeededSampler` draws, so epoch k's images depend on `seed` and k only
+    (and the worker count), a resumed run's included. `seed=None` seeds from torch's global RNG;
+    `pin_memory=None` pins when CUDA is available.
     """
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    # The sampler's generator draws each epoch's order and augmentation seed: the RNG a checkpoint
+    # keeps. The workers' base seed comes from a generator of its own, so starting workers again
+    # (a resumed run) draws nothing from the sampler's or torch's global RNG.
+    order = torch.Generator().manual_seed(seed) if seed is not None else _random_generator()
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=EpochSeededSampler(len(dataset), shuffle, order),
         num_workers=num_workers,
         worker_init_fn=worker_init_fn,
-        generator=generator,  # draws the shuffle order and the workers' base seed
+        generator=torch.Generator().manual_seed(int(torch.randint(2**31 - 1, (), generator=order))),
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=drop_last,
     )
+
+
+def _random_generator() -> torch.Generator:
+    """A generator seeded from torch's global RNG (so set_seed still makes an unseeded loader repeatable)."""
+    return torch.Generator().manual_seed(int(torch.randint(2**62, ())))
 
 
 def worker_loader(arrays: Any, augment: AugmentSpec | Any, mean: Sequence[float], std: Sequence[float],
@@ -341,7 +371,13 @@ def can_fetch_inputs(loader: Any) -> bool:
     """Can `inputs_at` give this loader's inputs back by position (an unshuffled test loader)?"""
     if isinstance(loader, GPULoader):
         return not loader.shuffle and loader.spec.is_identity
-    return isinstance(loader, DataLoader) and isinstance(loader.sampler, SequentialSampler)
+    return isinstance(loader, DataLoader) and _in_order(loader)
+
+
+def _in_order(loader: DataLoader) -> bool:
+    """Does the DataLoader visit its dataset in order (position i of a pass is item i)?"""
+    sampler = loader.sampler
+    return isinstance(sampler, SequentialSampler) or (isinstance(sampler, EpochSeededSampler) and not sampler.shuffle)
 
 
 def inputs_at(loader: Any, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -358,7 +394,7 @@ def inputs_at(loader: Any, indices: Sequence[int] | np.ndarray | torch.Tensor) -
                              "or augmenting GPULoader does not give an image the same input twice")
         return loader.inputs_at(index).float().cpu()
     if isinstance(loader, DataLoader):
-        if not isinstance(loader.sampler, SequentialSampler):
+        if not _in_order(loader):
             raise ValueError("inputs_at needs an unshuffled DataLoader (shuffle=False): with a shuffled "
                              "one, position i of a pass is not item i of the dataset")
         items = [loader.dataset[int(i)] for i in index]

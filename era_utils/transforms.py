@@ -36,6 +36,8 @@ __all__ = [
     "hw2p2_test_transform",
     "apply_transform",
     "seed_transform",
+    "reseed_augmentation",
+    "epoch_item",
     "check_images",
     "check_mean_std",
 ]
@@ -248,6 +250,35 @@ def seed_transform(transform: Any, seed: int) -> None:
     transform.set_random_seed(seed)
     if hasattr(transform, "set_random_state"):
         transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
+def reseed_augmentation(transform: Any, seed: int, everything: bool) -> None:
+    """Reseed a dataset's augmentation from `seed`: its albumentations Compose and, with
+    `everything` (inside a DataLoader worker, whose RNGs are its own), python's, numpy's and
+    torch's global RNGs, which torchvision's transforms draw from."""
+    seed = int(seed) % 2**32
+    if everything:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        seed_transform(transform, seed)
+
+
+def epoch_item(dataset: Any, item: Any) -> int:
+    """The index of a dataset item, given a plain index or an (index, epoch seed) pair from
+    `loaders.EpochSeededSampler`. At the first item of a new epoch seed the dataset's augmentation is
+    reseeded (epoch seed + worker id), so what an epoch draws depends on that seed alone and not on
+    the epochs before it: a run resumed from a checkpoint augments as an unbroken one does."""
+    if not isinstance(item, tuple):
+        return int(item)
+    index, seed = item
+    if getattr(dataset, "_epoch_seed", None) != seed:
+        dataset._epoch_seed = seed
+        worker = torch.utils.data.get_worker_info()
+        reseed_augmentation(getattr(dataset, "transform", None), seed + (worker.id if worker else 0),
+                            everything=worker is not None)
+    return int(index)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -407,6 +407,43 @@ def test_resumed_run_equals_unbroken_run(tmp_path, loader_seed):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic saves leave no temporary files
 
 
+def _classic_run(tmp_path, ckpt_name: str, init_seed: int, resume: bool, dies_in_epoch: int | None = None,
+                 num_workers: int = 2) -> tuple[History, nn.Module]:
+    """The classic path: albumentations per image in persistent DataLoader workers, built afresh."""
+    from fake_data import cifar_like_images
+
+    from era_utils.loaders import worker_loader
+
+    images, labels = cifar_like_images(48, seed=3, num_classes=3)
+    torch.manual_seed(init_seed)
+    train = worker_loader((images, labels), S10_AUGMENT, (0.5,) * 3, (0.25,) * 3, batch_size=16, shuffle=True,
+                          num_workers=num_workers, seed=11)
+    test = worker_loader((images, labels), NO_AUGMENT, (0.5,) * 3, (0.25,) * 3, batch_size=16, shuffle=False,
+                         num_workers=0)
+    if dies_in_epoch is not None:
+        test = DiesInEpoch(test, dies_in_epoch)
+    model = tiny_model(in_features=3 * 32 * 32)
+    opt = make_optimizer("sgd", model.parameters(), lr=0.05, nesterov=True, weight_decay=5e-4)
+    sched = one_cycle(opt, max_lr=0.05, epochs=4, steps_per_epoch=len(train), peak_epoch=1)
+    history = fit(model, train, test, opt, 4, scheduler=sched, device="cpu", amp="off",
+                  checkpoint_path=tmp_path / ckpt_name, resume=resume, verbose=False)
+    return history, model
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_classic_path_resumes_exactly(tmp_path, num_workers):
+    """Per-image augmentation in (persistent) workers: a run killed in epoch 3 and resumed in a new
+    session trains epochs 3 and 4 on the same augmented images as an unbroken run."""
+    straight, straight_model = _classic_run(tmp_path, "a.pt", 0, resume=False, num_workers=num_workers)
+    with pytest.raises(KeyboardInterrupt):
+        _classic_run(tmp_path, "b.pt", 0, resume=True, dies_in_epoch=3, num_workers=num_workers)
+    resumed, resumed_model = _classic_run(tmp_path, "b.pt", 123, resume=True, num_workers=num_workers)
+    for name in ("train_loss", "train_acc", "test_loss", "test_acc", "lrs"):
+        assert getattr(resumed, name) == getattr(straight, name), name
+    for a, b in zip(straight_model.state_dict().values(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_resume_without_the_scheduler_is_refused(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, "c.pt", seed=0, loader_seed=None, resume=False, dies_in_epoch=2)
