@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -114,14 +115,16 @@ def coalesce_streams(cell: nbformat.NotebookNode) -> None:
 
 
 def execute(nb: nbformat.NotebookNode, timeout: int, size: str = "preview") -> float:
-    """Run `nb` at `size` in notebooks/ (cells tagged skip-execution are skipped); return seconds."""
+    """Run `nb` at `size` in a fresh temporary folder, as a new Colab runtime would (nothing left
+    from an earlier build; cells tagged skip-execution are skipped); return seconds."""
     from nbclient import NotebookClient
 
     os.environ[SIZE_ENV] = size  # the kernel inherits the environment
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
-                            resources={"metadata": {"path": str(NOTEBOOKS)}})
     start = time.perf_counter()
-    client.execute()
+    with tempfile.TemporaryDirectory(prefix="era_utils_notebook_") as folder:
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                                resources={"metadata": {"path": folder}})
+        client.execute()
     for cell in nb.cells:
         if cell.cell_type == "code":
             coalesce_streams(cell)
