@@ -334,6 +334,12 @@ def confusion_matrix(
     p, t = _preds_targets(preds, targets)
     if num_classes is None:
         num_classes = int(max(p.max(initial=-1), t.max(initial=-1))) + 1
+    for name, values in (("labels", t), ("predictions", p)):
+        outside = values[(values < 0) | (values >= num_classes)]
+        if outside.size:
+            raise ValueError(f"confusion_matrix: {name} hold {sorted(set(outside.tolist()))[:5]}, outside 0.."
+                             f"{num_classes - 1} for num_classes={num_classes}: pass the right num_classes, or "
+                             "drop unlabelled (-1) samples first")
     flat = np.bincount(t * num_classes + p, minlength=num_classes * num_classes)
     return flat.reshape(num_classes, num_classes)
 

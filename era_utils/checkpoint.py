@@ -12,6 +12,7 @@ tensors, numbers, strings, lists and dicts, so `torch.load(weights_only=True)` r
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -179,12 +180,22 @@ def read_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path.resolve()}.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (a save that never got going): delete it and start the "
+                         "run again, or resume from a copy.")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=weights_only)
-    except Exception as err:
-        raise RuntimeError(
-            f"Could not read checkpoint {path}: {err}. If you trust the file and it holds "
-            "non-tensor objects, pass weights_only=False."
+    except pickle.UnpicklingError as err:  # the weights-only unpickler met an object it does not admit
+        raise ValueError(
+            f"checkpoint {path} holds objects beyond tensors and plain values, which "
+            f"torch.load(weights_only=True) refuses: {str(err).splitlines()[0]}. era_utils' own checkpoints "
+            "never do; if you trust where this file came from, read it with weights_only=False."
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:  # a torch.save cut short, or not a torch file at all
+        raise ValueError(
+            f"checkpoint {path} cannot be read ({str(err).splitlines()[0]}): it is truncated (a copy or "
+            "save cut short) or not a torch checkpoint. Delete it and start the run again, or resume from a "
+            "good copy."
         ) from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
@@ -206,7 +217,14 @@ def restore_checkpoint(
 ) -> None:
     """Load a checkpoint dict (from `read_checkpoint`) into whatever objects are given."""
     if model is not None:
-        unwrap_model(model).load_state_dict(ckpt["model"])
+        try:
+            unwrap_model(model).load_state_dict(ckpt["model"])
+        except RuntimeError as err:  # missing / unexpected keys, other shapes: another model's weights
+            raise ValueError(
+                f"the checkpoint's weights do not fit this {type(unwrap_model(model)).__name__}: it was written "
+                f"for another model or recipe ({str(err).splitlines()[0]} ...). Resume with the recipe that "
+                "wrote it, or start a new run in another folder (--out)."
+            ) from err
     # The optimizer before the scheduler: the optimizer's param_groups carry the LRs the
     # scheduler's state refers to (initial_lr, max_lr, ...).
     if optimizer is not None and ckpt.get("optimizer") is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from typing import Optional, Sequence
@@ -9,6 +10,9 @@ from typing import Optional, Sequence
 from era_utils.recipes import RECIPES
 from era_utils.speed import AMP_MODES
 
+# What a user's input can cause: the kit raises these with a message naming the input and the fix.
+# Anything else is a bug in the kit and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 DATASETS = ("cifar10", "fashion_mnist", "faces")  # era_utils.steps.RUN_DATASETS, without importing torch
 LOADERS = ("auto", "gpu", "workers")  # era_utils.loaders.LOADERS
 
@@ -20,6 +24,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):  # nan > 0 is False too
+        raise argparse.ArgumentTypeError(f"expected a positive, finite number, got {text}")
     return value
 
 
@@ -40,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--download", action="store_true", help="download the dataset if missing (Colab)")
     run.add_argument("--epochs", type=_positive_int, help="override the recipe's epochs")
     run.add_argument("--batch-size", type=_positive_int, help="override the recipe's batch size")
-    run.add_argument("--lr", type=float, help="override the recipe's (peak) learning rate; "
+    run.add_argument("--lr", type=_positive_float, help="override the recipe's (peak) learning rate; "
                      "turns the LR range test off")
     run.add_argument("--subset", type=_positive_int,
                      help="train on N images (stratified) and test on max(1000, N/5)")
@@ -72,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--test-pairs", help="faces: the unlabelled verification pairs file (a b per line)")
     run.add_argument("--pairs-root", help="faces: the folder the pairs files' paths are relative to")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     return parser
 
 
@@ -113,8 +128,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             run_seeds(plan, args.seeds, command=command)
         else:
             run_recipe(plan, command=command)
-    except (FileNotFoundError, ValueError) as err:  # bad data folder or input: a message, not a trace
-        print(f"era-utils: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:  # bad input, data folder or output folder: a message, not a trace
+        if args.debug:
+            raise
+        print(f"era-utils: error: {err}\n(--debug shows where it happened)", file=sys.stderr)
         return 2
     return 0
 

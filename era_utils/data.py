@@ -16,6 +16,7 @@ import gzip
 import math
 import os
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -319,10 +320,15 @@ def _idx_file(folder: Path, prefix: str, kind: str) -> Path | None:
 def _find_fashion_mnist(root: Path | None, train: bool, download: bool) -> tuple[Path, Path]:
     """Paths of the images and labels IDX files of one split; a clear error if nowhere."""
     prefix = "train" if train else "t10k"
-    folders: list[Path] = []
+    # A folder the user named is the only place looked: never a silent fall-back to the system copy.
     if root is not None:
-        folders += [root, root / "FashionMNIST" / "raw"]  # the second is torchvision's download layout
-    folders.append(Path(FASHION_MNIST_SYSTEM_DIR))
+        folders = [root, root / "FashionMNIST" / "raw"]  # the second is torchvision's download layout
+        if not root.is_dir() and not download:
+            raise FileNotFoundError(f"the Fashion-MNIST data folder {root} does not exist: pass the folder that "
+                                    f"holds the four IDX files, or leave it out to use Debian's copy in "
+                                    f"{FASHION_MNIST_SYSTEM_DIR} (apt-get install dataset-fashion-mnist)")
+    else:
+        folders = [Path(FASHION_MNIST_SYSTEM_DIR)]
     notes = []
     for folder in folders:
         images = _idx_file(folder, prefix, "images-idx3")
@@ -617,11 +623,18 @@ class FaceFolder(Dataset):
                 raise ValueError(f"{folder}: identities not among the {len(self.classes)} classes "
                                  f"(of {self.root / 'train'} or `classes`): {', '.join(unknown[:5])}"
                                  f"{' ...' if len(unknown) > 5 else ''}")
+            empty = []
             for name in subdirs:
-                label = self.class_to_idx[name]
+                label, before = self.class_to_idx[name], len(self.samples)
                 for e in sorted(os.scandir(folder / name), key=lambda e: e.name):
                     if e.is_file() and Path(e.name).suffix.lower() in _IMAGE_EXTENSIONS:
                         self.samples.append((Path(e.path), label))
+                if len(self.samples) == before:
+                    empty.append(name)
+            if empty and len(empty) < len(subdirs):
+                warnings.warn(f"{folder}: {len(empty)} identity folder(s) hold no images "
+                              f"({', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}): they stay classes, "
+                              "with no images in this split. An unzip cut short?", UserWarning, stacklevel=2)
         else:
             self.samples = [(p, -1) for p in files]
         if not self.samples:
@@ -634,7 +647,19 @@ class FaceFolder(Dataset):
 
     def __getitem__(self, index: Any) -> tuple[Any, int]:
         path, label = self.samples[epoch_item(self, index)]
-        return apply_transform(self.transform, load_image(path, self.expected_size)), label
+        image = load_image(path, self.expected_size)
+        if self.transform is None and self.expected_size is None:
+            # Untransformed images are batched as they are: one of another size would fail in
+            # torch.stack, naming no file. Name it here.
+            first = getattr(self, "_first_size", None)
+            if first is None:
+                self._first_size = image.shape[:2]
+            elif image.shape[:2] != first:
+                raise ValueError(f"{path} is {image.shape[0]}x{image.shape[1]} (HxW) but the images before it "
+                                 f"are {first[0]}x{first[1]}: without a transform that resizes them they cannot "
+                                 "share a batch. Pass a transform with a Resize (e.g. hw2p2_test_transform), or "
+                                 "expected_size= to check every image.")
+        return apply_transform(self.transform, image), label
 
 
 class ImageFiles(Dataset):
@@ -686,6 +711,7 @@ def read_pairs(
     root: str | os.PathLike | None = None,
     labelled: bool | None = None,
     check_exists: bool = True,
+    outside_root: bool = False,
 ) -> list[Pair]:
     """Parse a verification pairs file: `a b label` (dev) or `a b` (test) per line, whitespace-separated.
 
@@ -693,6 +719,8 @@ def read_pairs(
     the first line. Blank lines and lines starting with # are skipped. Raises ValueError naming the
     file and line for a wrong column count or a label other than 0/1, and FileNotFoundError for a
     missing file or (check_exists) image paths that are not under root, listing the first few.
+    A path that leads outside root (absolute, or through "..") is refused unless `outside_root`; a
+    UTF-8 byte-order mark is ignored; a file that is not UTF-8 text, or holds no pairs, is an error.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -700,27 +728,40 @@ def read_pairs(
                                 f"verification data (e.g. verification_pairs_val.txt next to the images).")
     base = Path(root).expanduser() if root is not None else path.parent
     pairs: list[Pair] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts or parts[0].startswith("#"):
-                continue
-            if labelled is None:
-                if len(parts) not in (2, 3):
-                    raise ValueError(f"{path}, line {lineno}: {len(parts)} columns; expected 'a b label' "
-                                     f"(3, labelled) or 'a b' (2, unlabelled): {line.strip()!r}")
-                labelled = len(parts) == 3
-            want = 3 if labelled else 2
-            if len(parts) != want:
-                form = "'a b label'" if labelled else "'a b'"
-                raise ValueError(f"{path}, line {lineno}: {len(parts)} columns, expected {want} ({form}, "
-                                 f"as the first line): {line.strip()!r}")
-            label = None
-            if labelled:
-                if parts[2] not in ("0", "1"):
-                    raise ValueError(f"{path}, line {lineno}: label {parts[2]!r} is not 0 or 1")
-                label = int(parts[2])
-            pairs.append(Pair(base / parts[0], base / parts[1], label, f"{parts[0]} {parts[1]}"))
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is not part of the first path
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}): "
+                         f"save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > pairs_utf8.txt") from err
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        if labelled is None:
+            if len(parts) not in (2, 3):
+                raise ValueError(f"{path}, line {lineno}: {len(parts)} columns; expected 'a b label' "
+                                 f"(3, labelled) or 'a b' (2, unlabelled): {line.strip()!r}")
+            labelled = len(parts) == 3
+        want = 3 if labelled else 2
+        if len(parts) != want:
+            form = "'a b label'" if labelled else "'a b'"
+            raise ValueError(f"{path}, line {lineno}: {len(parts)} columns, expected {want} ({form}, "
+                             f"as the first line): {line.strip()!r}")
+        label = None
+        if labelled:
+            if parts[2] not in ("0", "1"):
+                raise ValueError(f"{path}, line {lineno}: label {parts[2]!r} is not 0 or 1")
+            label = int(parts[2])
+        if not outside_root:
+            for name in parts[:2]:
+                # Lexically (no symlinks followed: a root may link to data kept elsewhere, e.g. Drive).
+                if Path(name).is_absolute() or os.path.normpath(name).split(os.sep)[0] == os.pardir:
+                    raise ValueError(f"{path}, line {lineno}: {name!r} leads outside the pairs root {base}; "
+                                     "pairs files name images under it. Pass outside_root=True if that "
+                                     "is meant.")
+        pairs.append(Pair(base / parts[0], base / parts[1], label, f"{parts[0]} {parts[1]}"))
+    if not pairs:
+        raise ValueError(f"{path} holds no pairs (only blank or # lines): expected 'a b label' or 'a b' per line")
     if check_exists:
         seen: set[Path] = set()
         missing: list[Path] = []

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import time
 import warnings
@@ -45,6 +46,7 @@ from era_utils.utils import eval_mode, get_device, keep_modes, model_device
 
 __all__ = [
     "DEFAULT_SYNC_EVERY",
+    "EmptyLoaderError",
     "History",
     "evaluate",
     "fit",
@@ -245,11 +247,26 @@ def train_one_epoch(
                 bar.set_postfix(loss=f"{vals['loss']:.4f}", acc=f"{vals['acc']:.2f}%",
                                 lr=f"{lrs[-1]:.2e}", refresh=False)
     if run.seen == 0:
-        raise ValueError("The training loader yielded no batches (is the dataset empty, or "
-                         "drop_last=True with fewer samples than one batch?).")
+        raise EmptyLoaderError("The training loader yielded no batches (is the dataset empty, or "
+                               "drop_last=True with fewer samples than one batch?).")
     vals = run.read()
     check(vals)
     return vals["loss"], vals["acc"], lrs
+
+
+class EmptyLoaderError(ValueError):
+    """A training loader that yielded no batch in an epoch."""
+
+
+def _check_optimizer_holds(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """An optimizer built for another model (or before the model was rebuilt) would train nothing."""
+    own = {id(p) for p in model.parameters()}
+    held = [p for group in optimizer.param_groups for p in group["params"]]
+    if own and not any(id(p) in own for p in held):
+        raise ValueError(f"the optimizer holds none of this {type(model).__name__}'s parameters ({len(held)} "
+                         "others), so training would change nothing: build it from this model, e.g. "
+                         "recipe.configure_optimizers(model, ...), or your optimizer class given model.parameters(), "
+                         "after the model was (re)created")
 
 
 def _accepts_return_embedding(model: nn.Module) -> bool:
@@ -430,6 +447,7 @@ def fit(
     if not (isinstance(epochs, int) and epochs > 0):
         raise ValueError(f"epochs must be a positive int, got {epochs!r}.")
     device = get_device(device)
+    _check_optimizer_holds(model, optimizer)
     _check_scheduler(scheduler, optimizer, epochs, train_loader)
     criterion = nn.CrossEntropyLoss() if criterion is None else criterion
     amp_dtype, scaler = resolve_amp(device, amp)
@@ -476,11 +494,22 @@ def fit(
     with keep_modes(model):
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
-            loss, acc, lrs = train_one_epoch(
-                train_model, train_loader, optimizer, criterion, device, scheduler=scheduler,
-                scaler=scaler, amp_dtype=amp_dtype, channels_last=use_cl, epoch=epoch,
-                verbose=verbose, sync_every=sync_every,
-            )
+            try:
+                loss, acc, lrs = train_one_epoch(
+                    train_model, train_loader, optimizer, criterion, device, scheduler=scheduler,
+                    scaler=scaler, amp_dtype=amp_dtype, channels_last=use_cl, epoch=epoch,
+                    verbose=verbose, sync_every=sync_every,
+                )
+            except EmptyLoaderError:
+                if epoch == start or iter(train_loader) is not train_loader:
+                    raise
+                warnings.warn(
+                    f"train_loader gave no batches in epoch {epoch + 1} after giving them before: it is a "
+                    "one-shot iterator (a generator, or iter(loader)), spent after one pass. Training stopped "
+                    f"with {len(history.train_loss)} of {epochs} epochs done (their history is returned); pass "
+                    "the loader itself (a DataLoader, a GPULoader or a list) so every epoch can go over it again.",
+                    UserWarning, stacklevel=2)
+                break
             history.train_times.append(time.perf_counter() - t0)  # ends on a device read: all work done
             history.train_loss.append(loss)
             history.train_acc.append(acc)
@@ -491,6 +520,10 @@ def fit(
                                                verbose=verbose)
                 history.test_loss.append(test_loss)
                 history.test_acc.append(test_acc)
+                if not math.isfinite(test_loss) and math.isfinite(loss):
+                    warnings.warn(f"epoch {epoch + 1}: the test loss is {test_loss} while the training loss is "
+                                  f"{loss:.4f}: the test images or labels hold something the training set does "
+                                  "not (NaN pixels, another normalisation?)", UserWarning, stacklevel=2)
             seconds = time.perf_counter() - t0
             history.epoch_times.append(seconds)
             if verbose:

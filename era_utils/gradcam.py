@@ -15,6 +15,7 @@ in [0, 1] with `use_rgb=True`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -182,8 +183,13 @@ def gradcam(
     if n == 0:
         return np.zeros((0, *x.shape[-2:]), dtype=np.float32)
 
+    bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"images {bad[:10]}{' ...' if len(bad) > 10 else ''} hold NaN or infinite values, "
+                         "whose GradCAM maps would be NaN: check how they were normalised (a std of 0?)")
     layer_name = default_target_layer_name(model, x.shape[1:]) if target_layer is None else target_layer
     layer = resolve_layer(model, layer_name)
+    _check_cam_layer(model, layer, layer_name, x[:1])
     cam_targets = _targets_for(targets, n)
     params = list(model.parameters())
     saved_grads = [p.grad for p in params]  # grad-cam zeroes and fills them; give the student's back
@@ -214,6 +220,33 @@ def gradcam(
             p.grad = g
     # (N, H, W); grad-cam scales each map by its own max, an all-zero map stays 0.
     return np.clip(np.concatenate(out), 0.0, 1.0)
+
+
+def _check_cam_layer(model: nn.Module, layer: nn.Module, name: Any, probe: torch.Tensor) -> None:
+    """GradCAM needs a layer inside `model` whose output is a (B, C, H, W) feature map: say so
+    before grad-cam fails with an error that names neither (a layer elsewhere, or `fc`)."""
+    label = name if isinstance(name, str) else type(layer).__name__
+    if not any(m is layer for m in model.modules()):
+        raise ValueError(f"GradCAM layer {label} is not part of this {type(model).__name__}: pass one of its "
+                         "own modules (e.g. model.layer3) or a dotted name from model.named_modules()")
+    shapes: list[tuple[int, ...]] = []
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        shapes.append(tuple(out.shape))
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(probe.to(model_device(model)))
+    finally:
+        handle.remove()
+    if not shapes or len(shapes[0]) != 4:
+        got = f"a {len(shapes[0])}-d output {shapes[0]}" if shapes else "no output (it is not called)"
+        stages = getattr(model, "cam_stages", None)
+        raise ValueError(f"GradCAM layer {label} gives {got}; GradCAM needs a convolutional feature map "
+                         f"(B, C, H, W), so not `fc` or a pooled output"
+                         + (f": use one of {tuple(stages)}" if stages else ": use a convolutional stage"))
 
 
 def overlay_cam(image: np.ndarray | torch.Tensor, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:

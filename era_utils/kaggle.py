@@ -10,6 +10,7 @@ The headers are those of the competitions' sample submissions; ids are the image
 from __future__ import annotations
 
 import csv
+import math
 import os
 import shutil
 import subprocess
@@ -138,6 +139,11 @@ def write_verification_csv(
     id_list = [str(i) for i in pair_ids]
     score_list = [float(s) for s in _as_list(scores, "scores")]
     _check_lengths(id_list, score_list, "scores")
+    bad = [i for i, score in zip(id_list, score_list) if not math.isfinite(score)]
+    if bad:
+        raise ValueError(f"{len(bad)} score(s) are NaN or infinite (pairs {bad[:3]}{' ...' if len(bad) > 3 else ''}); "
+                         "Kaggle would reject the file. The model's embeddings were not finite: check the "
+                         "checkpoint and the input normalisation.")
     path = Path(path)
     with _open_csv(path) as f:
         writer = csv.writer(f, lineterminator="\n")

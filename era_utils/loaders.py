@@ -13,6 +13,7 @@ a loader's augmentation does, and `inputs_at` fetches the inputs a prediction wa
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
@@ -72,12 +73,19 @@ def load_splits(
     """
     train = load_dataset(name, root=root, train=True, download=download, size=size)
     test = load_dataset(name, root=root, train=False, download=download, size=size)
+    asked_test = test_subset
     if subset is not None and test_subset is None:
         test_subset = max(1000, subset // 5)
     if subset is not None and subset < len(train):
         train = train.subset(subset, seed=seed)
+    elif subset is not None and subset > len(train):
+        warnings.warn(f"subset {subset:,} is more than the {len(train):,} training images of {name}: using all "
+                      f"{len(train):,}", UserWarning, stacklevel=2)
     if test_subset is not None and test_subset < len(test):
         test = test.subset(test_subset, seed=seed)
+    elif asked_test is not None and asked_test > len(test):
+        warnings.warn(f"test subset {test_subset:,} is more than the {len(test):,} test images of {name}: using "
+                      f"all {len(test):,}", UserWarning, stacklevel=2)
     return train, test
 
 

@@ -190,6 +190,9 @@ def plot_samples(
     if not shown:
         raise ValueError("plot_samples: no images to show")
     lab = None if labels is None else _to_numpy(labels).ravel()
+    if lab is not None and len(lab) < len(shown):
+        raise ValueError(f"plot_samples: {len(shown)} images to show but only {len(lab)} labels; pass one label "
+                         f"per image (or n={len(lab)}, or labels=None)")
     fig, axes = _grid(len(shown), ncols)
     for i, ax in enumerate(axes.flat):
         if i >= len(shown):

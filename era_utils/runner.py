@@ -40,8 +40,7 @@ class RunFolder:
     """A run's output folder: every file written atomically and listed in `files` (for metrics.json)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path)  # made by the first write (start() has checked it can be)
         self.files: list[str] = []
 
     def _add(self, name: str) -> Path:

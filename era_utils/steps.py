@@ -181,8 +181,10 @@ def start(plan: RunPlan) -> None:
 
 
 def _claim_out(plan: RunPlan) -> None:
-    """Make `plan.out` ready for this run without losing an earlier one: temporary files a killed
-    save left are removed, and a checkpoint there is refused unless the run resumes from it."""
+    """Make `plan.out` ready for this run without losing an earlier one: a folder this run can write
+    in, temporary files a killed save left removed, and a checkpoint there refused unless the run
+    resumes from it."""
+    _check_writable(plan.out)
     for leftover in remove_leftover_temp_files(plan.out):
         if plan.verbose:
             print(f"removed {leftover}: half a file that a killed run was saving")
@@ -196,6 +198,21 @@ def _claim_out(plan: RunPlan) -> None:
             f"would replace it, so nothing was changed. To carry on from it, add --resume (RESUME = True in a "
             f"notebook). To start over on purpose, delete {ckpt} or give another folder with --out (OUT in a "
             f"notebook).")
+
+
+def _check_writable(out: Path) -> None:
+    """Create `out` and make sure files can be written there, or say why not and what to do."""
+    fix = "give --out (OUT in a notebook) a folder you can write to"
+    blocking = next((p for p in [out, *out.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        where = "is" if blocking == out else f"lies under {blocking}, which is"
+        raise NotADirectoryError(f"output folder {out} {where} a file, not a folder: {fix}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise PermissionError(f"cannot write in the output folder {out} ({err.strerror or err}): {fix}") from err
 
 
 def plan_run(

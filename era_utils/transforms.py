@@ -166,6 +166,9 @@ def check_mean_std(mean: Sequence[float], std: Sequence[float], channels: int | 
             f"mean/std have {len(mean_t)} values but the images have {channels} channel(s); "
             "give one value per channel (Fashion-MNIST: 1, CIFAR-10: 3)"
         )
+    if not all(np.isfinite(mean_t + std_t)):
+        raise ValueError(f"mean and std must be finite numbers, got mean={mean_t} std={std_t} (NaN: statistics "
+                         "of an empty image set?)")
     if min(std_t) <= 0:
         raise ValueError(f"std must be > 0 for every channel, got {std_t}")
     if max(mean_t) > 1.0 or max(std_t) > 1.0:

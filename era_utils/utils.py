@@ -14,15 +14,39 @@ import torch
 
 
 def get_device(device: str | torch.device | None = None) -> torch.device:
-    """Return `device` as a torch.device; None or "auto" picks cuda, then mps, then cpu."""
+    """Return `device` as a torch.device; None or "auto" picks cuda, then mps, then cpu. A device
+    torch does not know, or one this machine does not have, is a ValueError saying what there is."""
     if device is not None and str(device) != "auto":
-        return torch.device(device)
+        try:
+            chosen = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device {device!r} is not a device name torch knows: use cuda, cuda:N, mps or cpu "
+                             f"(or leave it out to pick the best there is)") from err
+        _check_available(chosen)
+        return chosen
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _check_available(device: torch.device) -> None:
+    """Refuse a device this machine lacks, before any work: a CUDA GPU torch cannot see, or MPS."""
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r} asks for a CUDA GPU, but torch sees none here (torch "
+                             f"{torch.__version__}). On Colab choose Runtime > Change runtime type > T4 GPU; "
+                             "or run on the CPU (--device cpu, DEVICE = 'cpu' in a notebook).")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {str(device)!r}: this machine has {count} CUDA GPU(s), cuda:0 to "
+                             f"cuda:{count - 1}.")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError("device 'mps' asks for Apple's GPU, which this machine does not have: use cpu.")
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

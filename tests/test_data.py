@@ -192,15 +192,20 @@ def test_truncated_gzip_and_bad_magic_name_the_file(tmp_path):
         read_idx(bad)
 
 
-def test_fashion_mnist_missing_everywhere_lists_folders(tmp_path, monkeypatch):
+def test_fashion_mnist_missing_lists_the_folders_looked_in(tmp_path, monkeypatch):
     system = tmp_path / "system"
     monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", system)
     with pytest.raises(FileNotFoundError) as err:
+        load_fashion_mnist()  # no folder given: Debian's copy is where it looks
+    assert str(system.resolve()) in str(err.value)
+    assert "apt-get install dataset-fashion-mnist" in str(err.value) and "download=True" in str(err.value)
+    (tmp_path / "mine").mkdir()  # a folder given: it alone is looked in, never Debian's copy instead
+    with pytest.raises(FileNotFoundError) as err:
         load_fashion_mnist(tmp_path / "mine")
     msg = str(err.value)
-    for folder in (tmp_path / "mine", tmp_path / "mine" / "FashionMNIST" / "raw", system):
+    for folder in (tmp_path / "mine", tmp_path / "mine" / "FashionMNIST" / "raw"):
         assert str(folder.resolve()) in msg
-    assert "apt-get install dataset-fashion-mnist" in msg and "download=True" in msg
+    assert str(system.resolve()) not in msg.split("Get it")[0]
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch.nn as nn
 
 __all__ = ["ModelInfo", "register_model", "create_model", "list_models", "model_info"]
@@ -102,6 +103,8 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kw: A
     if unknown:
         valid = ", ".join(f"{k}={v!r}" for k, v in info.options.items()) or "none"
         raise TypeError(f"Model {name!r} got unknown option(s) {unknown}; its options are: {valid}.")
-    if int(num_classes) < 1 or int(in_channels) < 1:
-        raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}.")
+    for what, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        # bool is an int, 2.7 would silently become 2: only whole numbers of at least 1.
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{what} must be a whole number >= 1, got {value!r}.")
     return builder(num_classes=int(num_classes), in_channels=int(in_channels), **kw)
