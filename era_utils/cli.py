@@ -7,12 +7,14 @@ import shlex
 import sys
 from typing import Optional, Sequence
 
+from era_utils.callbacks import CallbackError
 from era_utils.recipes import RECIPES
 from era_utils.speed import AMP_MODES
 
 # What a user's input can cause: the kit raises these with a message naming the input and the fix.
 # Anything else is a bug in the kit and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+               ImportError, CallbackError)
 DATASETS = ("cifar10", "fashion_mnist", "faces")  # era_utils.steps.RUN_DATASETS, without importing torch
 LOADERS = ("auto", "gpu", "workers")  # era_utils.loaders.LOADERS
 
@@ -85,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dev-pairs", help="faces: the labelled verification pairs file (a b label per line)")
     run.add_argument("--test-pairs", help="faces: the unlabelled verification pairs file (a b per line)")
     run.add_argument("--pairs-root", help="faces: the folder the pairs files' paths are relative to")
+    run.add_argument("--log", metavar="LOGGERS",
+                     help="also log to csv (OUT/log.csv) and/or tensorboard (OUT/tensorboard/; needs the "
+                     "tensorboard package): e.g. --log csv,tensorboard")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     return parser
@@ -122,7 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, loader=args.loader,
             fast=not args.classic, amp=args.amp, num_workers=args.workers, out=args.out, resume=args.resume,
             verbose=not args.quiet, dev_pairs=args.dev_pairs, test_pairs=args.test_pairs,
-            pairs_root=args.pairs_root)
+            pairs_root=args.pairs_root, log=args.log)
         command = "era-utils " + " ".join(shlex.quote(a) for a in argv)
         if args.seeds > 1:
             run_seeds(plan, args.seeds, command=command)

@@ -23,7 +23,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -39,6 +39,7 @@ from era_utils.batches import (
     unpack_batch,
     unpack_inference_batch,
 )
+from era_utils.callbacks import Callback, FitInfo, call_hooks, step_hooks_due
 from era_utils.checkpoint import check_settings, read_checkpoint, restore_checkpoint, save_checkpoint
 from era_utils.files import write_json
 from era_utils.speed import autocast, resolve_amp, resolve_compile
@@ -185,6 +186,8 @@ def train_one_epoch(
     epoch: int = 0,
     verbose: bool = True,
     sync_every: int = DEFAULT_SYNC_EVERY,
+    callbacks: Sequence[Callback] = (),
+    step_offset: int = 0,
 ) -> tuple[float, float, list[float]]:
     """One pass over `loader` in train mode; returns (mean loss, accuracy %, LR of each step).
 
@@ -192,6 +195,7 @@ def train_one_epoch(
     `epoch` (0-based) only labels the progress bar and error messages. `channels_last` converts
     the inputs; converting the model is the caller's job (fit does it).
     Raises FloatingPointError naming the epoch, step and LR if the loss becomes NaN/inf.
+    `callbacks`' `on_steps` run every their `every_n_steps` steps, counted from `step_offset`.
     """
     device = model_device(model) if device is None else torch.device(device)
     sync_every = max(int(sync_every), 1)
@@ -246,6 +250,12 @@ def train_one_epoch(
                 check(vals)
                 bar.set_postfix(loss=f"{vals['loss']:.4f}", acc=f"{vals['acc']:.2f}%",
                                 lr=f"{lrs[-1]:.2e}", refresh=False)
+            due = step_hooks_due(callbacks, step_offset + step + 1) if callbacks else []
+            if due:
+                vals = run.read()  # waits for the device: only at the steps a callback asked for
+                check(vals)
+                call_hooks(due, "on_steps", step_offset + step + 1,
+                           {"loss": vals["loss"], "acc": vals["acc"], "lr": lrs[-1]})
     if run.seen == 0:
         raise EmptyLoaderError("The training loader yielded no batches (is the dataset empty, or "
                                "drop_last=True with fewer samples than one batch?).")
@@ -419,6 +429,7 @@ def fit(
     checkpoint_interval: float = 0.0,
     resume: bool = False,
     settings: dict[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
     verbose: bool = True,
     sync_every: int = DEFAULT_SYNC_EVERY,
 ) -> History:
@@ -440,6 +451,8 @@ def fit(
       same way); a resumed run repeats an unbroken one on the same seed.
     - `settings`: what the run was started with (plain values: batch size, seed, data, ...), kept
       in the checkpoint; resuming with other settings is refused, each difference named.
+    - `callbacks`: `era_utils.callbacks.Callback`s (loggers among them), called at fit start, every
+      N steps, each epoch's end and fit end; one that raises stops the run (CallbackError).
     - `history.epoch_times` is each epoch's wall time, `history.train_times` its training pass.
     Prints progress bars and one summary line per epoch unless verbose=False. The model's
     train/eval flags are put back at the end.
@@ -490,6 +503,9 @@ def fit(
     else:
         train_model = model
 
+    callbacks = list(callbacks)
+    call_hooks(callbacks, "on_fit_start", FitInfo(model, optimizer, epochs, start, loader_length(train_loader),
+                                                  device))
     last_write = time.perf_counter()
     with keep_modes(model):
         for epoch in range(start, epochs):
@@ -498,7 +514,8 @@ def fit(
                 loss, acc, lrs = train_one_epoch(
                     train_model, train_loader, optimizer, criterion, device, scheduler=scheduler,
                     scaler=scaler, amp_dtype=amp_dtype, channels_last=use_cl, epoch=epoch,
-                    verbose=verbose, sync_every=sync_every,
+                    verbose=verbose, sync_every=sync_every, callbacks=callbacks,
+                    step_offset=len(history.lrs),
                 )
             except EmptyLoaderError:
                 if epoch == start or iter(train_loader) is not train_loader:
@@ -534,4 +551,6 @@ def fit(
                                 scaler=scaler, epoch=epoch + 1, history=history,
                                 loader=train_loader, extra={"settings": settings} if settings else None)
                 last_write = time.perf_counter()
+            call_hooks(callbacks, "on_epoch_end", epoch + 1, history)
+    call_hooks(callbacks, "on_fit_end", history)
     return history

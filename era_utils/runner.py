@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -19,11 +19,13 @@ from matplotlib.figure import Figure
 
 from era_utils import __version__, plots
 from era_utils.analysis import Predictions, confusion_matrix, most_confused, per_class_accuracy, predict
+from era_utils.callbacks import Callback, call_hooks
 from era_utils.engine import History
 from era_utils.files import write_json, write_text
 from era_utils.gradcam import default_target_layer_name, gradcam
 from era_utils.kaggle import write_classification_csv, write_verification_csv
 from era_utils.loaders import augment_examples
+from era_utils.loggers import make_loggers
 from era_utils.lr_finder import LRFinderResult
 from era_utils.report import assignment_checks, git_commit, render_report, render_seeds_report
 from era_utils.speed import precision_name
@@ -39,9 +41,10 @@ __all__ = ["RunFolder", "full_length_command", "run_recipe", "run_seeds"]
 class RunFolder:
     """A run's output folder: every file written atomically and listed in `files` (for metrics.json)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, loggers: Sequence[Callback] = ()) -> None:
         self.path = Path(path)  # made by the first write (start() has checked it can be)
         self.files: list[str] = []
+        self.loggers = list(loggers)  # each figure goes to them too (TensorBoard)
 
     def _add(self, name: str) -> Path:
         if name not in self.files:
@@ -49,8 +52,9 @@ class RunFolder:
         return self.path / name
 
     def figure(self, name: str, fig: Figure) -> None:
-        """Save a figure as PNG."""
+        """Save a figure as PNG (and hand it to the loggers)."""
         plots.save_figure(fig, self._add(name))
+        call_hooks(self.loggers, "log_figure", name, fig)
 
     def json(self, name: str, obj: Any) -> None:
         """Save strict JSON (NaN becomes null)."""
@@ -77,6 +81,7 @@ def run_recipe(plan: RunPlan, command: Optional[str] = None) -> dict:
     run = _Run(plan, RunFolder(plan.out), command, time.perf_counter())
     folder, recipe, say = run.folder, plan.recipe, (print if plan.verbose else _silent)
     start(plan)  # seeds; says so when a full-length recipe is about to run on a CPU
+    folder.loggers = make_loggers(plan.log, plan.out)  # --log: after start() has checked the folder
 
     data = run.data = load_data(plan)
     train_loader, test_loader = build_loaders(plan, data)
@@ -100,7 +105,8 @@ def run_recipe(plan: RunPlan, command: Optional[str] = None) -> dict:
     optimizer, scheduler = optimizer_and_schedule(plan, model, train_loader, run.lrs)
 
     train_start = time.perf_counter()
-    history = run.history = train(plan, model, train_loader, test_loader, optimizer, scheduler)
+    history = run.history = train(plan, model, train_loader, test_loader, optimizer, scheduler,
+                                  callbacks=folder.loggers)
     run.train_seconds = time.perf_counter() - train_start
     folder.json("history.json", history.to_dict())
     folder.figure("curves.png", plots.plot_history(history, title=f"{recipe.title.split(':')[0]} on {data.title}",
@@ -125,7 +131,10 @@ def run_recipe(plan: RunPlan, command: Optional[str] = None) -> dict:
         write_classification_csv(folder.file("classification_submission.csv"),
                                  *kaggle_predictions(plan, data, model, preds), data.classes)
     run.misclassified_shown = len(wrong)
-    return run.finish(say)
+    metrics = run.finish(say)
+    for logger in folder.loggers:
+        getattr(logger, "close", _silent)()  # TensorBoard: the last figures reach the event file
+    return metrics
 
 
 def _silent(*_args: Any, **_kwargs: Any) -> None:

@@ -23,13 +23,14 @@ import warnings
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from era_utils.analysis import Predictions, predict
+from era_utils.callbacks import Callback
 from era_utils.checkpoint import check_settings, read_checkpoint
 from era_utils.data import (
     DATASETS,
@@ -46,6 +47,7 @@ from era_utils.files import json_safe, remove_leftover_temp_files
 from era_utils.gpu_loader import GPULoader
 from era_utils.kaggle import ids_for_pairs
 from era_utils.loaders import LOADERS, dataset_loader, eval_loader, load_splits, make_loaders
+from era_utils.loggers import logger_names
 from era_utils.lr_finder import LRFinderResult, find_lr
 from era_utils.models import create_model
 from era_utils.recipes import Recipe, RunSize, get_recipe
@@ -118,6 +120,7 @@ class RunPlan:
     test_pairs: Optional[str] = None  # HW2P2 faces: the unlabelled pairs file ("a b")
     pairs_root: Optional[str] = None  # the folder the pairs files' paths are relative to
     scratch_out: bool = False  # `out` is a temporary folder the kit chose (a quick run's): reused freely
+    log: Optional[str] = None  # loggers for `era-utils run --log` ("csv,tensorboard"), written under `out`
 
     @property
     def checkpoint_path(self) -> Path:
@@ -242,6 +245,7 @@ def plan_run(
     dev_pairs: Optional[str] = None,
     test_pairs: Optional[str] = None,
     pairs_root: Optional[str] = None,
+    log: Optional[str] = None,
 ) -> RunPlan:
     """Resolve a run's settings: the recipe `recipe` (a name or a Recipe) with these overrides.
 
@@ -256,6 +260,7 @@ def plan_run(
     under the temporary folder) holds the checkpoint and whatever the caller saves.
     """
     base = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    logger_names(log)  # refuse an unknown logger now, not after the training
     sizing = base.size(size)
     if size != "full" and sizing is None:
         raise ValueError(f"recipe {base.name!r} has no {size} size; run it in full or give the sizes yourself")
@@ -312,6 +317,7 @@ def plan_run(
         test_pairs=test_pairs,
         pairs_root=pairs_root,
         scratch_out=quick and out is None,
+        log=log,
     )
 
 
@@ -473,16 +479,16 @@ def optimizer_and_schedule(plan: RunPlan, model: nn.Module, train_loader: Any,
 
 
 def train(plan: RunPlan, model: nn.Module, train_loader: Any, test_loader: Any,
-          optimizer: torch.optim.Optimizer, scheduler: Any) -> History:
+          optimizer: torch.optim.Optimizer, scheduler: Any, callbacks: Sequence[Callback] = ()) -> History:
     """`fit` for the recipe's epochs with its loss, the plan's precision, layout and compile, a
     checkpoint in the plan's folder (at most once a minute, and after the last epoch) and, with
-    the plan's `resume`, carrying on from it."""
+    the plan's `resume`, carrying on from it; `callbacks` (loggers: `make_loggers`) as fit takes them."""
     return fit(model, train_loader, test_loader, optimizer, plan.recipe.epochs,
                criterion=plan.recipe.criterion(), scheduler=scheduler, device=plan.device,
                amp=plan.fast.amp, channels_last=plan.fast.channels_last, compile=plan.fast.compile,
                checkpoint_path=plan.checkpoint_path if plan.checkpoints else None,
                checkpoint_interval=CHECKPOINT_INTERVAL_S,
-               resume=plan.resume, settings=plan.settings(), verbose=plan.verbose)
+               resume=plan.resume, settings=plan.settings(), callbacks=callbacks, verbose=plan.verbose)
 
 
 # ----------------------------------------------------------------------------- verification (HW2P2)

@@ -1,0 +1,115 @@
+"""Loggers: `fit` callbacks that keep a run's numbers (and its figures) where a student looks.
+
+    CSVLogger(path)              one row per epoch; no dependency, always available
+    TensorBoardLogger(log_dir)   torch.utils.tensorboard (pip install "era_utils[tensorboard]")
+
+Each logs, per epoch: training and test loss and accuracy, the epoch's last LR and its wall time;
+per step: the LR; at the end of a run: its figures (TensorBoard). `make_loggers("csv,tensorboard",
+folder)` builds them for `era-utils run --log`. In Colab, see TensorBoard beside the notebook with
+`%load_ext tensorboard` then `%tensorboard --logdir runs`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from era_utils.callbacks import Callback, FitInfo
+from era_utils.files import atomic_write
+
+if TYPE_CHECKING:
+    from era_utils.engine import History
+
+__all__ = ["CSV_COLUMNS", "LOGGERS", "CSVLogger", "TensorBoardLogger", "logger_names", "make_loggers"]
+
+CSV_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_seconds")
+
+
+def _epoch_row(history: "History", k: int) -> dict[str, Any]:
+    """Epoch k's (0-based) numbers from a History: the CSV's columns."""
+    steps = len(history.lrs) // max(len(history.train_loss), 1)
+
+    def at(values: list, i: int) -> Any:
+        return values[i] if i < len(values) else None
+
+    return {"epoch": k + 1, "train_loss": history.train_loss[k], "train_acc": history.train_acc[k],
+            "test_loss": at(history.test_loss, k), "test_acc": at(history.test_acc, k),
+            "lr": at(history.lrs, (k + 1) * steps - 1), "epoch_seconds": at(history.epoch_times, k)}
+
+
+class CSVLogger(Callback):
+    """`path` (a .csv): one row per finished epoch, rewritten whole and atomically after each, so it
+    always equals the History (a resumed run's earlier epochs included) and is never half written."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def on_epoch_end(self, epoch: int, history: "History") -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(_epoch_row(history, k) for k in range(len(history.train_loss)))
+        with atomic_write(self.path) as f:
+            f.write(buffer.getvalue())
+
+
+class TensorBoardLogger(Callback):
+    """Event files in `log_dir` for TensorBoard: per-epoch scalars (loss/train, loss/test,
+    accuracy/train, accuracy/test, lr, epoch_seconds, x = epoch), lr/step (x = step) and the run's
+    figures. A resumed run logs only its new epochs."""
+
+    def __init__(self, log_dir: str | os.PathLike) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:  # torch's writer needs the tensorboard package
+            raise ImportError("TensorBoard logging needs the tensorboard package: pip install "
+                              "'era_utils[tensorboard]' (or pip install tensorboard)") from err
+        self.log_dir = Path(log_dir)
+        self.writer = SummaryWriter(str(self.log_dir))
+
+    def on_fit_start(self, info: FitInfo) -> None:
+        self.writer.add_text("run", f"{type(info.model).__name__}, {info.epochs} epochs on {info.device}"
+                             + (f", resumed after epoch {info.start_epoch}" if info.start_epoch else ""))
+
+    def on_epoch_end(self, epoch: int, history: "History") -> None:
+        row = _epoch_row(history, epoch - 1)
+        for tag, key in (("loss/train", "train_loss"), ("loss/test", "test_loss"), ("accuracy/train", "train_acc"),
+                         ("accuracy/test", "test_acc"), ("lr", "lr"), ("epoch_seconds", "epoch_seconds")):
+            if row[key] is not None:
+                self.writer.add_scalar(tag, row[key], epoch)
+        steps = len(history.lrs) // len(history.train_loss)
+        for step in range((epoch - 1) * steps, epoch * steps):
+            self.writer.add_scalar("lr/step", history.lrs[step], step + 1)
+        self.writer.flush()
+
+    def log_figure(self, name: str, figure: Any) -> None:
+        self.writer.add_figure(Path(name).stem, figure, close=False)  # the run still saves it as PNG
+        self.writer.flush()
+
+    def on_fit_end(self, history: "History") -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        """Close the event file (the runner does, after the last figure)."""
+        self.writer.close()
+
+
+LOGGERS = ("csv", "tensorboard")
+
+
+def logger_names(names: str | None) -> list[str]:
+    """The loggers named in "csv,tensorboard" (None or "": none), each once; an unknown name is refused."""
+    chosen = list(dict.fromkeys(n.strip() for n in (names or "").split(",") if n.strip()))
+    unknown = [n for n in chosen if n not in LOGGERS]
+    if unknown:
+        raise ValueError(f"unknown logger(s) {unknown} (--log): choose from {', '.join(LOGGERS)}, comma-separated")
+    return chosen
+
+
+def make_loggers(names: str | None, folder: str | os.PathLike) -> list[Callback]:
+    """Loggers named in `names` ("csv,tensorboard") writing under `folder`: log.csv, tensorboard/."""
+    folder = Path(folder)
+    return [CSVLogger(folder / "log.csv") if name == "csv" else TensorBoardLogger(folder / "tensorboard")
+            for name in logger_names(names)]
