@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--test-pairs", help="faces: the unlabelled verification pairs file (a b per line)")
     run.add_argument("--pairs-root", help="faces: the folder the pairs files' paths are relative to")
     run.add_argument("--log", metavar="LOGGERS",
-                     help="also log to csv (OUT/log.csv) and/or tensorboard (OUT/tensorboard/; needs the "
-                     "tensorboard package): e.g. --log csv,tensorboard")
+                     help="also log to csv (OUT/log.csv), tensorboard (OUT/tensorboard/) and/or wandb (a W&B run; "
+                     "WANDB_MODE=offline keeps it in OUT/wandb/), comma-separated: e.g. --log csv,tensorboard")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     return parser

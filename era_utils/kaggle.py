@@ -24,6 +24,7 @@ import torch
 
 from era_utils.data import pair_paths
 from era_utils.files import atomic_write
+from era_utils.utils import colab_secret
 
 __all__ = [
     "CLASSIFICATION_HEADER",
@@ -197,18 +198,6 @@ def read_submission(path: PathLike) -> Submission:
 # --------------------------------------------------------------------------- downloading the data
 
 
-def _colab_secret(name: str) -> str | None:
-    """A secret from Colab's Secrets panel (the key icon), or None outside Colab or when not granted."""
-    try:
-        from google.colab import userdata  # only in Colab
-    except ImportError:
-        return None
-    try:
-        return userdata.get(name)
-    except Exception:  # not set, or this notebook was not given access to it
-        return None
-
-
 def download_competition(competitions: str | Sequence[str], dest: PathLike, *, cli: str = "kaggle") -> Path:
     """Download Kaggle competitions' data (one name or several) with the Kaggle CLI into `dest` and
     unzip it there.
@@ -222,7 +211,7 @@ def download_competition(competitions: str | Sequence[str], dest: PathLike, *, c
         raise FileNotFoundError(f"the Kaggle CLI ({cli!r}) is not installed: pip install kaggle")
     env = dict(os.environ)
     for name in ("KAGGLE_USERNAME", "KAGGLE_KEY"):
-        if not env.get(name) and (secret := _colab_secret(name)):
+        if not env.get(name) and (secret := colab_secret(name)):
             env[name] = secret
     has_file = (Path(env.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")) / "kaggle.json").is_file()
     if not (env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY")) and not has_file:

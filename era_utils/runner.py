@@ -81,7 +81,7 @@ def run_recipe(plan: RunPlan, command: Optional[str] = None) -> dict:
     run = _Run(plan, RunFolder(plan.out), command, time.perf_counter())
     folder, recipe, say = run.folder, plan.recipe, (print if plan.verbose else _silent)
     start(plan)  # seeds; says so when a full-length recipe is about to run on a CPU
-    folder.loggers = make_loggers(plan.log, plan.out)  # --log: after start() has checked the folder
+    folder.loggers = make_loggers(plan.log, plan.out, config=plan.settings())  # --log: after start() checked out
 
     data = run.data = load_data(plan)
     train_loader, test_loader = build_loaders(plan, data)

@@ -1,4 +1,4 @@
-"""Device selection and seeding: the two calls every notebook makes before anything else."""
+"""Device selection and seeding (the two calls every notebook makes first), and small helpers: model modes, Colab secrets."""
 from __future__ import annotations
 
 import contextlib
@@ -109,3 +109,16 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     with keep_modes(model):
         model.eval()
         yield model
+
+
+def colab_secret(name: str) -> str | None:
+    """A secret from Colab's Secrets panel (the key icon), or None outside Colab or when this notebook
+    was not given access: how keys reach the kit without being written in a notebook."""
+    try:
+        from google.colab import userdata  # only in Colab
+    except ImportError:
+        return None
+    try:
+        return userdata.get(name)
+    except Exception:  # not set, or access not granted
+        return None

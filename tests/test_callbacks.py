@@ -124,17 +124,21 @@ def test_tensorboard_event_files_hold_the_history(tmp_path):
 
 
 def test_unknown_loggers_are_refused_before_any_work(tmp_path, capsys):
-    with pytest.raises(ValueError, match=r"unknown logger\(s\) \['mlflow'\].*csv, tensorboard"):
+    with pytest.raises(ValueError, match=r"unknown logger\(s\) \['mlflow'\].*csv, tensorboard, wandb"):
         make_loggers("csv,mlflow", tmp_path)
-    assert main(["run", "s7_lite", "--quick", "--log", "wandb", "--out", str(tmp_path / "o"), "--quiet"]) == 2
-    assert "unknown logger(s) ['wandb']" in capsys.readouterr().err
+    assert main(["run", "s7_lite", "--quick", "--log", "tensorbord", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "unknown logger(s) ['tensorbord']" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.exists(), reason="Fashion-MNIST not installed")
-def test_the_run_command_logs_to_csv_and_tensorboard(tmp_path):
+def test_the_run_command_logs_to_csv_tensorboard_and_wandb(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
-    assert main(["run", "s7_lite", "--quick", "--log", "csv,tensorboard", "--out", str(out), "--quiet"]) == 0
+    assert main(["run", "s7_lite", "--quick", "--log", "csv,tensorboard,wandb", "--out", str(out), "--quiet"]) == 0
+    assert [r["epoch"] for r in _wandb_history(out) if "epoch" in r] == [1]
     with open(out / "log.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 1  # the quick run's one epoch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -142,3 +146,59 @@ def test_the_run_command_logs_to_csv_and_tensorboard(tmp_path):
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     assert {"curves", "confusion_matrix", "misclassified"} <= set(events.Tags()["images"])
+
+
+def _wandb_history(folder) -> list[dict]:
+    """The history rows of the offline W&B run under `folder`, read from its .wandb file (a LevelDB-style
+    log of protobuf Records: 7-byte file header, 32 KiB blocks, 7-byte record headers)."""
+    import json
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = folder.glob("wandb/offline-run-*/run-*.wandb")
+    data, block = path.read_bytes(), 32768
+    pos, chunks, rows = 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if left < 7 or (length == 0 and kind == 0):  # block padding
+            pos += left
+            continue
+        chunks += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunks)
+            chunks = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                             for item in record.history.item})
+    return rows
+
+
+def test_a_wandb_run_offline_holds_the_history(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from era_utils.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = WandbLogger(name="test", config={"seed": 1}, folder=tmp_path)
+    history = _fit(epochs=2, callbacks=[logger])
+    logger.close()
+    rows = _wandb_history(tmp_path)
+    epochs = [r for r in rows if "epoch" in r]
+    assert [r["loss/train"] for r in epochs] == pytest.approx(history.train_loss)
+    assert [r["accuracy/test"] for r in epochs] == pytest.approx(history.test_acc)
+    assert [r["lr/step"] for r in rows if "step" in r] == pytest.approx(history.lrs)
+
+
+def test_wandb_online_without_a_key_refuses_instead_of_prompting(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from era_utils.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc from a `wandb login`
+    with pytest.raises(ValueError, match="needs an API key: set WANDB_API_KEY.*Never write the key"):
+        WandbLogger(folder=tmp_path)
