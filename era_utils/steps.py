@@ -47,7 +47,7 @@ from era_utils.files import json_safe, remove_leftover_temp_files
 from era_utils.gpu_loader import GPULoader
 from era_utils.kaggle import ids_for_pairs
 from era_utils.loaders import LOADERS, dataset_loader, eval_loader, load_splits, make_loaders
-from era_utils.loggers import logger_names
+from era_utils.loggers import logger_names, make_loggers
 from era_utils.lr_finder import LRFinderResult, find_lr
 from era_utils.models import create_model
 from era_utils.recipes import Recipe, RunSize, get_recipe
@@ -479,10 +479,14 @@ def optimizer_and_schedule(plan: RunPlan, model: nn.Module, train_loader: Any,
 
 
 def train(plan: RunPlan, model: nn.Module, train_loader: Any, test_loader: Any,
-          optimizer: torch.optim.Optimizer, scheduler: Any, callbacks: Sequence[Callback] = ()) -> History:
+          optimizer: torch.optim.Optimizer, scheduler: Any, callbacks: Optional[Sequence[Callback]] = None
+          ) -> History:
     """`fit` for the recipe's epochs with its loss, the plan's precision, layout and compile, a
     checkpoint in the plan's folder (at most once a minute, and after the last epoch) and, with
-    the plan's `resume`, carrying on from it; `callbacks` (loggers: `make_loggers`) as fit takes them."""
+    the plan's `resume`, carrying on from it. `callbacks` as fit takes them; None: the plan's
+    loggers (`log`, e.g. "csv,tensorboard"), writing in the plan's folder."""
+    if callbacks is None:
+        callbacks = make_loggers(plan.log, plan.out, config=plan.settings())
     return fit(model, train_loader, test_loader, optimizer, plan.recipe.epochs,
                criterion=plan.recipe.criterion(), scheduler=scheduler, device=plan.device,
                amp=plan.fast.amp, channels_last=plan.fast.channels_last, compile=plan.fast.compile,

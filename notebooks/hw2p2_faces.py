@@ -81,6 +81,7 @@ NUM_WORKERS = None  # DataLoader worker processes; None: 2 (Colab has 2 CPU core
 DOWNLOAD = True  # stand-in: fetch Fashion-MNIST with torchvision if it is not there (Colab)
 OUT = None  # checkpoint, history and the two Kaggle CSVs; None: runs/RECIPE (Drive: see USE_DRIVE)
 RESUME = False  # carry on from OUT/checkpoint.pt after a Colab session died
+LOG = "csv,tensorboard"  # loggers: csv (OUT/log.csv), tensorboard (OUT/tensorboard/), wandb; None: none
 USE_DRIVE = False  # Colab: keep OUT on Google Drive, so a recycled runtime can resume from it
 KAGGLE_COMPETITIONS = ()  # e.g. ("11-785-s22-hw2p2-classification", "11-785-s22-hw2p2-verification")
 
@@ -128,7 +129,7 @@ if KAGGLE_COMPETITIONS:
 # %%
 plan = plan_run(RECIPE, size=SIZE, dataset=DATASET, data_dir=DATA_DIR, download=DOWNLOAD, subset=SUBSET,
                 test_subset=TEST_SUBSET, epochs=EPOCHS, device=DEVICE, num_workers=NUM_WORKERS, out=OUT,
-                resume=RESUME, dev_pairs=DEV_PAIRS, test_pairs=TEST_PAIRS, pairs_root=PAIRS_ROOT)
+                resume=RESUME, dev_pairs=DEV_PAIRS, test_pairs=TEST_PAIRS, pairs_root=PAIRS_ROOT, log=LOG)
 plan
 
 # %% [markdown]
@@ -193,6 +194,19 @@ optimizer
 
 # %%
 history = train(plan, model, train_loader, test_loader, optimizer, scheduler)
+
+# %% [markdown]
+# The run's loss, accuracy and LR per epoch (and LR per step) also went to the loggers in `LOG`.
+# In Colab this cell opens TensorBoard beside the notebook; elsewhere it says how to start it.
+
+# %%
+import sys
+
+if "google.colab" in sys.modules:  # a Colab runtime
+    get_ipython().run_line_magic("load_ext", "tensorboard")  # noqa: F821 - IPython's, in a notebook
+    get_ipython().run_line_magic("tensorboard", f"--logdir {plan.out.parent}")  # noqa: F821
+else:
+    print(f"TensorBoard: run `tensorboard --logdir {plan.out.parent}` in a terminal and open http://localhost:6006")
 
 # %% [markdown]
 # Loss and accuracy per epoch (the training loss includes the label smoothing, so it never reaches

@@ -71,6 +71,7 @@ DATA_DIR = None  # None: ./data for CIFAR-10, the system folder for Fashion-MNIS
 DOWNLOAD = True  # fetch the dataset with torchvision if it is not there (Colab)
 OUT = None  # checkpoint and history; None: runs/RECIPE
 RESUME = False  # carry on from OUT/checkpoint.pt after a Colab session died
+LOG = "csv,tensorboard"  # loggers: csv (OUT/log.csv), tensorboard (OUT/tensorboard/), wandb; None: none
 
 # %% [markdown]
 # Imports: every step below is one call into era_utils (no model or training loop is defined in
@@ -91,7 +92,7 @@ from era_utils.steps import (build_loaders, build_model, load_data, optimizer_an
 
 # %%
 plan = plan_run(RECIPE, size=SIZE, dataset=DATASET, data_dir=DATA_DIR, download=DOWNLOAD, subset=SUBSET,
-                test_subset=TEST_SUBSET, epochs=EPOCHS, device=DEVICE, loader=LOADER, out=OUT, resume=RESUME)
+                test_subset=TEST_SUBSET, epochs=EPOCHS, device=DEVICE, loader=LOADER, out=OUT, resume=RESUME, log=LOG)
 plan
 
 # %% [markdown]
@@ -167,6 +168,19 @@ optimizer
 
 # %%
 history = train(plan, model, train_loader, test_loader, optimizer, scheduler)
+
+# %% [markdown]
+# The run's loss, accuracy and LR per epoch (and LR per step) also went to the loggers in `LOG`.
+# In Colab this cell opens TensorBoard beside the notebook; elsewhere it says how to start it.
+
+# %%
+import sys
+
+if "google.colab" in sys.modules:  # a Colab runtime
+    get_ipython().run_line_magic("load_ext", "tensorboard")  # noqa: F821 - IPython's, in a notebook
+    get_ipython().run_line_magic("tensorboard", f"--logdir {plan.out.parent}")  # noqa: F821
+else:
+    print(f"TensorBoard: run `tensorboard --logdir {plan.out.parent}` in a terminal and open http://localhost:6006")
 
 # %% [markdown]
 # Loss and accuracy per epoch, train and test. Training images are augmented (CutOut, crops), so the
