@@ -158,6 +158,9 @@ class WandbLogger(Callback):
     def close(self) -> None:
         """Finish the W&B run (the runner does, after the last figure)."""
         self.run.finish()
+        # finish() can return before wandb's service has written the run's file (seen offline, wandb
+        # 0.31: 1 run in 4 left only its header); teardown waits for the service to flush and stop.
+        self.wandb.teardown()
 
 
 LOGGERS = ("csv", "tensorboard", "wandb")
