@@ -193,11 +193,11 @@ def test_face_folders_run_through_the_same_steps(tmp_path):
         assert (out / name).stat().st_size > 0, name
 
 
-def test_a_long_cpu_run_is_warned_about_before_it_starts(recwarn):
-    steps.start(steps.plan_run("s10", size="preview", device="cpu"))
+def test_a_long_cpu_run_is_warned_about_before_it_starts(recwarn, tmp_path):
+    steps.start(steps.plan_run("s10", size="preview", device="cpu", out=tmp_path / "preview"))
     assert not [w for w in recwarn if "take hours" in str(w.message)]
     with pytest.warns(UserWarning, match=r"take hours.*GPU.*--preview"):
-        steps.start(steps.plan_run("s10", device="cpu"))
+        steps.start(steps.plan_run("s10", device="cpu", out=tmp_path / "full"))
 
 
 def test_stand_in_verification_holds_classes_out_of_training(tmp_path):
