@@ -41,6 +41,7 @@ from era_utils.batches import (
 )
 from era_utils.callbacks import Callback, FitInfo, call_hooks, step_hooks_due
 from era_utils.checkpoint import check_settings, read_checkpoint, restore_checkpoint, save_checkpoint
+from era_utils.distributed import all_reduce_, is_main, wrap_model, world_size
 from era_utils.files import write_json
 from era_utils.speed import autocast, resolve_amp, resolve_compile
 from era_utils.utils import eval_mode, get_device, keep_modes, model_device
@@ -141,14 +142,24 @@ class _Running:
         self.num_outputs = int(logits.shape[1])
 
     def read(self) -> dict[str, float]:
-        """Copy the sums to the host: the one place that waits for the device."""
-        seen = max(self.seen, 1)
+        """Copy the sums to the host: the one place that waits for the device. In a process group
+        the sums are added up over every rank first (every rank reads at the same steps)."""
+        loss_sum, correct, seen = self.loss_sum.item(), self.correct.item(), self.seen
+        label_min, label_max, first_bad = self.label_min, self.label_max, self.first_bad
+        if world_size() > 1:
+            sums = torch.stack([self.loss_sum.double(), self.correct.double(),
+                                torch.tensor(float(self.seen), dtype=torch.float64, device=self.loss_sum.device)])
+            loss_sum, correct, seen = all_reduce_(sums).tolist()
+            label_min = all_reduce_(self.label_min.clone(), "min")
+            label_max = all_reduce_(self.label_max.clone(), "max")
+            first_bad = all_reduce_(self.first_bad.clone(), "max")
+        seen = max(seen, 1)
         return {
-            "loss": self.loss_sum.item() / seen,
-            "acc": 100.0 * self.correct.item() / seen,
-            "label_min": self.label_min.item(),
-            "label_max": self.label_max.item(),
-            "first_bad": self.first_bad.item(),
+            "loss": loss_sum / seen,
+            "acc": 100.0 * correct / seen,
+            "label_min": label_min.item(),
+            "label_max": label_max.item(),
+            "first_bad": first_bad.item(),
             "bad_value": self.bad_value.item(),
         }
 
@@ -430,6 +441,7 @@ def fit(
     resume: bool = False,
     settings: dict[str, Any] | None = None,
     callbacks: Sequence[Callback] = (),
+    sync_batchnorm: bool = False,
     verbose: bool = True,
     sync_every: int = DEFAULT_SYNC_EVERY,
 ) -> History:
@@ -453,6 +465,10 @@ def fit(
       in the checkpoint; resuming with other settings is refused, each difference named.
     - `callbacks`: `era_utils.callbacks.Callback`s (loggers among them), called at fit start, every
       N steps, each epoch's end and fit end; one that raises stops the run (CallbackError).
+    - In a torch.distributed process group (torchrun; `era_utils.distributed`), the model trains
+      as DistributedDataParallel (`sync_batchnorm`: its BatchNorm layers as SyncBatchNorm), each rank
+      on the shard of data its loaders give it; losses and accuracies are summed over the ranks, so
+      the History is the global one; only rank 0 writes the checkpoint and calls `callbacks`.
     - `history.epoch_times` is each epoch's wall time, `history.train_times` its training pass.
     Prints progress bars and one summary line per epoch unless verbose=False. The model's
     train/eval flags are put back at the end.
@@ -496,14 +512,15 @@ def fit(
     elif resume and verbose and checkpoint_path is not None:
         tqdm.write(f"No checkpoint at {checkpoint_path} yet: starting from epoch 1.")
 
+    ddp_model = wrap_model(model, device, sync_batchnorm)  # the model itself in one process
     if use_compile:
-        train_model = torch.compile(model, mode=use_compile if isinstance(use_compile, str) else None)
+        train_model = torch.compile(ddp_model, mode=use_compile if isinstance(use_compile, str) else None)
         if verbose and start < epochs:
             tqdm.write("torch.compile: the first epoch includes compiling the model (tens of seconds).")
     else:
-        train_model = model
+        train_model = ddp_model
 
-    callbacks = list(callbacks)
+    callbacks = list(callbacks) if is_main() else []  # loggers write once, from rank 0
     call_hooks(callbacks, "on_fit_start", FitInfo(model, optimizer, epochs, start, loader_length(train_loader),
                                                   device))
     last_write = time.perf_counter()
@@ -545,7 +562,7 @@ def fit(
             history.epoch_times.append(seconds)
             if verbose:
                 tqdm.write(_summary(epoch, epochs, history, seconds))
-            if checkpoint_path is not None and (
+            if checkpoint_path is not None and is_main() and (
                     epoch == epochs - 1 or time.perf_counter() - last_write >= checkpoint_interval):
                 save_checkpoint(checkpoint_path, model, optimizer, scheduler=scheduler,
                                 scaler=scaler, epoch=epoch + 1, history=history,
