@@ -6,7 +6,8 @@
     on_steps(step, values)        every `every_n_steps` optimizer steps (0: never); `step` counts
                                   from 1 over the whole run, `values` holds the epoch's running
                                   "loss" and "acc" and the step's "lr" (reading them waits for the
-                                  device, so choose N in the tens or hundreds on a GPU)
+                                  device, so choose N in the tens or hundreds on a GPU; under
+                                  several processes they are rank 0's own)
     on_epoch_end(epoch, history)  after each epoch's test pass; `epoch` counts from 1, `history`
                                   holds every finished epoch (its last entries are this epoch's)
     on_fit_end(history)           once, when training ends (not after an error)

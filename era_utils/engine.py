@@ -141,12 +141,13 @@ class _Running:
         self.seen += batch
         self.num_outputs = int(logits.shape[1])
 
-    def read(self) -> dict[str, float]:
+    def read(self, over_ranks: bool = True) -> dict[str, float]:
         """Copy the sums to the host: the one place that waits for the device. In a process group
-        the sums are added up over every rank first (every rank reads at the same steps)."""
+        the sums are added up over every rank first (every rank reads at the same steps);
+        `over_ranks=False` reads this rank's own, for what one rank alone asks (callbacks)."""
         loss_sum, correct, seen = self.loss_sum.item(), self.correct.item(), self.seen
         label_min, label_max, first_bad = self.label_min, self.label_max, self.first_bad
-        if world_size() > 1:
+        if over_ranks and world_size() > 1:
             sums = torch.stack([self.loss_sum.double(), self.correct.double(),
                                 torch.tensor(float(self.seen), dtype=torch.float64, device=self.loss_sum.device)])
             loss_sum, correct, seen = all_reduce_(sums).tolist()
@@ -263,8 +264,9 @@ def train_one_epoch(
                                 lr=f"{lrs[-1]:.2e}", refresh=False)
             due = step_hooks_due(callbacks, step_offset + step + 1) if callbacks else []
             if due:
-                vals = run.read()  # waits for the device: only at the steps a callback asked for
-                check(vals)
+                # Callbacks live on rank 0 only, so this read must not wait for the other ranks:
+                # its running numbers are rank 0's (the epoch's History is the global one).
+                vals = run.read(over_ranks=False)
                 call_hooks(due, "on_steps", step_offset + step + 1,
                            {"loss": vals["loss"], "acc": vals["acc"], "lr": lrs[-1]})
     if run.seen == 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -28,17 +29,17 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
 
 
-def _train(loader, test, out):
+def _train(loader, test, out, callbacks=()):
     from era_utils.engine import fit
 
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    history = fit(model, loader, test, opt, 3, device="cpu", verbose=False,
+    history = fit(model, loader, test, opt, 3, device="cpu", verbose=False, callbacks=callbacks,
                   checkpoint_path=out / f"ckpt_rank{dist.get_rank() if dist.is_initialized() else 'single'}.pt")
     return model, history
 
 
-def _rank_main(rank: int, port: int, out) -> None:
+def _rank_main(rank: int, port: int, out, step_hooks: bool = False) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -47,12 +48,36 @@ def _rank_main(rank: int, port: int, out) -> None:
         # Rank r takes items r, r + 2, ...: its batch k and the other rank's make the one-process batch k.
         loader = DataLoader(data, batch_size=B // 2, sampler=DistributedSampler(data, shuffle=False))
         test = DataLoader(data, batch_size=B // 2, sampler=DistributedSampler(data, shuffle=False))
-        model, history = _train(loader, test, out)
+        callbacks = [_CountSteps(out)] if step_hooks else []
+        model, history = _train(loader, test, out, callbacks)
+        if step_hooks:
+            return
         if rank == 0:
             torch.save({k: v for k, v in model.state_dict().items()}, out / "weights_ddp.pt")
             (out / "history_ddp.json").write_text(json.dumps(history.to_dict()))
     finally:
         dist.destroy_process_group()
+
+
+class _CountSteps:
+    """A callback asking for every 2nd step; fit calls it on rank 0 only."""
+
+    every_n_steps = 2
+
+    def __init__(self, out):
+        self.out, self.steps = out, []
+
+    def on_fit_start(self, info):
+        pass
+
+    def on_steps(self, step, values):
+        self.steps.append(step)
+
+    def on_epoch_end(self, epoch, history):
+        pass
+
+    def on_fit_end(self, history):
+        (self.out / f"steps_rank{dist.get_rank()}.json").write_text(json.dumps(self.steps))
 
 
 def _free_port() -> int:
@@ -73,6 +98,22 @@ def test_two_ranks_at_half_the_batch_train_as_one_process(tmp_path):
     for name, value in single_model.state_dict().items():
         assert torch.allclose(weights[name].float(), value.float(), atol=1e-5), name
     assert (tmp_path / "ckpt_rank0.pt").is_file() and not (tmp_path / "ckpt_rank1.pt").exists()
+
+
+def test_step_hooks_on_rank_0_do_not_wait_for_the_other_ranks(tmp_path):
+    # A read summed over the ranks at a step only rank 0 asks for would hang both processes.
+    ctx = mp.start_processes(_rank_main, args=(_free_port(), tmp_path, True), nprocs=2, start_method="spawn",
+                             join=False)
+    deadline = time.monotonic() + 120
+    try:
+        while not ctx.join(timeout=5):
+            assert time.monotonic() < deadline, "the ranks hung"
+    finally:
+        for process in ctx.processes:
+            if process.is_alive():
+                process.kill()
+    assert json.loads((tmp_path / "steps_rank0.json").read_text()) == list(range(2, 25, 2))  # 8 steps x 3 epochs
+    assert not (tmp_path / "steps_rank1.json").exists()
 
 
 def test_python_dash_m_is_the_command():
