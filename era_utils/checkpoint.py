@@ -175,8 +175,10 @@ def read_checkpoint(
     *,
     map_location: str | torch.device = "cpu",
     weights_only: bool = True,
+    mmap: bool = False,
 ) -> dict[str, Any]:
-    """Read a checkpoint file into its dict without restoring anything."""
+    """Read a checkpoint file into its dict without restoring anything; `mmap=True` maps the tensors
+    instead of reading them (for a look at its metadata)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path.resolve()}.")
@@ -184,7 +186,7 @@ def read_checkpoint(
         raise ValueError(f"checkpoint {path} is empty (a save that never got going): delete it and start the "
                          "run again, or resume from a copy.")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=weights_only)
+        ckpt = torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
     except pickle.UnpicklingError as err:  # the weights-only unpickler met an object it does not admit
         raise ValueError(
             f"checkpoint {path} holds objects beyond tensors and plain values, which "

@@ -593,6 +593,7 @@ class FaceFolder(Dataset):
         self.split = split
         self.transform = transform
         self.expected_size = tuple(expected_size) if expected_size is not None else None
+        self._first_size: tuple[int, int] | None = None  # untransformed images must all have it
         folder = self.root / split
         if not folder.is_dir():
             raise FileNotFoundError(
@@ -651,7 +652,7 @@ class FaceFolder(Dataset):
         if self.transform is None and self.expected_size is None:
             # Untransformed images are batched as they are: one of another size would fail in
             # torch.stack, naming no file. Name it here.
-            first = getattr(self, "_first_size", None)
+            first = self._first_size
             if first is None:
                 self._first_size = image.shape[:2]
             elif image.shape[:2] != first:

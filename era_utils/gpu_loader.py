@@ -68,11 +68,12 @@ class GPULoader:
         if labels_t.shape != (n,):
             raise ValueError(f"labels must be shaped ({n},) to match the images, got {tuple(labels_t.shape)}")
         # Float labels that are whole numbers (np.zeros(n)) are fine; 2.7 would silently become class 2.
-        if labels_t.is_complex() or labels_t.dtype == torch.bool or (
-                labels_t.is_floating_point() and not torch.equal(labels_t, labels_t.round())):
+        if labels_t.is_complex() or labels_t.dtype == torch.bool:
+            raise ValueError(f"labels must be whole class indices, got {labels_t.dtype}")
+        if labels_t.is_floating_point() and not torch.equal(labels_t, labels_t.round()):
             raise ValueError(f"labels must be whole class indices, got {labels_t.dtype} values such as "
-                             f"{labels_t[labels_t != labels_t.round()][:3].tolist() if labels_t.is_floating_point() else labels_t[:3].tolist()}"
-                             ", which would be cut to integers: pass the class indices themselves")
+                             f"{labels_t[labels_t != labels_t.round()][:3].tolist()}, which would be cut to "
+                             "integers: pass the class indices themselves")
 
         self.mean, self.std = check_mean_std(mean, std, channels)
         self.spec = spec

@@ -193,7 +193,7 @@ def _claim_out(plan: RunPlan) -> None:
             print(f"removed {leftover}: half a file that a killed run was saving")
     ckpt = plan.checkpoint_path
     if plan.checkpoints and plan.resume and ckpt.is_file():  # before the data and the LR test, not after
-        check_settings(read_checkpoint(ckpt), plan.settings(), ckpt)
+        check_settings(read_checkpoint(ckpt, mmap=True), plan.settings(), ckpt)  # fit reads the weights
     if plan.checkpoints and not plan.resume and not plan.scratch_out and ckpt.is_file():
         saved = datetime.fromtimestamp(ckpt.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
         raise ValueError(
