@@ -12,6 +12,7 @@ same pixels. The face datasets load one image at a time (7000 identities do not 
 from __future__ import annotations
 
 import codecs
+import copy
 import gzip
 import math
 import os
@@ -119,6 +120,10 @@ class ImageArrays:
     def num_classes(self) -> int:
         """Number of classes (from `classes`, else from the largest label)."""
         return len(self.classes) if self.classes else int(self.labels.max(initial=-1)) + 1
+
+    def shard(self, rank: int, ranks: int) -> ImageArrays:
+        """Images rank, rank + ranks, ...: one process's slice of a test set under torch.distributed."""
+        return ImageArrays(self.images[rank::ranks], self.labels[rank::ranks], list(self.classes))
 
     def subset(self, n: int, seed: int = 0) -> ImageArrays:
         """A stratified random subset of `n` images (class proportions kept), in the original order.
@@ -645,6 +650,12 @@ class FaceFolder(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def shard(self, rank: int, ranks: int) -> FaceFolder:
+        """Images rank, rank + ranks, ...: one process's slice of a split under torch.distributed."""
+        part = copy.copy(self)
+        part.samples, part.targets, part.ids = (v[rank::ranks] for v in (self.samples, self.targets, self.ids))
+        return part
 
     def __getitem__(self, index: Any) -> tuple[Any, int]:
         path, label = self.samples[epoch_item(self, index)]

@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from era_utils import distributed
 from era_utils.transforms import NO_AUGMENT, AugmentSpec, check_images, check_mean_std
 from era_utils.utils import get_device
 
@@ -40,6 +41,10 @@ class GPULoader:
     `mean`/`std`: per channel, [0, 1] units. `seed` makes shuffling and augmentation reproducible
     (None draws a fresh seed, kept in `.seed`); the global RNG is never touched. `storage_dtype`
     keeps the pixels as uint8 (least memory) or a float type (pixel values, not rescaled).
+    `shard=(rank, ranks)`: under torch.distributed, every rank draws the same order each epoch and
+    keeps its share (`distributed.shard`), `batch_size` images per rank and step; each rank augments
+    with its own draws, reseeded every epoch from the shared generator (so a checkpoint of that one
+    generator resumes every rank).
     """
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels: Sequence[int] | np.ndarray | torch.Tensor,
@@ -47,7 +52,7 @@ class GPULoader:
                  std: Sequence[float], device: str | torch.device | None = None, shuffle: bool = True,
                  drop_last: bool = False, seed: int | None = None, channels_last: bool = False,
                  dtype: torch.dtype = torch.float32, storage_dtype: torch.dtype = torch.uint8,
-                 classes: Sequence[str] | None = None) -> None:
+                 classes: Sequence[str] | None = None, shard: tuple[int, int] = (0, 1)) -> None:
         images = check_images(images)
         n, height, width, channels = images.shape
         if n == 0:
@@ -57,9 +62,12 @@ class GPULoader:
         spec.check_image_size(height, width)
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if drop_last and n < batch_size:
-            raise ValueError(f"drop_last=True with {n} images and batch_size {batch_size} leaves no batch at "
-                             "all: use drop_last=False or a smaller batch size")
+        rank, ranks = distributed.check_shard(shard)
+        per_rank = -(-n // ranks)
+        if drop_last and per_rank < batch_size:
+            raise ValueError(f"drop_last=True with {per_rank} images{f' per rank ({ranks} ranks)' if ranks > 1 else ''} "
+                             f"and batch_size {batch_size} leaves no batch at all: use drop_last=False or a "
+                             "smaller batch size")
         if storage_dtype not in _STORAGE_DTYPES:
             raise ValueError(f"storage_dtype must be one of {_STORAGE_DTYPES}, got {storage_dtype}")
         if not dtype.is_floating_point:
@@ -79,6 +87,7 @@ class GPULoader:
         self.spec = spec
         self.batch_size = int(batch_size)
         self.dataset_size = int(n)
+        self.rank, self.ranks = rank, ranks
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.channels_last = channels_last
@@ -110,12 +119,16 @@ class GPULoader:
         else:
             self.generator.manual_seed(int(seed))
         self.seed = int(seed)
+        # One process draws order and augmentation from one generator. Ranks share the order's
+        # generator (same seed, same draws) and each augments from its own, reseeded every epoch.
+        self._draws = self.generator if ranks == 1 else _make_generator(self.device)[0]
 
     def __len__(self) -> int:
-        """Number of batches per epoch."""
+        """Number of batches per epoch (this rank's, under torch.distributed)."""
+        images = -(-self.dataset_size // self.ranks)
         if self.drop_last:
-            return self.dataset_size // self.batch_size
-        return ceil(self.dataset_size / self.batch_size)
+            return images // self.batch_size
+        return ceil(images / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.shuffle:  # a new order every epoch, from the loader's own generator
@@ -123,6 +136,14 @@ class GPULoader:
             order = order.to(self.device, non_blocking=True)
         else:
             order = torch.arange(self.dataset_size, device=self.device)
+        if self.ranks > 1:
+            # This epoch's augmentation seed comes from a copy of the shared generator: drawing it from
+            # the generator itself would change the next epoch's order, which then would no longer be
+            # the one a single process draws (same order, same training, at B / ranks per rank).
+            self._draws.set_state(self.generator.get_state())
+            epoch_seed = int(torch.randint(2**62, (), generator=self._draws, device=self._rng_device))
+            self._draws.manual_seed(epoch_seed + self.rank)
+            order = distributed.shard(order, self.rank, self.ranks)
         for i in range(len(self)):
             index = order[i * self.batch_size:(i + 1) * self.batch_size]  # (B,)
             yield self._augment(self._padded, index), self.labels[index]
@@ -153,12 +174,12 @@ class GPULoader:
 
     def _randint(self, high: int, size: int) -> torch.Tensor:
         """(size,) int64 uniform in [0, high) on the device, from the loader's generator."""
-        draw = torch.randint(0, high, (size,), generator=self.generator, device=self._rng_device)
+        draw = torch.randint(0, high, (size,), generator=self._draws, device=self._rng_device)
         return draw.to(self.device, non_blocking=True)
 
     def _rand(self, size: int) -> torch.Tensor:
         """(size,) float uniform in [0, 1) on the device, from the loader's generator."""
-        draw = torch.rand((size,), generator=self.generator, device=self._rng_device)
+        draw = torch.rand((size,), generator=self._draws, device=self._rng_device)
         return draw.to(self.device, non_blocking=True)
 
     def _augment(self, source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -207,7 +228,8 @@ class GPULoader:
 
     def __repr__(self) -> str:
         return (f"GPULoader(dataset_size={self.dataset_size}, batch_size={self.batch_size}, batches={len(self)}, "
-                f"spec={self.spec}, device={self.device}, shuffle={self.shuffle}, seed={self.seed})")
+                f"spec={self.spec}, device={self.device}, shuffle={self.shuffle}, seed={self.seed}"
+                + (f", shard=({self.rank}, {self.ranks})" if self.ranks > 1 else "") + ")")
 
 
 def _as_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:

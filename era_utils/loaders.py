@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from era_utils.data import ImageArrays, load_dataset
+from era_utils import distributed
 from era_utils.gpu_loader import GPULoader
 from era_utils.transforms import (
     NO_AUGMENT,
@@ -49,6 +50,8 @@ __all__ = [
 ]
 
 LOADERS = ("auto", "gpu", "workers")
+# Between two ranks' augmentation seeds: above any worker count, since a worker adds its id to the seed.
+RANK_SEED_STRIDE = 7919
 Loader = Union[GPULoader, DataLoader]
 
 
@@ -195,30 +198,39 @@ class EpochSeededSampler(Sampler):
     """Yields (index, epoch seed) pairs: each epoch draws one seed for its augmentation, then its
     order (shuffled or in turn), both from `generator`, the one RNG a checkpoint keeps. Datasets
     reseed their augmentation at a new epoch seed (`transforms.epoch_item`), so persistent workers
-    carry no RNG state from one epoch to the next and a resumed run repeats an unbroken one."""
+    carry no RNG state from one epoch to the next and a resumed run repeats an unbroken one.
 
-    def __init__(self, size: int, shuffle: bool, generator: torch.Generator) -> None:
+    `shard=(rank, ranks)`: under torch.distributed every rank draws the same order from the same
+    generator and keeps its share (`distributed.shard`), as DistributedSampler with set_epoch does,
+    but resumable from the checkpointed generator; each rank augments with its own epoch seed."""
+
+    def __init__(self, size: int, shuffle: bool, generator: torch.Generator, shard: tuple[int, int] = (0, 1)) -> None:
         self.size, self.shuffle, self.generator = size, shuffle, generator
+        self.rank, self.ranks = distributed.check_shard(shard)
 
     def __len__(self) -> int:
-        return self.size
+        return -(-self.size // self.ranks)  # every rank the same count (shard repeats a few)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         seed = int(torch.randint(2**31 - 1, (), generator=self.generator))
         order = torch.randperm(self.size, generator=self.generator).tolist() if self.shuffle else range(self.size)
+        if self.ranks > 1:
+            seed = (seed + RANK_SEED_STRIDE * self.rank) % (2**31 - 1)  # ranks augment differently
+            order = distributed.shard(torch.as_tensor(order), self.rank, self.ranks).tolist()
         for index in order:
             yield index, seed
 
 
 def dataset_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int = 2,
-                   seed: int | None = None, drop_last: bool = False, pin_memory: bool | None = None
-                   ) -> DataLoader:
+                   seed: int | None = None, drop_last: bool = False, pin_memory: bool | None = None,
+                   shard: tuple[int, int] = (0, 1)) -> DataLoader:
     """A DataLoader over any per-image dataset (arrays, face folders), its workers reseeded.
 
     Workers are persistent (started once) and the augmentation is reseeded at the start of every
     epoch from the seed `EpochSeededSampler` draws, so epoch k's images depend on `seed` and k only
     (and the worker count), a resumed run's included. `seed=None` seeds from torch's global RNG;
-    `pin_memory=None` pins when CUDA is available.
+    `pin_memory=None` pins when CUDA is available. `shard=(rank, ranks)`: this rank's share of each
+    epoch (`EpochSeededSampler`), for training under torch.distributed.
     """
     # The sampler's generator draws each epoch's order and augmentation seed: the RNG a checkpoint
     # keeps. The workers' base seed comes from a generator of its own, so starting workers again
@@ -227,7 +239,7 @@ def dataset_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_work
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSeededSampler(len(dataset), shuffle, order),
+        sampler=EpochSeededSampler(len(dataset), shuffle, order, shard),
         num_workers=num_workers,
         worker_init_fn=worker_init_fn,
         generator=torch.Generator().manual_seed(int(torch.randint(2**31 - 1, (), generator=order))),
@@ -244,13 +256,15 @@ def _random_generator() -> torch.Generator:
 
 def worker_loader(arrays: Any, augment: AugmentSpec | Any, mean: Sequence[float], std: Sequence[float],
                   batch_size: int, shuffle: bool = True, num_workers: int = 2, seed: int | None = None,
-                  pin_memory: bool | None = None, *, drop_last: bool = False) -> DataLoader:
+                  pin_memory: bool | None = None, *, drop_last: bool = False, shard: tuple[int, int] = (0, 1)
+                  ) -> DataLoader:
     """A DataLoader over `arrays` (an ImageArrays, or an (images, labels) pair) that augments per
     image in CPU workers.
 
     `augment`: an `AugmentSpec` (built as an albumentations 2.x pipeline for these images), or a
     ready per-image transform (an albumentations Compose, HW2P2's torchvision pipeline). `seed`
-    fixes shuffling and augmentation. Use `NO_AUGMENT` with shuffle=False for the test loader.
+    fixes shuffling and augmentation; `shard=(rank, ranks)` keeps this rank's share of each epoch.
+    Use `NO_AUGMENT` with shuffle=False for the test loader.
     """
     if hasattr(arrays, "images") and hasattr(arrays, "labels"):
         images, labels = arrays.images, arrays.labels
@@ -265,7 +279,8 @@ def worker_loader(arrays: Any, augment: AugmentSpec | Any, mean: Sequence[float]
     else:
         transform = augment
     return dataset_loader(ArrayDataset(images, labels, transform, seed=seed), batch_size, shuffle=shuffle,
-                          num_workers=num_workers, seed=seed, drop_last=drop_last, pin_memory=pin_memory)
+                          num_workers=num_workers, seed=seed, drop_last=drop_last, pin_memory=pin_memory,
+                          shard=shard)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,6 +301,7 @@ def make_loaders(
     num_workers: int = 2,
     channels_last: bool = False,
     drop_last: Union[bool, str] = "auto",
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[Loader, Loader]:
     """(train_loader, test_loader), both yielding (images, labels).
 
@@ -296,7 +312,9 @@ def make_loaders(
     The test loader only normalises and keeps the dataset's order. `drop_last` drops the training
     loader's short last batch (every epoch leaves out another random few images), so that the
     model `fit` compiles on a GPU meets one batch shape only; "auto" = on when `device` is a CUDA
-    GPU and the data holds at least one full batch.
+    GPU and the data holds at least one full batch. `shard=(rank, ranks)`: under torch.distributed
+    the training loader gives this rank its share of each epoch, at `batch_size` per rank; the test
+    loader stays whole (a rank tests on its own slice of the test set: `ImageArrays.shard`).
     """
     if loader not in LOADERS:
         raise ValueError(f"loader must be one of {LOADERS}, got {loader!r}")
@@ -309,7 +327,7 @@ def make_loaders(
             "workers: use loader='workers' (or 'auto')"
         )
     if drop_last == "auto":
-        drop_last = get_device(device).type == "cuda" and len(train.labels) >= batch_size
+        drop_last = get_device(device).type == "cuda" and -(-len(train.labels) // shard[1]) >= batch_size
     elif not isinstance(drop_last, bool):
         raise ValueError(f"drop_last must be True, False or 'auto', got {drop_last!r}")
     on_gpu = loader == "gpu" or (loader == "auto" and not per_image)
@@ -317,10 +335,10 @@ def make_loaders(
         # channels_last batches match fit()'s channels_last model on CUDA: no per-step layout copies.
         train_loader = GPULoader(train.images, train.labels, batch_size, spec=augment, mean=mean, std=std,
                                  device=device, classes=list(train.classes) or None, channels_last=channels_last,
-                                 shuffle=True, seed=seed, drop_last=drop_last)
+                                 shuffle=True, seed=seed, drop_last=drop_last, shard=shard)
     else:
         train_loader = worker_loader(train, augment, mean, std, batch_size, shuffle=True, num_workers=num_workers,
-                                     seed=seed, drop_last=drop_last)
+                                     seed=seed, drop_last=drop_last, shard=shard)
     return train_loader, eval_loader(test, mean, std, batch_size, on_gpu=on_gpu, device=device,
                                      num_workers=num_workers, channels_last=channels_last)
 
@@ -385,7 +403,8 @@ def can_fetch_inputs(loader: Any) -> bool:
 def _in_order(loader: DataLoader) -> bool:
     """Does the DataLoader visit its dataset in order (position i of a pass is item i)?"""
     sampler = loader.sampler
-    return isinstance(sampler, SequentialSampler) or (isinstance(sampler, EpochSeededSampler) and not sampler.shuffle)
+    return isinstance(sampler, SequentialSampler) or (
+        isinstance(sampler, EpochSeededSampler) and not sampler.shuffle and sampler.ranks == 1)
 
 
 def inputs_at(loader: Any, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
