@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import shlex
 import sys
 from typing import Optional, Sequence
@@ -90,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log", metavar="LOGGERS",
                      help="also log to csv (OUT/log.csv), tensorboard (OUT/tensorboard/) and/or wandb (a W&B run; "
                      "WANDB_MODE=offline keeps it in OUT/wandb/), comma-separated: e.g. --log csv,tensorboard")
+    run.add_argument("--nproc", type=_positive_int,
+                     help="train in N processes with DistributedDataParallel, one per GPU (--device cpu: N processes "
+                     "sharing the CPU), started by torch's launcher (torchrun); the recipe's batch is split over "
+                     "them. Kaggle's two T4s: --nproc 2. Default 1; started by torchrun, torchrun's count")
+    run.add_argument("--sync-batchnorm", action="store_true",
+                     help="with --nproc on GPUs: BatchNorm statistics over every process's images (SyncBatchNorm)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     return parser
@@ -115,29 +122,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _list()
         return 0
 
+    from era_utils import distributed
     from era_utils.runner import run_recipe, run_seeds
     from era_utils.steps import plan_run
 
     if args.classic and args.loader == "gpu":
         parser.error("--classic augments per image on CPU workers; drop --loader gpu")
+    # The launcher checks the plan, then waits while the processes train: it must not start CUDA (the
+    # precision "auto" asks the GPU), or its context would hold memory on GPU 0 all along.
+    launching = (args.nproc or 1) > 1 and not distributed.launched()
     try:
         plan = plan_run(
             args.recipe, size=args.size, dataset=args.dataset, data_dir=args.data_dir,
             download=args.download, subset=args.subset, test_subset=args.test_subset, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, loader=args.loader,
-            fast=not args.classic, amp=args.amp, num_workers=args.workers, out=args.out, resume=args.resume,
+            fast=not args.classic, amp=args.amp or ("off" if launching else None), num_workers=args.workers, out=args.out, resume=args.resume,
             verbose=not args.quiet, dev_pairs=args.dev_pairs, test_pairs=args.test_pairs,
-            pairs_root=args.pairs_root, log=args.log)
+            pairs_root=args.pairs_root, log=args.log,
+            processes=args.nproc,  # None: torchrun's WORLD_SIZE, or 1
+            sync_batchnorm=args.sync_batchnorm)
+        if launching:  # the plan is sound (checked above, once): start the processes, each running this command
+            return distributed.launch(plan.processes, argv, cpu=plan.device.type == "cpu")
         command = "era-utils " + " ".join(shlex.quote(a) for a in argv)
         if args.seeds > 1:
             run_seeds(plan, args.seeds, command=command)
         else:
             run_recipe(plan, command=command)
+        distributed.close(finished=True)
     except USER_ERRORS as err:  # bad input, data folder or output folder: a message, not a trace
         if args.debug:
             raise
-        print(f"era-utils: error: {err}\n(--debug shows where it happened)", file=sys.stderr)
+        who = f" (process {distributed.launch_rank()})" if distributed.launch_rank() else ""
+        print(f"era-utils{who}: error: {err}\n(--debug shows where it happened)", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        if args.debug or not distributed.lost_peer(err):
+            raise
+        # another process died: this one's collective broke, and torchrun names the one that died
+        why = re.sub(r"^\[[^\]]*\]\s*", "", str(err).splitlines()[0]).split(". ")[0]  # no "[.../pair.cc:561]"
+        print(f"era-utils (process {distributed.launch_rank()}): stopped: it lost the other processes of the run "
+              f"({why})", file=sys.stderr)
+        return distributed.LOST_PEER_STATUS
+    finally:
+        distributed.close()
     return 0
 
 

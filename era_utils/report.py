@@ -303,9 +303,10 @@ def render_report(metrics: dict) -> str:
     counts = sum(c["status"] == PASS for c in m["checks"]), sum(c["status"] == FAIL for c in m["checks"])
     lines = [f"# {m['title']}", ""]
     what = {"full": "A full-size run", "preview": "A preview", "quick": "CI's quick smoke run"}[size]
+    processes = f" in {m['world_size']} processes" if m.get("world_size", 1) > 1 else ""
     lines += [f"**Test accuracy {m['final_test_acc']:.2f}%** (best epoch {m['best_test_acc']:.2f}%) after "
               f"{_epochs(m['epochs'])} on {m['dataset_title']}: {m['train_images']:,} training / "
-              f"{m['test_images']:,} test images. {what}, on {m['device_name']} in {m['precision']}; "
+              f"{m['test_images']:,} test images. {what}, on {m['device_name']}{processes} in {m['precision']}; "
               f"{counts[0]} requirement(s) passed, {counts[1]} failed, "
               f"{len(m['checks']) - sum(counts)} not checked by this run.", ""]
     if size != "full":
@@ -321,6 +322,8 @@ def render_report(metrics: dict) -> str:
               f"model `{m['model']}` ({m['params']:,} parameters) |",
               f"| data | {m['dataset_title']}: {m['train_images']:,} training, {m['test_images']:,} test images |",
               f"| device | {m['device_name']}; {m['precision']}, loader `{m['loader']}` |",
+              *([f"| processes | {m['world_size']}, DistributedDataParallel: batch {m['batch_size_per_process']} each, "
+                 f"metrics over all of them |"] if m.get("world_size", 1) > 1 else []),
               f"| time | training {_minutes(m['train_seconds'])}, whole run {_minutes(seconds)} |",
               f"| command | `{m['command'] or 'era_utils.runner.run_recipe (no command line)'}` |",
               f"| versions | era_utils {m['era_utils']}, torch {m['torch']}, python {m['python']} |",

@@ -2,6 +2,8 @@
 
 Every step here is also a notebook cell; this module adds only where the results go: each figure,
 history.json, metrics.json (and for HW2P2 the Kaggle CSVs) in the plan's folder, written atomically.
+Launched as several processes (torchrun, `--nproc`), every process trains; rank 0 alone runs the LR
+range test (its LRs reach the others), writes every file and analyses the trained model.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from era_utils import __version__, plots
+from era_utils import __version__, distributed, plots
 from era_utils.analysis import Predictions, confusion_matrix, most_confused, per_class_accuracy, predict
 from era_utils.callbacks import Callback, call_hooks
 from era_utils.engine import History
@@ -74,35 +76,36 @@ class RunFolder:
         return json.loads(path.read_text()) if path.is_file() else None
 
 
-def run_recipe(plan: RunPlan, command: Optional[str] = None) -> dict:
+def run_recipe(plan: RunPlan, command: Optional[str] = None) -> Optional[dict]:
     """Run the plan's assignment end to end; its figures, history.json, metrics.json and report.md go
     to plan.out. The steps are those a notebook runs, one cell each; the test set is passed over once
-    after training (`predict`), and every analysis reads that one pass. Returns the metrics."""
+    after training (`predict`), and every analysis reads that one pass. Returns the metrics (None on
+    the processes other than rank 0, which only train)."""
     run = _Run(plan, RunFolder(plan.out), command, time.perf_counter())
     folder, recipe, say = run.folder, plan.recipe, (print if plan.verbose else _silent)
-    start(plan)  # seeds; says so when a full-length recipe is about to run on a CPU
-    folder.loggers = make_loggers(plan.log, plan.out, config=plan.settings())  # --log: after start() checked out
-
+    start(plan)  # seeds; says so when a full-length recipe is about to run on a CPU; joins torchrun's group
     data = run.data = load_data(plan)
-    train_loader, test_loader = build_loaders(plan, data)
+    train_loader, test_loader = build_loaders(plan, data)  # this process's shares
+    model = run.model = build_model(plan, data)
+    if not distributed.is_main():
+        return _train_beside_rank_0(plan, model, train_loader, test_loader)
+    # Rank 0 (the only process, usually): the range test and the analysis see the whole data.
+    whole_train, whole_test = build_loaders(plan, data, whole=True) if plan.processes > 1 else (train_loader, test_loader)
+    folder.loggers = make_loggers(plan.log, plan.out, config=plan.settings())  # --log: after start() checked out
     say(plan.log_lines(data))
     images, labels = data.samples(10)
     folder.figure("samples.png", plots.plot_samples(images, labels, data.classes,
                                                     title=f"Sample training images ({data.title})"))
     folder.figure("augmentations.png", plots.plot_augmentations(
-        images, augment_examples(train_loader, images), labels, data.classes, mean=data.mean, std=data.std))
+        images, augment_examples(whole_train, images), labels, data.classes, mean=data.mean, std=data.std))
 
-    model = run.model = build_model(plan, data)
     folder.text("summary.txt", f"{summary(model, data.input_size)}\n")
-    state = folder.read_json("run_state.json") if plan.resume else None
-    run.lr_test = None if state else range_test(plan, model, train_loader)  # resumed: the LRs it used
-    run.lrs = ((state["max_lr"], state.get("min_lr")) if state else
-               (run.lr_test.suggestion, run.lr_test.min_lr) if run.lr_test else (recipe.lr, None))
-    folder.json("run_state.json", {"max_lr": run.lrs[0], "min_lr": run.lrs[1]})
+    run.learning_rates(whole_train)
     if run.lr_test is not None:
         folder.figure("lr_finder.png", run.lr_test.plot(title=f"LR range test ({data.title})"))
         folder.json("lr_finder.json", run.lr_test.to_dict())
     optimizer, scheduler = optimizer_and_schedule(plan, model, train_loader, run.lrs)
+    del whole_train  # several processes: its copy of the data (or its workers) is not needed again
 
     train_start = time.perf_counter()
     history = run.history = train(plan, model, train_loader, test_loader, optimizer, scheduler,
@@ -113,7 +116,7 @@ def run_recipe(plan: RunPlan, command: Optional[str] = None) -> dict:
                                                    augmented=True))
     folder.figure("lr_schedule.png", plots.plot_lr(history, steps_per_epoch=len(train_loader)))
 
-    preds = run.preds = predict(model, test_loader, amp=plan.fast.amp)  # the one pass over the test set
+    preds = run.preds = predict(model, whole_test, amp=plan.fast.amp)  # the one pass over the test set
     wrong = preds.misclassified(10)
     folder.figure("misclassified.png", plots.plot_misclassified(wrong, data.classes))
     folder.figure("top_losses.png", plots.plot_top_losses(preds.top_losses(10), data.classes))
@@ -135,6 +138,12 @@ def run_recipe(plan: RunPlan, command: Optional[str] = None) -> dict:
     for logger in folder.loggers:
         getattr(logger, "close", _silent)()  # TensorBoard: the last figures reach the event file
     return metrics
+
+
+def _train_beside_rank_0(plan: RunPlan, model: torch.nn.Module, train_loader: Any, test_loader: Any) -> None:
+    """A process other than rank 0: train on its shares, from the LRs rank 0 sends; rank 0 writes."""
+    optimizer, scheduler = optimizer_and_schedule(plan, model, train_loader, distributed.broadcast_object(None))
+    train(plan, model, train_loader, test_loader, optimizer, scheduler, callbacks=[])
 
 
 def _silent(*_args: Any, **_kwargs: Any) -> None:
@@ -160,6 +169,17 @@ class _Run:
     misclassified_shown: int = 0
     gradcam_layer: Optional[str] = None
     verification: Optional[Verification] = None
+
+    def learning_rates(self, train_loader: Any) -> None:
+        """The max and min LR to train with: the range test's (rank 0 runs it), the recipe's or, resuming,
+        those the run started with (run_state.json); sent to the other processes too."""
+        plan = self.plan
+        state = self.folder.read_json("run_state.json") if plan.resume else None
+        self.lr_test = None if state else range_test(plan, self.model, train_loader)
+        self.lrs = ((state["max_lr"], state.get("min_lr")) if state else
+                    (self.lr_test.suggestion, self.lr_test.min_lr) if self.lr_test else (plan.recipe.lr, None))
+        distributed.broadcast_object(self.lrs)  # the other processes wait for these to build their schedule
+        self.folder.json("run_state.json", {"max_lr": self.lrs[0], "min_lr": self.lrs[1]})
 
     def finish(self, say: Callable[..., None]) -> dict:
         """Write metrics.json (with the assignment's checks) and report.md; return the metrics."""
@@ -195,6 +215,9 @@ class _Run:
             "test_images": len(data.test),
             "epochs": history.epochs,
             "batch_size": recipe.batch_size,
+            "world_size": plan.processes,  # processes that trained together (DDP); the batch is split over them
+            "batch_size_per_process": plan.batch_per_process,
+            "sync_batchnorm": plan.sync_batchnorm,
             "max_lr": self.lrs[0],
             "min_lr": self.lrs[1],
             "lr_finder": None if lr_test is None else {
@@ -242,7 +265,7 @@ def full_length_command(name: str) -> str:
     return f"era-utils run {name} --download --out results/{name}_full"
 
 
-def run_seeds(plan: RunPlan, seeds: int, command: Optional[str] = None) -> dict:
+def run_seeds(plan: RunPlan, seeds: int, command: Optional[str] = None) -> Optional[dict]:
     """The plan's run for `seeds` seeds (the recipe's seed, +1, ...), each in OUT/seed_N with its own
     report; OUT/metrics.json and OUT/report.md give each seed's result and their mean and spread."""
     if seeds < 1:
@@ -253,8 +276,12 @@ def run_seeds(plan: RunPlan, seeds: int, command: Optional[str] = None) -> dict:
         folder = f"seed_{seed}"
         one = replace(plan, recipe=plan.recipe.override(seed=seed), out=plan.out / folder)
         metrics = run_recipe(one, command=command)
+        if metrics is None:  # a process other than rank 0: it trains, rank 0 writes
+            continue
         runs.append({"seed": seed, "folder": folder, **{key: metrics[key] for key in (
             "final_test_acc", "best_test_acc", "train_seconds", "wall_seconds")}})
+    if not distributed.is_main():
+        return None
     accs = np.array([r["final_test_acc"] for r in runs])
     summary = {"recipe": plan.recipe.name, "title": plan.recipe.title, "size": plan.size, "command": command,
                "mean_final_test_acc": float(accs.mean()),

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from era_utils import distributed
 from era_utils.analysis import Predictions, predict
 from era_utils.callbacks import Callback
 from era_utils.checkpoint import check_settings, read_checkpoint
@@ -121,6 +122,13 @@ class RunPlan:
     pairs_root: Optional[str] = None  # the folder the pairs files' paths are relative to
     scratch_out: bool = False  # `out` is a temporary folder the kit chose (a quick run's): reused freely
     log: Optional[str] = None  # loggers for `era-utils run --log` ("csv,tensorboard"), written under `out`
+    processes: int = 1  # processes training together (torchrun, --nproc); the recipe's batch is split over them
+    sync_batchnorm: bool = False  # with several processes: BatchNorm statistics over all of them (CUDA only)
+
+    @property
+    def batch_per_process(self) -> int:
+        """Images each process takes per step: the recipe's batch split over the processes."""
+        return self.recipe.batch_size // self.processes
 
     @property
     def checkpoint_path(self) -> Path:
@@ -133,6 +141,9 @@ class RunPlan:
         rows = [("dataset", self.dataset + (f" from {self.data_dir}" if self.data_dir else "")),
                 ("training images", images), ("device", f"{self.device} ({self.fast.describe()})"),
                 ("loader", self.loader), ("output folder", str(self.out) + (" (resuming)" if self.resume else ""))]
+        if self.processes > 1:
+            rows.append(("processes", f"{self.processes} (DistributedDataParallel), batch {self.batch_per_process} each"
+                         + (", SyncBatchNorm" if self.sync_batchnorm else "")))
         if self.sizing is not None:
             rows.append((f"{self.size} run", f"{self.sizing.subset:,} training images, {self.recipe.epochs} "
                          f"epoch(s)" + (f"; {self.sizing.why}" if self.sizing.why else "; the recipe otherwise as it is")))
@@ -158,7 +169,8 @@ class RunPlan:
             self.recipe.title + ("" if self.size == "full" else f" ({self.size} run)"),
             f"  data: {data.title}, {len(data.train)} train / {len(data.test)} test images, {data.channels} "
             f"channel(s), mean {tuple(round(m, 4) for m in data.mean)}, std {tuple(round(s, 4) for s in data.std)}",
-            f"  loader: {self.loader}; device: {self.device}; {self.fast.describe()}",
+            f"  loader: {self.loader}; device: {self.device}; {self.fast.describe()}"
+            + (f"; {self.processes} processes, batch {self.batch_per_process} each" if self.processes > 1 else ""),
         ])
 
     def _repr_markdown_(self) -> str:
@@ -170,7 +182,12 @@ class RunPlan:
 def start(plan: RunPlan) -> None:
     """Seed python, numpy and torch with the recipe's seed and set the fast path's process-wide
     switches (cuDNN's autotuner): the first thing a run does. A full-length recipe about to train on
-    a CPU gets a warning first: that is hours, where a GPU takes minutes and a preview minutes too."""
+    a CPU gets a warning first: that is hours, where a GPU takes minutes and a preview minutes too.
+    Launched by torchrun, the process joins the run's process group first."""
+    distributed.init_from_env(plan.device)
+    if distributed.world_size() != plan.processes:
+        raise ValueError(f"the plan is for {plan.processes} process(es) but {distributed.world_size()} run: make the "
+                         "plan in the processes that train (plan_run reads torchrun's WORLD_SIZE)")
     images = (plan.subset or 50_000) * plan.recipe.epochs  # a whole CIFAR-10 training set unless a subset
     if plan.device.type == "cpu" and images >= LONG_ON_A_CPU:
         warnings.warn(
@@ -188,7 +205,7 @@ def _claim_out(plan: RunPlan) -> None:
     in, temporary files a killed save left removed, and a checkpoint there refused unless the run
     resumes from it."""
     _check_writable(plan.out)
-    for leftover in remove_leftover_temp_files(plan.out):
+    for leftover in remove_leftover_temp_files(plan.out) if distributed.is_main() else ():
         if plan.verbose:
             print(f"removed {leftover}: half a file that a killed run was saving")
     ckpt = plan.checkpoint_path
@@ -246,6 +263,8 @@ def plan_run(
     test_pairs: Optional[str] = None,
     pairs_root: Optional[str] = None,
     log: Optional[str] = None,
+    processes: Optional[int] = None,
+    sync_batchnorm: bool = False,
 ) -> RunPlan:
     """Resolve a run's settings: the recipe `recipe` (a name or a Recipe) with these overrides.
 
@@ -257,7 +276,11 @@ def plan_run(
     and `compile` override the precision and torch.compile; `checkpoints=False` keeps none (speed
     measurements); `num_workers` (default 2, a quick run 0)
     are the workers loader's processes. `out` (default runs/RECIPE; a quick run's
-    under the temporary folder) holds the checkpoint and whatever the caller saves.
+    under the temporary folder) holds the checkpoint and whatever the caller saves. `processes`: how
+    many train together under torch.distributed (default: torchrun's WORLD_SIZE, 1 without it); the
+    recipe's batch is the global one, split evenly over them. Under torchrun a CUDA device is the
+    process's own GPU (LOCAL_RANK), and only rank 0 prints progress. `sync_batchnorm`: several
+    processes on GPUs compute BatchNorm's statistics over all of their images (SyncBatchNorm).
     """
     base = get_recipe(recipe) if isinstance(recipe, str) else recipe
     logger_names(log)  # refuse an unknown logger now, not after the training
@@ -276,6 +299,7 @@ def plan_run(
         device = device or sizing.device
         verification_pairs = verification_pairs or sizing.verification_pairs
     quick = size == "quick"
+    processes = _processes(processes, chosen.batch_size)
     if num_workers is None:  # Colab's 2 cores; a quick run's one epoch is mostly worker start-up
         num_workers = 0 if quick else 2
     dataset = dataset or chosen.dataset
@@ -285,7 +309,12 @@ def plan_run(
         raise ValueError(f"recipe {chosen.name!r} trains on 32x32 images; the face folders are HW2P2's (recipe 'hw2p2')")
     if loader not in LOADERS:
         raise ValueError(f"loader must be one of {LOADERS}, got {loader!r}")
-    dev = get_device(device)
+    dev = distributed.local_device(get_device(device))
+    _check_devices_for(processes, dev)
+    if sync_batchnorm and (processes == 1 or dev.type != "cuda"):
+        raise ValueError("sync_batchnorm shares BatchNorm's statistics between processes on CUDA GPUs (torch's "
+                         "SyncBatchNorm has no CPU kernel): use it with --nproc N on GPUs, or leave it out"
+                         + (f" (this run: {processes} process, {dev})" if processes == 1 else f" (this run: {dev})"))
     path = fast_path(dev, enabled=fast, amp=amp)
     if compile is not None:
         path = replace(path, compile=compile)
@@ -308,7 +337,7 @@ def plan_run(
         num_workers=num_workers,
         out=Path(out) if out is not None else _default_out(chosen.name, quick),
         resume=resume,
-        verbose=verbose,
+        verbose=verbose and distributed.launch_rank() == 0,
         size=size,
         sizing=sizing,
         checkpoints=checkpoints,
@@ -318,7 +347,38 @@ def plan_run(
         pairs_root=pairs_root,
         scratch_out=quick and out is None,
         log=log,
+        processes=processes,
+        sync_batchnorm=sync_batchnorm,
     )
+
+
+def _check_devices_for(processes: int, device: torch.device) -> None:
+    """Several processes need a GPU each (CUDA) or share the CPU; refuse what cannot work."""
+    if processes == 1 or device.type == "cpu":
+        return
+    if device.type != "cuda":
+        raise ValueError(f"{processes} processes on {device}: several processes train on CUDA GPUs (one each) or on "
+                         "the CPU (--device cpu)")
+    count = torch.cuda.device_count()
+    if processes > count:
+        raise ValueError(f"{processes} processes take one GPU each, but torch sees {count} here: use --nproc {count}"
+                         + (" (Kaggle: Settings > Accelerator > GPU T4 x2)" if count == 1 else ""))
+
+
+def _processes(asked: Optional[int], batch_size: int) -> int:
+    """The processes a run trains in (torchrun's WORLD_SIZE unless `asked`), checked against the batch."""
+    launched = distributed.launch_world_size()
+    if asked is None:
+        asked = launched
+    if distributed.launched() and asked != launched:
+        raise ValueError(f"{asked} processes asked for (--nproc), but torchrun started {launched}: give the same "
+                         "number to both, or leave --nproc out under torchrun")
+    if not (isinstance(asked, int) and asked >= 1):
+        raise ValueError(f"processes must be a whole number of at least 1, got {asked!r}")
+    if batch_size % asked:
+        raise ValueError(f"batch size {batch_size} does not split evenly over {asked} processes (each takes an equal "
+                         f"share of every step): give --batch-size a multiple of {asked}")
+    return asked
 
 
 def _default_out(name: str, quick: bool) -> Path:
@@ -420,22 +480,30 @@ def _only(arrays: ImageArrays, classes: list[int], relabel: bool = True) -> Imag
     return ImageArrays(arrays.images[mask], new_label[arrays.labels[mask]], [arrays.classes[c] for c in classes])
 
 
-def build_loaders(plan: RunPlan, data: Data) -> tuple[Union[GPULoader, torch.utils.data.DataLoader], Any]:
+def build_loaders(plan: RunPlan, data: Data, *, whole: bool = False
+                  ) -> tuple[Union[GPULoader, torch.utils.data.DataLoader], Any]:
     """(train_loader, test_loader) as the plan says: batched on the device ("gpu") or per image on
     CPU workers ("workers"); the recipe's batch size and augmentation, the fast path's layout and
-    drop_last. The test loader only normalises, in the test split's order."""
+    drop_last. The test loader only normalises, in the test split's order.
+
+    Under torch.distributed each process gets its share: its shard of every epoch at its part of the
+    batch, and its slice of the test set (fit adds the ranks' test sums up). `whole=True`: the loaders
+    one process would have (rank 0's LR range test, the analysis after training)."""
     recipe = plan.recipe
+    rank, ranks = (0, 1) if whole else (distributed.rank(), plan.processes)
+    batch = recipe.batch_size // ranks
+    test = data.test.shard(rank, ranks) if ranks > 1 else data.test
     if isinstance(data.train, FaceFolder):
         kw = dict(num_workers=plan.num_workers, seed=recipe.seed)
-        train_loader = dataset_loader(data.train, recipe.batch_size, shuffle=True,
-                                      drop_last=plan.fast.drop_last is True, **kw)
-        test_loader = dataset_loader(data.test, recipe.batch_size, shuffle=False, **kw)
+        train_loader = dataset_loader(data.train, batch, shuffle=True, drop_last=plan.fast.drop_last is True,
+                                      shard=(rank, ranks), **kw)
+        test_loader = dataset_loader(test, recipe.batch_size, shuffle=False, **kw)
     else:
         try:
             train_loader, test_loader = make_loaders(
-                data.train, data.test, recipe.train_augment(data.mean, data.std), data.mean, data.std,
-                recipe.batch_size, loader=plan.loader, device=plan.device, seed=recipe.seed,
-                num_workers=plan.num_workers, channels_last=plan.fast.channels_last, drop_last=plan.fast.drop_last)
+                data.train, test, recipe.train_augment(data.mean, data.std), data.mean, data.std,
+                batch, loader=plan.loader, device=plan.device, seed=recipe.seed, num_workers=plan.num_workers,
+                channels_last=plan.fast.channels_last, drop_last=plan.fast.drop_last, shard=(rank, ranks))
         except ValueError as err:
             raise ValueError(f"recipe {recipe.name!r}: {err}") from None
     recipe.check_steps(len(data.train), len(train_loader))  # before any work: a run too short to schedule
@@ -485,14 +553,15 @@ def train(plan: RunPlan, model: nn.Module, train_loader: Any, test_loader: Any,
     checkpoint in the plan's folder (at most once a minute, and after the last epoch) and, with
     the plan's `resume`, carrying on from it. `callbacks` as fit takes them; None: the plan's
     loggers (`log`, e.g. "csv,tensorboard"), writing in the plan's folder."""
-    if callbacks is None:
-        callbacks = make_loggers(plan.log, plan.out, config=plan.settings())
+    if callbacks is None:  # loggers write once, from rank 0
+        callbacks = make_loggers(plan.log, plan.out, config=plan.settings()) if distributed.is_main() else []
     return fit(model, train_loader, test_loader, optimizer, plan.recipe.epochs,
                criterion=plan.recipe.criterion(), scheduler=scheduler, device=plan.device,
                amp=plan.fast.amp, channels_last=plan.fast.channels_last, compile=plan.fast.compile,
                checkpoint_path=plan.checkpoint_path if plan.checkpoints else None,
                checkpoint_interval=CHECKPOINT_INTERVAL_S,
-               resume=plan.resume, settings=plan.settings(), callbacks=callbacks, verbose=plan.verbose)
+               resume=plan.resume, settings=plan.settings(), callbacks=callbacks, sync_batchnorm=plan.sync_batchnorm,
+               verbose=plan.verbose)
 
 
 # ----------------------------------------------------------------------------- verification (HW2P2)
