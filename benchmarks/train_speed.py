@@ -327,8 +327,9 @@ def run_path(model_name: str, path: str, images: np.ndarray, labels: np.ndarray,
     # every device unless --keep-last, and only when the data holds a full batch (tiny smoke runs).
     drop = fast and drop_last and len(images) >= recipe.batch_size
     plan = dataclasses.replace(plan, fast=dataclasses.replace(plan.fast, drop_last=drop))
-    data = steps.Data("synthetic CIFAR-shaped", ImageArrays(images, labels), ImageArrays(test_images, test_labels),
-                      CIFAR10_MEAN, CIFAR10_STD)
+    classes = [f"class{i}" for i in range(10)]  # the model's head is sized from the data's classes
+    data = steps.Data("synthetic CIFAR-shaped", ImageArrays(images, labels, classes),
+                      ImageArrays(test_images, test_labels, classes), CIFAR10_MEAN, CIFAR10_STD)
     steps.start(plan)  # seeds; cuDNN autotuning on the fast path (airbench turns it on), off on the classic
     train_loader, test_loader = steps.build_loaders(plan, data)
     if isinstance(train_loader, GPULoader):

@@ -99,8 +99,11 @@ def test_tiny_cpu_run_writes_a_complete_report(bench, tmp_path, monkeypatch):
     # The whole pipeline (the run's steps: loaders, the recipe's optimizer and schedule, fit; then
     # evaluate and the report) with a tiny network in place of the recipes' ResNets, so the test
     # stays fast on a busy 2-core machine.
-    monkeypatch.setattr(bench.steps, "create_model", lambda name, **kw: nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)))
+    def tiny_model(name, num_classes, in_channels):
+        assert (num_classes, in_channels) == (10, 3)  # the synthetic data's classes reach the model
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+
+    monkeypatch.setattr(bench.steps, "create_model", tiny_model)
     out = tmp_path / "speed.md"
     text = bench.main(["--device", "cpu", "--models", "custom_resnet", "--paths", "fast,classic",
                        "--train-size", "64", "--test-size", "16", "--warmup-epochs", "1", "--epochs", "2",
