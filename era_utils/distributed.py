@@ -105,8 +105,13 @@ def init_from_env(device: torch.device) -> bool:
         return False
     if not _active():
         if device.type == "cuda":
-            torch.cuda.set_device(local_device(device))
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=WAIT)
+            gpu = local_device(device)
+            torch.cuda.set_device(gpu)
+            # Naming the GPU binds NCCL to it: without it NCCL guesses it from the rank and warns at
+            # every barrier (seen on an H200 under torchrun).
+            dist.init_process_group(backend="nccl", timeout=WAIT, device_id=gpu)
+        else:
+            dist.init_process_group(backend="gloo", timeout=WAIT)
     return True
 
 

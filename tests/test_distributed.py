@@ -324,6 +324,19 @@ def test_under_torchrun_a_cuda_run_takes_the_gpu_of_its_local_rank(monkeypatch):
     assert local_device(torch.device("cpu")) == torch.device("cpu")
 
 
+def test_under_torchrun_nccl_is_bound_to_the_gpu_of_the_local_rank(monkeypatch):
+    from era_utils import distributed
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda gpu: calls.append(("set_device", gpu)))
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.append(("init", kw)))
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    assert distributed.init_from_env(torch.device("cuda"))
+    gpu = torch.device("cuda", 1)
+    assert calls == [("set_device", gpu), ("init", {"backend": "nccl", "timeout": distributed.WAIT, "device_id": gpu})]
+
+
 def test_a_face_folder_slice_reads_its_own_images(tmp_path):
     from fake_data import write_face_folders
 
