@@ -136,7 +136,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.recipe, size=args.size, dataset=args.dataset, data_dir=args.data_dir,
             download=args.download, subset=args.subset, test_subset=args.test_subset, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, loader=args.loader,
-            fast=not args.classic, amp=args.amp or ("off" if launching else None), num_workers=args.workers, out=args.out, resume=args.resume,
+            fast=not args.classic, amp=args.amp or ("off" if launching else None), num_workers=args.workers,
+            out=args.out, resume=args.resume,
             verbose=not args.quiet, dev_pairs=args.dev_pairs, test_pairs=args.test_pairs,
             pairs_root=args.pairs_root, log=args.log,
             processes=args.nproc,  # None: torchrun's WORLD_SIZE, or 1
