@@ -5,8 +5,9 @@ import argparse
 import math
 import re
 import shlex
+import subprocess
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from era_utils.callbacks import CallbackError
 from era_utils.recipes import RECIPES
@@ -18,6 +19,13 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryEr
                ImportError, CallbackError)
 DATASETS = ("cifar10", "fashion_mnist", "faces")  # era_utils.steps.RUN_DATASETS, without importing torch
 LOADERS = ("auto", "gpu", "workers")  # era_utils.loaders.LOADERS
+# plan_run's settings that `era-utils run` takes: the option for each (a value), and the switches
+OPTIONS = {"dataset": "--dataset", "data_dir": "--data-dir", "subset": "--subset", "test_subset": "--test-subset",
+           "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed", "device": "--device",
+           "loader": "--loader", "amp": "--amp", "num_workers": "--workers", "out": "--out",
+           "dev_pairs": "--dev-pairs", "test_pairs": "--test-pairs", "pairs_root": "--pairs-root", "log": "--log",
+           "processes": "--nproc"}
+SWITCHES = {"download": "--download", "resume": "--resume", "sync_batchnorm": "--sync-batchnorm"}
 
 
 def _positive_int(text: str) -> int:
@@ -100,6 +108,38 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     return parser
+
+
+def run_command(recipe: str, *, size: str = "full", **settings: Any) -> list[str]:
+    """The `era-utils run` command line of the run `plan_run(recipe, size=size, **settings)` plans (the
+    same names; a setting left at None or False is left out)."""
+    if size not in ("full", "preview", "quick"):
+        raise ValueError(f"size must be 'full', 'preview' or 'quick', got {size!r}")
+    argv = ["era-utils", "run", recipe] + ([] if size == "full" else [f"--{size}"])
+    for name, value in settings.items():
+        if name in SWITCHES:
+            argv += [SWITCHES[name]] if value else []
+        elif name in OPTIONS:
+            argv += [] if value is None else [OPTIONS[name], str(value)]
+        else:
+            raise TypeError(f"era-utils run has no option for {name!r}; it takes: {', '.join(OPTIONS | SWITCHES)}")
+    return argv
+
+
+def run_in_processes(recipe: str, nproc: int, **settings: Any) -> None:
+    """Run the recipe in `nproc` new processes (`era-utils run RECIPE --nproc N`, DDP, one per GPU) with
+    plan_run's `settings`, showing its output here: a notebook's way onto several GPUs, since its own
+    process must not be one of them. Raises RuntimeError if the run fails."""
+    argv = run_command(recipe, processes=nproc, **settings)
+    print("$", shlex.join(argv), flush=True)
+    # Output through this process's sys.stdout: a notebook shows that, not what a child writes to the fd.
+    child = subprocess.Popen([sys.executable, "-m", "era_utils", *argv[1:]], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+    for chunk in iter(lambda: child.stdout.read1(4096), b""):
+        sys.stdout.write(chunk.decode(errors="replace"))
+        sys.stdout.flush()
+    if child.wait():
+        raise RuntimeError(f"`{shlex.join(argv)}` stopped with exit status {child.returncode}: its message is above")
 
 
 def _list() -> None:

@@ -84,6 +84,7 @@ RESUME = False  # carry on from OUT/checkpoint.pt after a Colab session died
 LOG = "csv,tensorboard"  # loggers: csv (OUT/log.csv), tensorboard (OUT/tensorboard/), wandb; None: none
 USE_DRIVE = False  # Colab: keep OUT on Google Drive, so a recycled runtime can resume from it
 KAGGLE_COMPETITIONS = ()  # e.g. ("11-785-s22-hw2p2-classification", "11-785-s22-hw2p2-verification")
+NPROC = None  # None: this notebook trains; N: the whole run in N new processes, one per GPU (Kaggle's T4 x2: 2)
 
 # %% [markdown]
 # Imports: every step below is one call into era_utils (no model or training loop is defined in
@@ -93,6 +94,7 @@ KAGGLE_COMPETITIONS = ()  # e.g. ("11-785-s22-hw2p2-classification", "11-785-s22
 # %matplotlib inline
 from era_utils import plots, summary
 from era_utils.analysis import predict
+from era_utils.cli import run_in_processes
 from era_utils.kaggle import download_competition, write_classification_csv, write_verification_csv
 from era_utils.loaders import augment_examples
 from era_utils.steps import (build_loaders, build_model, kaggle_predictions, load_data, optimizer_and_schedule,
@@ -120,6 +122,24 @@ if USE_DRIVE:
 # %%
 if KAGGLE_COMPETITIONS:
     DATA_DIR = str(download_competition(KAGGLE_COMPETITIONS, DATA_DIR or "data/hw2p2"))
+
+# %% [markdown]
+# ### Several GPUs (Kaggle's two T4s)
+# The cells below train in this notebook's own process, on one GPU. With `NPROC = 2` (Kaggle:
+# Settings > Accelerator > GPU T4 x2) this cell runs the whole recipe instead, with this notebook's
+# parameters, as `era-utils run hw2p2 --nproc 2`: two new processes, one per GPU, training together
+# under torch's DistributedDataParallel (the batch split between them), and the first of them writes
+# every figure, report.md and both Kaggle CSVs to `OUT`. Then it stops "Run all", since the cells below
+# would train again in one process. Nothing above this cell uses the GPU; keep it so, or restart the
+# kernel first: a kernel that has used CUDA holds memory on GPU 0 that the first process then lacks.
+
+# %%
+if NPROC:
+    run_in_processes(RECIPE, NPROC, size=SIZE, dataset=DATASET, data_dir=DATA_DIR, download=DOWNLOAD, subset=SUBSET,
+                     test_subset=TEST_SUBSET, epochs=EPOCHS, device=DEVICE, num_workers=NUM_WORKERS, out=OUT,
+                     resume=RESUME, dev_pairs=DEV_PAIRS, test_pairs=TEST_PAIRS, pairs_root=PAIRS_ROOT, log=LOG)
+    raise SystemExit(f"Trained in {NPROC} processes: the figures, report.md and both Kaggle CSVs are in "
+                     f"{OUT or 'runs/' + RECIPE}. The cells below would train again in this one process.")
 
 # %% [markdown]
 # ## The run

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from era_utils.cli import main
+from era_utils.cli import build_parser, main, run_command
 from era_utils.data import FASHION_MNIST_SYSTEM_DIR
 from era_utils.recipes import RECIPES, get_recipe
 
@@ -166,3 +166,22 @@ def test_hw2p2_runs_on_the_cpu_worker_path(tmp_path):
     with pytest.raises(SystemExit):
         main(argv[:-1] + ["--loader", "gpu", "--classic", "--quiet"])
     assert main(argv[:-1] + ["--loader", "gpu"]) == 2  # HW2P2's per-image pipeline: a message, not a trace
+
+
+def test_run_command_is_the_command_line_of_plan_run_settings():
+    argv = run_command("hw2p2", size="preview", dataset="faces", data_dir="data/hw 2", download=True, epochs=3,
+                       subset=None, num_workers=4, out="runs/x", resume=False, log="csv", processes=2,
+                       sync_batchnorm=True, lr=0.01)
+    assert argv[:2] == ["era-utils", "run"]
+    args = build_parser().parse_args(argv[1:])  # what era-utils makes of it
+    assert (args.recipe, args.size, args.dataset, args.data_dir, args.download, args.epochs, args.subset,
+            args.workers, args.out, args.resume, args.log, args.nproc, args.sync_batchnorm, args.lr) == (
+        "hw2p2", "preview", "faces", "data/hw 2", True, 3, None, 4, "runs/x", False, "csv", 2, True, 0.01)
+    assert run_command("s10") == ["era-utils", "run", "s10"]  # the full recipe, nothing left to say
+
+
+def test_run_command_refuses_what_era_utils_run_cannot_take():
+    with pytest.raises(TypeError, match="no option for 'compile'; it takes: dataset, data_dir"):
+        run_command("s10", compile=True)
+    with pytest.raises(ValueError, match="size must be 'full', 'preview' or 'quick', got 'huge'"):
+        run_command("s10", size="huge")

@@ -226,13 +226,19 @@ def _command(*args: str, **kw) -> subprocess.Popen:
 
 
 @pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
-def test_run_in_two_processes_learns_and_says_so(tmp_path):
+def test_run_in_two_processes_learns_and_says_so(tmp_path, capsys, monkeypatch):
+    from era_utils.cli import run_in_processes
+
+    monkeypatch.setenv("NO_ALBUMENTATIONS_UPDATE", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
     out = tmp_path / "s10"
-    # The preview at half its images and epochs: about 1.5 minutes on 2 cores.
-    done = _command("s10", "--preview", "--subset", "3000", "--test-subset", "1000", "--epochs", "2", "--nproc", "2",
-                    "--device", "cpu", "--out", str(out), "--log", "csv")
-    stdout, stderr = done.communicate(timeout=900)
-    assert done.returncode == 0, stderr[-3000:]
+    # The notebook's way (run_in_processes: `era-utils run --nproc 2` with plan_run's settings), at
+    # half the preview's images and epochs: about 1.5 minutes on 2 cores.
+    run_in_processes("s10", 2, size="preview", subset=3000, test_subset=1000, epochs=2, device="cpu", out=out,
+                     log="csv")
+    printed = capsys.readouterr().out  # the child's output, passed on through sys.stdout
+    assert printed.startswith(f"$ era-utils run s10 --preview --nproc 2 --subset 3000 --test-subset 1000 --epochs 2 "
+                              f"--device cpu --out {out} --log csv\n")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["batch_size"] == 64 and metrics["batch_size_per_process"] == 32
     assert metrics["final_test_acc"] > 60  # chance is 10%
@@ -240,7 +246,16 @@ def test_run_in_two_processes_learns_and_says_so(tmp_path):
         metrics["final_test_acc"], abs=0.5)  # rank 0's pass over the whole test set agrees with the ranks' sum
     assert "--nproc 2" in metrics["command"] and "in 2 processes" in (out / "report.md").read_text()
     assert len((out / "log.csv").read_text().splitlines()) == 3  # header + 2 epochs: written once, by rank 0
-    assert stdout.count("done: test accuracy") == 1 and stdout.count("LR range test:") == 1  # rank 0 alone
+    assert printed.count("done: test accuracy") == 1 and printed.count("LR range test:") == 1  # rank 0 alone
+
+
+def test_a_run_in_processes_that_fails_raises_with_its_message(tmp_path, capsys):
+    from era_utils.cli import run_in_processes
+
+    with pytest.raises(RuntimeError, match="exit status 2: its message is above"):
+        run_in_processes("s10", 2, size="quick", batch_size=15, device="cpu", out=tmp_path / "run")
+    assert "batch size 15 does not split evenly over 2 processes" in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()
 
 
 def _children(pid: int) -> list[int]:
