@@ -5,7 +5,7 @@ Like Keller Jordan's cifar10-airbench, `GPULoader` keeps the uint8 images on the
 its own `torch.Generator` and augments whole batches there, with no host-device synchronisation per step.
 
 It applies the same `AugmentSpec` as `era_utils.transforms.albumentations_transform`, with an
-independent draw per image:
+independent draw per image (or HW2P2's `FaceAugmentSpec`, batched by `era_utils.face_augment`):
     pad-and-crop   black padding, crop offsets uniform in [0, 2 * crop_padding] per axis
     flip           horizontal, p = 0.5
     cutout         one s x s hole fully inside the image (top-left uniform in [0, H - s], as
@@ -24,11 +24,11 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from era_utils import distributed
-from era_utils.transforms import NO_AUGMENT, AugmentSpec, check_images, check_mean_std
+from era_utils import distributed, face_augment
+from era_utils.transforms import NO_AUGMENT, AugmentSpec, FaceAugmentSpec, check_images, check_mean_std
 from era_utils.utils import get_device
 
-__all__ = ["GPULoader"]
+__all__ = ["GPULoader", "RandomStream", "in_layout"]
 
 # Storage types that hold every pixel value 0..255 exactly (fp16/bf16 are exact up to 2048/256).
 _STORAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32)
@@ -38,7 +38,7 @@ class GPULoader:
     """Iterate `(images (B, C, H, W) dtype, labels (B,) int64)` batches, both on `device`.
 
     images: (N, H, W, C) uint8 (numpy or torch; (N, H, W) gray is read as C=1); labels: (N,) ints.
-    `mean`/`std`: per channel, [0, 1] units. `seed` makes shuffling and augmentation reproducible
+    `spec`: an `AugmentSpec` (S7, S10) or HW2P2's `FaceAugmentSpec`. `mean`/`std`: per channel, [0, 1] units. `seed` makes shuffling and augmentation reproducible
     (None draws a fresh seed, kept in `.seed`); the global RNG is never touched. `storage_dtype`
     keeps the pixels as uint8 (least memory) or a float type (pixel values, not rescaled).
     `shard=(rank, ranks)`: under torch.distributed, every rank draws the same order each epoch and
@@ -48,7 +48,7 @@ class GPULoader:
     """
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels: Sequence[int] | np.ndarray | torch.Tensor,
-                 batch_size: int, *, spec: AugmentSpec = NO_AUGMENT, mean: Sequence[float],
+                 batch_size: int, *, spec: AugmentSpec | FaceAugmentSpec = NO_AUGMENT, mean: Sequence[float],
                  std: Sequence[float], device: str | torch.device | None = None, shuffle: bool = True,
                  drop_last: bool = False, seed: int | None = None, channels_last: bool = False,
                  dtype: torch.dtype = torch.float32, storage_dtype: torch.dtype = torch.uint8,
@@ -57,8 +57,9 @@ class GPULoader:
         n, height, width, channels = images.shape
         if n == 0:
             raise ValueError("images is empty: GPULoader needs at least one image")
-        if not isinstance(spec, AugmentSpec):
-            raise TypeError(f"spec must be an AugmentSpec (e.g. S10_AUGMENT), got {type(spec).__name__}")
+        if not isinstance(spec, (AugmentSpec, FaceAugmentSpec)):
+            raise TypeError(f"spec must be an AugmentSpec (e.g. S10_AUGMENT) or a FaceAugmentSpec (HW2P2_AUGMENT), "
+                            f"got {type(spec).__name__}")
         spec.check_image_size(height, width)
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -98,7 +99,7 @@ class GPULoader:
 
         # Pad once here so each batch is one gather: (N, H + 2p, W + 2p, C), black (0) border like
         # albumentations PadIfNeeded(fill=0). NHWC keeps each pixel's channels together for the gather.
-        pad = spec.crop_padding
+        pad = self._pad
         pixels = _as_tensor(images).to(self.device)  # uint8 over the bus: 4x less than float32
         self._padded = torch.zeros((n, height + 2 * pad, width + 2 * pad, channels),
                                    dtype=storage_dtype, device=self.device)
@@ -110,18 +111,16 @@ class GPULoader:
         # Normalisation as one multiply-add in pixel units: (x - 255 * mean) / (255 * std).
         self._mean255 = torch.tensor(self.mean, dtype=torch.float32, device=self.device) * 255.0  # (C,)
         self._inv_std255 = 1.0 / (torch.tensor(self.std, dtype=torch.float32, device=self.device) * 255.0)
-        fill = spec.fill_pixels(self.mean) if spec.cutout_size > 0 else (0,) * channels
+        fill = spec.fill_pixels(self.mean) if isinstance(spec, AugmentSpec) and spec.cutout_size > 0 else (0,) * channels
         self._fill = torch.tensor(fill, dtype=storage_dtype, device=self.device)  # (C,) pixel units
 
-        self.generator, self._rng_device = _make_generator(self.device)
-        if seed is None:
-            seed = self.generator.seed()  # fresh entropy, kept so the run can be repeated
-        else:
-            self.generator.manual_seed(int(seed))
-        self.seed = int(seed)
-        # One process draws order and augmentation from one generator. Ranks share the order's
-        # generator (same seed, same draws) and each augments from its own, reseeded every epoch.
-        self._draws = self.generator if ranks == 1 else _make_generator(self.device)[0]
+        self._random = RandomStream(self.device, seed, (rank, ranks))
+        self.generator, self.seed = self._random.generator, self._random.seed  # the checkpoint keeps the generator
+
+    @property
+    def _pad(self) -> int:
+        """Pixels of padding the crop needs on every side (none for HW2P2's recipe)."""
+        return self.spec.crop_padding if isinstance(self.spec, AugmentSpec) else 0
 
     def __len__(self) -> int:
         """Number of batches per epoch (this rank's, under torch.distributed)."""
@@ -131,19 +130,7 @@ class GPULoader:
         return ceil(images / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.shuffle:  # a new order every epoch, from the loader's own generator
-            order = torch.randperm(self.dataset_size, generator=self.generator, device=self._rng_device)
-            order = order.to(self.device, non_blocking=True)
-        else:
-            order = torch.arange(self.dataset_size, device=self.device)
-        if self.ranks > 1:
-            # This epoch's augmentation seed comes from a copy of the shared generator: drawing it from
-            # the generator itself would change the next epoch's order, which then would no longer be
-            # the one a single process draws (same order, same training, at B / ranks per rank).
-            self._draws.set_state(self.generator.get_state())
-            epoch_seed = int(torch.randint(2**62, (), generator=self._draws, device=self._rng_device))
-            self._draws.manual_seed(epoch_seed + self.rank)
-            order = distributed.shard(order, self.rank, self.ranks)
+        order = self._random.epoch(self.dataset_size, self.shuffle).to(self.device, non_blocking=True)
         for i in range(len(self)):
             index = order[i * self.batch_size:(i + 1) * self.batch_size]  # (B,)
             yield self._augment(self._padded, index), self.labels[index]
@@ -155,7 +142,7 @@ class GPULoader:
         if channels != len(self.mean):
             raise ValueError(f"batch has {channels} channel(s) but the loader normalises {len(self.mean)}")
         self.spec.check_image_size(height, width)
-        pad = self.spec.crop_padding
+        pad = self._pad
         padded = torch.zeros((b, height + 2 * pad, width + 2 * pad, channels),
                              dtype=self.storage_dtype, device=self.device)
         padded[:, pad:pad + height, pad:pad + width] = _as_tensor(batch).to(self.device)
@@ -166,7 +153,7 @@ class GPULoader:
         index = torch.as_tensor(index, dtype=torch.int64).reshape(-1)
         if index.numel() and not (0 <= int(index.min()) and int(index.max()) < self.dataset_size):
             raise IndexError(f"positions must be in [0, {self.dataset_size}), got {index.tolist()[:5]}")
-        pad = self.spec.crop_padding
+        pad = self._pad
         height, width = self.images.shape[1:3]
         x = self._padded[index.to(self.device), pad:pad + height, pad:pad + width]  # (k, H, W, C)
         out = x.to(torch.float32).sub_(self._mean255).mul_(self._inv_std255)
@@ -174,16 +161,21 @@ class GPULoader:
 
     def _randint(self, high: int, size: int) -> torch.Tensor:
         """(size,) int64 uniform in [0, high) on the device, from the loader's generator."""
-        draw = torch.randint(0, high, (size,), generator=self._draws, device=self._rng_device)
+        draw = torch.randint(0, high, (size,), generator=self._random.draws, device=self._random.rng_device)
         return draw.to(self.device, non_blocking=True)
 
     def _rand(self, size: int) -> torch.Tensor:
         """(size,) float uniform in [0, 1) on the device, from the loader's generator."""
-        draw = torch.rand((size,), generator=self._draws, device=self._rng_device)
+        draw = torch.rand((size,), generator=self._random.draws, device=self._random.rng_device)
         return draw.to(self.device, non_blocking=True)
 
     def _augment(self, source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Crop/flip/cutout/normalise images `index` (B,) of padded `source` (M, H+2p, W+2p, C)."""
+        """Augment and normalise images `index` (B,) of padded `source` (M, H+2p, W+2p, C): (B, C, H, W)."""
+        if isinstance(self.spec, FaceAugmentSpec):
+            x = source[index].permute(0, 3, 1, 2)  # (B, C, H, W)
+            draws = face_augment.draw(self.spec, x.shape[0], x.shape[2], x.shape[3], self._random.draws)
+            out = face_augment.apply(x, draws.to(self.device), self.spec, self.mean, self.std)
+            return in_layout(out.to(self.dtype), self.channels_last)
         spec, pad = self.spec, self.spec.crop_padding
         b = index.shape[0]
         height, width = source.shape[1] - 2 * pad, source.shape[2] - 2 * pad
@@ -221,15 +213,55 @@ class GPULoader:
 
         # x is always a fresh tensor here (gather and where copy), so in-place ops never touch storage
         out = x.to(torch.float32).sub_(self._mean255).mul_(self._inv_std255)  # (B, H, W, C) normalised
-        out = out.to(self.dtype).permute(0, 3, 1, 2)  # (B, C, H, W), channels-last strides
-        if self.channels_last:
-            return out.contiguous(memory_format=torch.channels_last)
-        return out.contiguous()
+        return in_layout(out.to(self.dtype).permute(0, 3, 1, 2), self.channels_last)  # (B, C, H, W)
 
     def __repr__(self) -> str:
         return (f"GPULoader(dataset_size={self.dataset_size}, batch_size={self.batch_size}, batches={len(self)}, "
                 f"spec={self.spec}, device={self.device}, shuffle={self.shuffle}, seed={self.seed}"
                 + (f", shard=({self.rank}, {self.ranks})" if self.ranks > 1 else "") + ")")
+
+
+def in_layout(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """(B, C, H, W) images in the memory layout the model trains in."""
+    return images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+class RandomStream:
+    """A loader's random stream, the one RNG a checkpoint keeps (`generator`): each epoch's order and
+    the augmentation's draws (`draws`), both reproducible from `seed` (None: fresh entropy, kept).
+
+    `shard=(rank, ranks)`: under torch.distributed every rank draws the same order from the same seed
+    and keeps its share (`distributed.shard`); each rank augments from a generator of its own (`draws`),
+    reseeded every epoch from the shared one.
+    """
+
+    def __init__(self, device: torch.device, seed: int | None, shard: tuple[int, int] = (0, 1)) -> None:
+        self.generator, self.rng_device = _make_generator(device)
+        if seed is None:
+            seed = self.generator.seed()  # fresh entropy, kept so the run can be repeated
+        else:
+            self.generator.manual_seed(int(seed))
+        self.seed = int(seed)
+        self.rank, self.ranks = distributed.check_shard(shard)
+        # One process draws order and augmentation from one generator. Ranks share the order's
+        # generator (same seed, same draws) and each augments from its own, reseeded every epoch.
+        self.draws = self.generator if self.ranks == 1 else _make_generator(device)[0]
+
+    def epoch(self, size: int, shuffle: bool) -> torch.Tensor:
+        """This epoch's positions for this rank (on `rng_device`): a new shuffled order, or 0 .. size - 1."""
+        if shuffle:  # a new order every epoch, from the loader's own generator
+            order = torch.randperm(size, generator=self.generator, device=self.rng_device)
+        else:
+            order = torch.arange(size, device=self.rng_device)
+        if self.ranks > 1:
+            # This epoch's augmentation seed comes from a copy of the shared generator: drawing it from
+            # the generator itself would change the next epoch's order, which then would no longer be
+            # the one a single process draws (same order, same training, at B / ranks per rank).
+            self.draws.set_state(self.generator.get_state())
+            epoch_seed = int(torch.randint(2**62, (), generator=self.draws, device=self.rng_device))
+            self.draws.manual_seed(epoch_seed + self.rank)
+            order = distributed.shard(order, self.rank, self.ranks)
+        return order
 
 
 def _as_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,10 @@ on the device) are both built from it, so the two paths cannot drift apart:
     S10  RandomCrop 32 after padding 4, FlipLR, CutOut 8x8 filled with mean  (seeds 002, 004)
     test normalise only
 
-HW2P2 (face classification, seed 001) uses torchvision.transforms.v2 instead: flip, rotation 12,
-grayscale p=0.1, colour jitter 0.2, normalise with the dataset's own statistics, random erasing.
+HW2P2 (face classification, seed 001) has a recipe of its own, `FaceAugmentSpec`: flip, rotation 12,
+grayscale p=0.1, colour jitter 0.2, normalise with the dataset's own statistics, random erasing. It is
+built per image as torchvision.transforms.v2 here (`hw2p2_train_transform`, CPU workers) and batched on
+the device by `era_utils.face_augment` (the face loader, and `GPULoader` for arrays), with the same draws.
 
 albumentations is imported lazily, so `AugmentSpec` and the GPU loader work without it.
 """
@@ -27,6 +29,8 @@ if TYPE_CHECKING:  # only for type hints; the real import is lazy (see _albument
 
 __all__ = [
     "AugmentSpec",
+    "FaceAugmentSpec",
+    "HW2P2_AUGMENT",
     "S7_AUGMENT",
     "S10_AUGMENT",
     "NO_AUGMENT",
@@ -129,6 +133,70 @@ class AugmentSpec:
 S7_AUGMENT = AugmentSpec(crop_padding=4, flip=False, cutout_size=16)  # seed 003
 S10_AUGMENT = AugmentSpec(crop_padding=4, flip=True, cutout_size=8, cutout_fill="mean")  # seeds 002/004
 NO_AUGMENT = AugmentSpec(crop_padding=0, flip=False, cutout_size=0)  # test time: normalise only
+
+
+@dataclass(frozen=True)
+class FaceAugmentSpec:
+    """HW2P2's augmentation (seed 001), in torchvision v2's order: flip, rotation, grayscale, colour
+    jitter, normalise, random erasing. Each step's draw is torchvision's, image by image.
+
+    `hw2p2_train_transform` builds it per image (torchvision v2, CPU workers); `era_utils.face_augment`
+    applies it to whole batches on the device. Both read this one description.
+    """
+
+    flip_p: float = 0.5  # horizontal flip
+    rotation: float = 12.0  # degrees: the angle is uniform in [-rotation, rotation]; nearest, black corners
+    grayscale_p: float = 0.1  # RGB -> gray (ITU-R 601-2 luma), kept as 3 channels
+    jitter: float = 0.2  # brightness, contrast and saturation factors uniform in [1 - jitter, 1 + jitter],
+    # applied in a random order per image (torchvision's ColorJitter)
+    erasing_p: float = 0.5  # one rectangle erased to 0 (the mean, after normalising)
+    erasing_scale: tuple[float, float] = (0.1, 0.1)  # its area, as a fraction of the image's
+    erasing_ratio: tuple[float, float] = (0.3, 3.3)  # its aspect (height / width), log-uniform
+
+    def __post_init__(self) -> None:
+        for name in ("flip_p", "grayscale_p", "erasing_p"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)!r}")
+        if not 0.0 <= float(self.rotation) < 180.0:
+            raise ValueError(f"rotation must be degrees in [0, 180), got {self.rotation!r}")
+        if not 0.0 <= float(self.jitter) < 1.0:
+            raise ValueError(f"jitter must be in [0, 1) (factors 1 - jitter .. 1 + jitter), got {self.jitter!r}")
+        low, high = self.erasing_scale
+        if not 0.0 < low <= high < 1.0:
+            raise ValueError(f"erasing_scale must be (low, high) fractions with 0 < low <= high < 1, got "
+                             f"{self.erasing_scale!r}")
+        low, high = self.erasing_ratio
+        if not 0.0 < low <= high:
+            raise ValueError(f"erasing_ratio must be (low, high) aspect ratios with 0 < low <= high, got "
+                             f"{self.erasing_ratio!r}")
+
+    def describe(self) -> str:
+        """The recipe in words, e.g. "flip, rotation +-12 degrees, grayscale p = 0.1, ..."."""
+        parts = []
+        if self.flip_p:
+            parts.append("horizontal flip" + ("" if self.flip_p == 0.5 else f" (p = {self.flip_p:g})"))
+        if self.rotation:
+            parts.append(f"rotation +-{self.rotation:g} degrees")
+        if self.grayscale_p:
+            parts.append(f"grayscale (p = {self.grayscale_p:g})")
+        if self.jitter:
+            parts.append(f"colour jitter {self.jitter:g} (brightness, contrast, saturation)")
+        if self.erasing_p:
+            low, high = self.erasing_scale
+            area = f"{low:.0%}" if low == high else f"{low:.0%}-{high:.0%}"
+            parts.append(f"random erasing (p = {self.erasing_p:g}, {area} of the area)")
+        return ", ".join(parts) or "normalise only"
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the recipe only normalises."""
+        return not (self.flip_p or self.rotation or self.grayscale_p or self.jitter or self.erasing_p)
+
+    def check_image_size(self, height: int, width: int) -> None:
+        """Any image size works: the erased area is a fraction of the image."""
+
+
+HW2P2_AUGMENT = FaceAugmentSpec()  # seed 001: flip, rotation 12, grayscale 0.1, jitter 0.2, erasing 0.5 at 10%
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,30 +357,27 @@ def epoch_item(dataset: Any, item: Any) -> int:
 # ---------------------------------------------------------------------------------------------
 
 def hw2p2_train_transform(mean: Sequence[float], std: Sequence[float], size: int | None = 224, *,
-                          rotation: float = 12.0, grayscale_p: float = 0.1, jitter: float = 0.2,
-                          erasing_p: float = 0.5, erasing_scale: tuple[float, float] = (0.1, 0.1)
-                          ) -> Callable[[Any], torch.Tensor]:
-    """HW2P2 training augmentation (seed 001): uint8 HWC numpy or PIL in, CHW float32 tensor out.
-
-    Flip (p=0.5), rotation (+-`rotation` degrees, black corners), grayscale (p=`grayscale_p`),
-    colour jitter (brightness/contrast/saturation `jitter`), normalise with the dataset's own
-    `mean`/`std` ([0, 1] units), then random erasing (fraction `erasing_scale` of the area, filled
-    with 0 = the mean after normalising). `size=None` keeps the input size.
+                          spec: FaceAugmentSpec = HW2P2_AUGMENT) -> Callable[[Any], torch.Tensor]:
+    """HW2P2's training augmentation `spec` per image (torchvision v2): uint8 HWC numpy or PIL in, CHW
+    float32 tensor out. Normalises with the dataset's own `mean`/`std` ([0, 1] units); random erasing
+    fills with 0, the mean after normalising. `size=None` keeps the input size.
     """
     from torchvision.transforms import v2
 
+    if not isinstance(spec, FaceAugmentSpec):
+        raise TypeError(f"spec must be a FaceAugmentSpec (e.g. HW2P2_AUGMENT), got {type(spec).__name__}")
     mean_t, std_t = check_mean_std(mean, std)
     steps: list[Any] = [v2.ToImage()]  # numpy HWC or PIL -> uint8 CHW tensor
     if size is not None:
         steps.append(v2.Resize(_size_hw(size), antialias=True))
     steps += [
-        v2.RandomHorizontalFlip(p=0.5),
-        v2.RandomRotation(rotation),
-        v2.RandomGrayscale(p=grayscale_p),
-        v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter),
+        v2.RandomHorizontalFlip(p=spec.flip_p),
+        v2.RandomRotation(spec.rotation),
+        v2.RandomGrayscale(p=spec.grayscale_p),
+        v2.ColorJitter(brightness=spec.jitter, contrast=spec.jitter, saturation=spec.jitter),
         v2.ToDtype(torch.float32, scale=True),  # uint8 0..255 -> float 0..1
         v2.Normalize(mean=list(mean_t), std=list(std_t)),
-        v2.RandomErasing(p=erasing_p, scale=erasing_scale, value=0),
+        v2.RandomErasing(p=spec.erasing_p, scale=spec.erasing_scale, ratio=spec.erasing_ratio, value=0),
         v2.ToPureTensor(),  # plain torch.Tensor, not a tv_tensors.Image
     ]
     return v2.Compose(steps)
