@@ -651,6 +651,12 @@ class FaceFolder(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def with_transform(self, transform: Callable | None) -> FaceFolder:
+        """The same files and labels, each image run through `transform` (a per-image pipeline)."""
+        part = copy.copy(self)
+        part.transform = transform
+        return part
+
     def shard(self, rank: int, ranks: int) -> FaceFolder:
         """Images rank, rank + ranks, ...: one process's slice of a split under torch.distributed."""
         part = copy.copy(self)

@@ -1,11 +1,13 @@
 """From arrays to the loaders a run trains and tests with, and back from a loader to its images.
 
 Two ways to feed a model, named for where the augmentation runs:
-- "gpu": `GPULoader` keeps the whole dataset on the device and augments whole batches there
-  (an `AugmentSpec`: pad-and-crop, flip, cutout), so Colab's two vCPUs never starve the GPU;
+- "gpu": `GPULoader` keeps the whole dataset on the device and augments whole batches there (an
+  `AugmentSpec`: pad-and-crop, flip, cutout; or HW2P2's `FaceAugmentSpec`), and for HW2P2's face
+  folders `FaceLoader` decodes and augments each batch of files there, so Colab's two vCPUs never
+  starve the GPU;
 - "workers": a DataLoader whose workers augment one image at a time on the CPU, with the
-  albumentations pipeline of the same `AugmentSpec`, or any per-image transform (HW2P2's
-  torchvision pipeline: rotation and colour jitter have no batched version here).
+  albumentations pipeline of the same `AugmentSpec`, HW2P2's torchvision pipeline of the same
+  `FaceAugmentSpec`, or any per-image transform.
 
 `load_splits` and `make_loaders` are the calls the run's steps make; `augment_examples` shows what
 a loader's augmentation does, and `inputs_at` fetches the inputs a prediction was made on.
@@ -22,15 +24,18 @@ from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from era_utils.data import ImageArrays, load_dataset
 from era_utils import distributed
+from era_utils.face_loader import FaceLoader
 from era_utils.gpu_loader import GPULoader
 from era_utils.transforms import (
     NO_AUGMENT,
     AugmentSpec,
+    FaceAugmentSpec,
     albumentations_transform,
     apply_transform,
     check_images,
     check_mean_std,
     epoch_item,
+    hw2p2_train_transform,
     seed_transform,
 )
 from era_utils.utils import get_device
@@ -45,6 +50,7 @@ __all__ = [
     "inputs_at",
     "load_splits",
     "make_loaders",
+    "resolve_drop_last",
     "worker_init_fn",
     "worker_loader",
 ]
@@ -52,7 +58,8 @@ __all__ = [
 LOADERS = ("auto", "gpu", "workers")
 # Between two ranks' augmentation seeds: above any worker count, since a worker adds its id to the seed.
 RANK_SEED_STRIDE = 7919
-Loader = Union[GPULoader, DataLoader]
+Loader = Union[GPULoader, FaceLoader, DataLoader]
+Spec = Union[AugmentSpec, FaceAugmentSpec]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,15 +261,15 @@ def _random_generator() -> torch.Generator:
     return torch.Generator().manual_seed(int(torch.randint(2**62, ())))
 
 
-def worker_loader(arrays: Any, augment: AugmentSpec | Any, mean: Sequence[float], std: Sequence[float],
+def worker_loader(arrays: Any, augment: Spec | Any, mean: Sequence[float], std: Sequence[float],
                   batch_size: int, shuffle: bool = True, num_workers: int = 2, seed: int | None = None,
                   pin_memory: bool | None = None, *, drop_last: bool = False, shard: tuple[int, int] = (0, 1)
                   ) -> DataLoader:
     """A DataLoader over `arrays` (an ImageArrays, or an (images, labels) pair) that augments per
     image in CPU workers.
 
-    `augment`: an `AugmentSpec` (built as an albumentations 2.x pipeline for these images), or a
-    ready per-image transform (an albumentations Compose, HW2P2's torchvision pipeline). `seed`
+    `augment`: an `AugmentSpec` (built as an albumentations 2.x pipeline for these images), a
+    `FaceAugmentSpec` (built as HW2P2's torchvision pipeline), or a ready per-image transform. `seed`
     fixes shuffling and augmentation; `shard=(rank, ranks)` keeps this rank's share of each epoch.
     Use `NO_AUGMENT` with shuffle=False for the test loader.
     """
@@ -276,6 +283,8 @@ def worker_loader(arrays: Any, augment: AugmentSpec | Any, mean: Sequence[float]
     mean_t, std_t = check_mean_std(mean, std, images.shape[-1])
     if isinstance(augment, AugmentSpec):
         transform = albumentations_transform(augment, mean_t, std_t, size=tuple(images.shape[1:3]))
+    elif isinstance(augment, FaceAugmentSpec):
+        transform = hw2p2_train_transform(mean_t, std_t, size=None, spec=augment)
     else:
         transform = augment
     return dataset_loader(ArrayDataset(images, labels, transform, seed=seed), batch_size, shuffle=shuffle,
@@ -290,7 +299,7 @@ def worker_loader(arrays: Any, augment: AugmentSpec | Any, mean: Sequence[float]
 def make_loaders(
     train: ImageArrays,
     test: ImageArrays,
-    augment: Union[AugmentSpec, Callable],
+    augment: Union[Spec, Callable],
     mean: Sequence[float],
     std: Sequence[float],
     batch_size: int,
@@ -305,10 +314,10 @@ def make_loaders(
 ) -> tuple[Loader, Loader]:
     """(train_loader, test_loader), both yielding (images, labels).
 
-    `augment`: an `AugmentSpec` (S7 / S10: runs on either path), or a per-image callable such as
-    `hw2p2_train_transform(...)` (rotation and colour jitter: CPU workers only).
+    `augment`: an `AugmentSpec` (S7 / S10) or a `FaceAugmentSpec` (HW2P2), either of which runs on
+    either path, or a per-image callable (CPU workers only).
     `loader`: "gpu" keeps the data on `device` and augments whole batches there; "workers"
-    augments per image in `num_workers` DataLoader workers; "auto" is gpu for an AugmentSpec.
+    augments per image in `num_workers` DataLoader workers; "auto" is gpu for a spec.
     The test loader only normalises and keeps the dataset's order. `drop_last` drops the training
     loader's short last batch (every epoch leaves out another random few images), so that the
     model `fit` compiles on a GPU meets one batch shape only; "auto" = on when `device` is a CUDA
@@ -318,18 +327,16 @@ def make_loaders(
     """
     if loader not in LOADERS:
         raise ValueError(f"loader must be one of {LOADERS}, got {loader!r}")
-    per_image = not isinstance(augment, AugmentSpec)
+    per_image = not isinstance(augment, (AugmentSpec, FaceAugmentSpec))
     if per_image and not callable(augment):
-        raise TypeError(f"augment must be an AugmentSpec or a callable transform, got {type(augment).__name__}")
+        raise TypeError(f"augment must be an AugmentSpec, a FaceAugmentSpec or a callable transform, got "
+                        f"{type(augment).__name__}")
     if per_image and loader == "gpu":
         raise ValueError(
-            "this augmentation (e.g. HW2P2's rotation and colour jitter) runs per image on CPU "
-            "workers: use loader='workers' (or 'auto')"
+            "a per-image transform runs on CPU workers: use loader='workers' (or 'auto'), or describe the "
+            "augmentation as an AugmentSpec / FaceAugmentSpec, which runs batched on the device too"
         )
-    if drop_last == "auto":
-        drop_last = get_device(device).type == "cuda" and -(-len(train.labels) // shard[1]) >= batch_size
-    elif not isinstance(drop_last, bool):
-        raise ValueError(f"drop_last must be True, False or 'auto', got {drop_last!r}")
+    drop_last = resolve_drop_last(drop_last, device, len(train.labels), batch_size, shard[1])
     on_gpu = loader == "gpu" or (loader == "auto" and not per_image)
     if on_gpu:
         # channels_last batches match fit()'s channels_last model on CUDA: no per-step layout copies.
@@ -341,6 +348,17 @@ def make_loaders(
                                      seed=seed, drop_last=drop_last, shard=shard)
     return train_loader, eval_loader(test, mean, std, batch_size, on_gpu=on_gpu, device=device,
                                      num_workers=num_workers, channels_last=channels_last)
+
+
+def resolve_drop_last(drop_last: Union[bool, str], device: Optional[Union[str, torch.device]], images: int,
+                      batch_size: int, ranks: int = 1) -> bool:
+    """A training loader's drop_last: "auto" drops the short last batch on a CUDA GPU (the compiled model
+    then meets one batch shape only) when each of the `ranks` processes holds at least one full batch."""
+    if drop_last == "auto":
+        return get_device(device).type == "cuda" and -(-images // ranks) >= batch_size
+    if not isinstance(drop_last, bool):
+        raise ValueError(f"drop_last must be True, False or 'auto', got {drop_last!r}")
+    return drop_last
 
 
 def eval_loader(arrays: ImageArrays, mean: Sequence[float], std: Sequence[float], batch_size: int, *,
@@ -368,14 +386,14 @@ def augment_examples(augment: Any, images: Any, *, n: int = 5, rows: int = 2) ->
     """The first `n` of `images` augmented `rows` times, as the model sees them: a normalised
     (rows, n, C, H, W) float tensor on the CPU (de-normalise with the loader's mean/std to show it).
 
-    `augment`: a `GPULoader` (its batched augmentation), a DataLoader over an `ArrayDataset` or a
-    face folder (its per-image transform), or a per-image transform itself. `images`: uint8
-    (N, H, W, C) arrays or an ImageArrays.
+    `augment`: a `GPULoader` or `FaceLoader` (its batched augmentation), a DataLoader over an
+    `ArrayDataset` or a face folder (its per-image transform), or a per-image transform itself.
+    `images`: uint8 (N, H, W, C) arrays or an ImageArrays.
     """
     raw = np.asarray(getattr(images, "images", images))[:n]
     if raw.ndim == 3:
         raw = raw[..., None]  # (n, H, W) gray
-    if isinstance(augment, GPULoader):
+    if isinstance(augment, (GPULoader, FaceLoader)):
         batches = [augment.augment(raw).float().cpu() for _ in range(rows)]
     else:
         dataset = _transform_of(augment) if isinstance(augment, DataLoader) else None
@@ -395,8 +413,8 @@ def augment_examples(augment: Any, images: Any, *, n: int = 5, rows: int = 2) ->
 
 def can_fetch_inputs(loader: Any) -> bool:
     """Can `inputs_at` give this loader's inputs back by position (an unshuffled test loader)?"""
-    if isinstance(loader, GPULoader):
-        return not loader.shuffle and loader.spec.is_identity
+    if isinstance(loader, (GPULoader, FaceLoader)):
+        return not loader.shuffle and (loader.spec is None or loader.spec.is_identity)
     return isinstance(loader, DataLoader) and _in_order(loader)
 
 
@@ -411,14 +429,14 @@ def inputs_at(loader: Any, indices: Sequence[int] | np.ndarray | torch.Tensor) -
     """The normalised inputs (k, C, H, W) at positions `indices` of an unshuffled, unaugmented loader
     (a test loader), on the CPU: the images a prediction was made on, fetched again.
 
-    A GPULoader gathers them on the device; a DataLoader reads them from its dataset, in which
-    position i of an unshuffled loader is item i.
+    A GPULoader gathers them on the device, a FaceLoader reads and decodes those files again; a
+    DataLoader reads them from its dataset, in which position i of an unshuffled loader is item i.
     """
     index = torch.as_tensor(np.asarray(indices), dtype=torch.long).reshape(-1)
-    if isinstance(loader, GPULoader):
-        if loader.shuffle or not loader.spec.is_identity:
-            raise ValueError("inputs_at needs the test loader (shuffle=False, spec=NO_AUGMENT): a shuffled "
-                             "or augmenting GPULoader does not give an image the same input twice")
+    if isinstance(loader, (GPULoader, FaceLoader)):
+        if not can_fetch_inputs(loader):
+            raise ValueError(f"inputs_at needs the test loader (shuffle=False, no augmentation): a shuffled "
+                             f"or augmenting {type(loader).__name__} does not give an image the same input twice")
         return loader.inputs_at(index).float().cpu()
     if isinstance(loader, DataLoader):
         if not _in_order(loader):
@@ -429,5 +447,5 @@ def inputs_at(loader: Any, indices: Sequence[int] | np.ndarray | torch.Tensor) -
                             for item in items]).float()
     raise TypeError(
         f"cannot fetch images back from a {type(loader).__name__}: predict with keep_inputs=True, "
-        "or use a GPULoader or a DataLoader"
+        "or use a GPULoader, a FaceLoader or a DataLoader"
     )

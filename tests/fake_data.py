@@ -9,6 +9,7 @@
 - `write_face_folders(root)`: root/train/<identity>/*.jpg, root/dev/<identity>/*.jpg, root/test/*.jpg
   (flat), each identity a distinct colour and shape plus noise; `make_pairs` + `write_pairs` write
   a verification pairs file.
+- `DiesInEpoch(test_loader, epoch)`: a test loader that kills the "session" in that epoch (resume tests).
 
 Import as `from fake_data import write_cifar10, ...` (pytest puts tests/ on sys.path).
 """
@@ -297,3 +298,23 @@ def write_pairs(
         lines.append(sep.join(cols))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# A session that dies
+# ----------------------------------------------------------------------------------------------
+
+class DiesInEpoch:
+    """A test loader that kills the 'session' when evaluation of epoch `epoch` starts."""
+
+    def __init__(self, loader: Iterable, epoch: int) -> None:
+        self.loader, self.epoch, self.calls = loader, epoch, 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        self.calls += 1
+        if self.calls == self.epoch:
+            raise KeyboardInterrupt("the Colab session died")
+        return iter(self.loader)

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fake_data import DiesInEpoch
+
 from era_utils import engine, speed
 from era_utils.checkpoint import load_checkpoint, save_checkpoint
 from era_utils.engine import History, evaluate, fit, train_one_epoch
@@ -354,22 +356,6 @@ def test_history_json_round_trip(tmp_path):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-
-
-class DiesInEpoch:
-    """A test loader that kills the 'session' when evaluation of epoch `epoch` starts."""
-
-    def __init__(self, loader: DataLoader, epoch: int) -> None:
-        self.loader, self.epoch, self.calls = loader, epoch, 0
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        self.calls += 1
-        if self.calls == self.epoch:
-            raise KeyboardInterrupt("the Colab session died")
-        return iter(self.loader)
 
 
 def _run(tmp_path, ckpt_name: str, seed: int, loader_seed: int | None, resume: bool,
