@@ -3,20 +3,21 @@
 `era-utils run NAME` and the notebooks read these at run time; any field can be overridden for one
 run (`get_recipe("s10").override(epochs=1)`). A recipe is also the one place that turns its
 numbers into training objects (nanoGPT's `configure_optimizers`): `configure_optimizers` builds the
-optimizer and the per-step schedule, `range_test_optimizer` the LR range test's optimizer,
-`criterion` the loss and `train_augment` the training augmentation. Nothing else builds them.
+optimizer and the per-step schedule, `range_test_optimizer` the LR range test's optimizer and
+`criterion` the loss; `augment` describes the training augmentation, which the loaders build (batched
+on the device, or per image on CPU workers). Nothing else builds them.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import torch
 from torch import nn
 
 from era_utils.schedules import cosine_warm_restarts, make_criterion, make_optimizer, one_cycle
-from era_utils.transforms import S7_AUGMENT, S10_AUGMENT, AugmentSpec, hw2p2_train_transform
+from era_utils.transforms import HW2P2_AUGMENT, NO_AUGMENT, S7_AUGMENT, S10_AUGMENT, AugmentSpec, FaceAugmentSpec
 
 Schedule = Literal["one_cycle", "cosine_restarts", "constant"]
 
@@ -73,8 +74,9 @@ class Recipe:
     lr_finder_method: Literal["valley", "steepest", "minimum"] = "valley"  # the max LR's rule
     # One Cycle's starting LR: "tenth" = max / 10; "descent" = where the range test's loss starts to fall.
     lr_finder_min_method: Literal["tenth", "descent"] = "tenth"
-    # Batched on the GPU loader or per sample with albumentations; None = HW2P2's torchvision pipeline.
-    augment: Optional[AugmentSpec] = None
+    # S7/S10's crop/flip/CutOut (albumentations per image, or batched on the device) or HW2P2's
+    # FaceAugmentSpec (torchvision per image, or batched on the device): era_utils.transforms.
+    augment: Union[AugmentSpec, FaceAugmentSpec] = NO_AUGMENT
     dataset: Literal["cifar10", "fashion_mnist", "faces"] = "cifar10"  # "faces": HW2P2's Kaggle folders
     target_accuracy: Optional[float] = None  # % on the test set, from the assignment
     max_params: Optional[int] = None  # the assignment's parameter limit (S7-lite: under 100k)
@@ -129,8 +131,7 @@ class Recipe:
         rows = [("model", self.model), ("epochs", str(self.epochs)), ("batch size", str(self.batch_size)),
                 ("optimizer", opt), ("learning rate", lr), ("schedule", schedule),
                 ("loss", "cross-entropy" + (f", label smoothing {self.label_smoothing:g}" if self.label_smoothing else "")),
-                ("augmentation", self.augment.describe() if self.augment else "HW2P2 torchvision pipeline (flip, "
-                 "rotation, grayscale, colour jitter, random erasing)")]
+                ("augmentation", self.augment.describe())]
         if self.target_accuracy is not None:
             rows.append(("target", f"{self.target_accuracy:g}% test accuracy"))
         if self.max_params is not None:
@@ -158,14 +159,6 @@ class Recipe:
     def criterion(self) -> nn.Module:
         """The training loss: cross-entropy, with the recipe's label smoothing."""
         return make_criterion(self.label_smoothing)
-
-    def train_augment(self, mean: tuple[float, ...], std: tuple[float, ...], size: int | None = None
-                      ) -> Union[AugmentSpec, Callable]:
-        """The training augmentation: the recipe's AugmentSpec (either loader path), or HW2P2's
-        torchvision pipeline built for this data's mean/std (per image; `size` resizes, faces: 224)."""
-        if self.augment is not None:
-            return self.augment
-        return hw2p2_train_transform(mean, std, size=size)
 
     def _optimizer(self, params: Any, lr: float, fused: bool | None) -> torch.optim.Optimizer:
         return make_optimizer(self.optimizer, params, lr=lr, momentum=self.momentum, nesterov=self.nesterov,
@@ -298,7 +291,7 @@ RECIPES: dict[str, Recipe] = {
             label_smoothing=0.2,
             schedule="cosine_restarts",
             restart_epochs=10,
-            augment=None,  # torchvision v2: flip, rotation 12, grayscale, colour jitter, erasing
+            augment=HW2P2_AUGMENT,  # flip, rotation 12, grayscale 0.1, colour jitter 0.2, random erasing
             verification=True,
             dataset="faces",  # the Kaggle folders (--data-dir); Fashion-MNIST stands in anywhere
             notes="Seed 001: SGD 0.1, wd 1e-4, label smoothing 0.2, cosine warm restarts, AMP, batch 128.",

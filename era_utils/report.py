@@ -19,6 +19,7 @@ from torch import nn
 
 from era_utils.models import create_model
 from era_utils.recipes import RECIPES, Recipe
+from era_utils.transforms import FaceAugmentSpec
 
 __all__ = ["Check", "assignment_checks", "git_commit", "render_report", "render_seeds_report"]
 
@@ -211,7 +212,7 @@ def _s10_checks(run: _Run) -> list[Check]:
 
 
 def _hw2p2_checks(run: _Run) -> list[Check]:
-    m = run.metrics
+    m, spec = run.metrics, run.recipe.augment
     faces = m["dataset"] == "faces"
     verification = m.get("verification") or {}
     return [
@@ -227,7 +228,10 @@ def _hw2p2_checks(run: _Run) -> list[Check]:
         Check("mixed precision", m["precision"],
               PASS if m["precision"] != "fp32" else NOT_CHECKED),
         Check("torchvision augmentation: flip, rotation, grayscale, colour jitter, random erasing",
-              "HW2P2's torchvision pipeline (hw2p2_train_transform)", _yes(run.recipe.augment is None)),
+              f"{spec.describe()}; " + ("batched on the device (era_utils.face_augment, torchvision's draws)"
+                                        if m.get("loader") == "gpu" else "per image (torchvision v2)"),
+              _yes(isinstance(spec, FaceAugmentSpec) and bool(spec.flip_p and spec.rotation and spec.grayscale_p
+                                                             and spec.jitter and spec.erasing_p))),
         Check("verification: cosine similarity of penultimate-layer embeddings, ROC AUC on labelled pairs",
               f"AUC {verification['auc']:.4f}: {verification['pairs']}"
               if verification else "no verification", _yes(bool(verification))),

@@ -44,16 +44,17 @@ from era_utils.data import (
     read_pairs,
 )
 from era_utils.engine import History, fit
+from era_utils.face_loader import FaceLoader
 from era_utils.files import json_safe, remove_leftover_temp_files
 from era_utils.gpu_loader import GPULoader
 from era_utils.kaggle import ids_for_pairs
-from era_utils.loaders import LOADERS, dataset_loader, eval_loader, load_splits, make_loaders
+from era_utils.loaders import LOADERS, dataset_loader, eval_loader, load_splits, make_loaders, resolve_drop_last
 from era_utils.loggers import logger_names, make_loggers
 from era_utils.lr_finder import LRFinderResult, find_lr
 from era_utils.models import create_model
 from era_utils.recipes import Recipe, RunSize, get_recipe
 from era_utils.speed import FastPath, fast_path
-from era_utils.transforms import hw2p2_test_transform
+from era_utils.transforms import FaceAugmentSpec, hw2p2_test_transform, hw2p2_train_transform
 from era_utils.utils import get_device, set_seed
 from era_utils.verification import (
     VerificationMetrics,
@@ -124,6 +125,7 @@ class RunPlan:
     log: Optional[str] = None  # loggers for `era-utils run --log` ("csv,tensorboard"), written under `out`
     processes: int = 1  # processes training together (torchrun, --nproc); the recipe's batch is split over them
     sync_batchnorm: bool = False  # with several processes: BatchNorm statistics over all of them (CUDA only)
+    loader_why: str = ""  # why `loader`, in words, for the log and the notebook's plan table
 
     @property
     def batch_per_process(self) -> int:
@@ -140,7 +142,7 @@ class RunPlan:
         images = "all" if self.subset is None else f"{self.subset:,} (stratified)"
         rows = [("dataset", self.dataset + (f" from {self.data_dir}" if self.data_dir else "")),
                 ("training images", images), ("device", f"{self.device} ({self.fast.describe()})"),
-                ("loader", self.loader), ("output folder", str(self.out) + (" (resuming)" if self.resume else ""))]
+                ("loader", self.loader + (f" ({self.loader_why})" if self.loader_why else "")), ("output folder", str(self.out) + (" (resuming)" if self.resume else ""))]
         if self.processes > 1:
             rows.append(("processes", f"{self.processes} (DistributedDataParallel), batch {self.batch_per_process} each"
                          + (", SyncBatchNorm" if self.sync_batchnorm else "")))
@@ -169,7 +171,8 @@ class RunPlan:
             self.recipe.title + ("" if self.size == "full" else f" ({self.size} run)"),
             f"  data: {data.title}, {len(data.train)} train / {len(data.test)} test images, {data.channels} "
             f"channel(s), mean {tuple(round(m, 4) for m in data.mean)}, std {tuple(round(s, 4) for s in data.std)}",
-            f"  loader: {self.loader}; device: {self.device}; {self.fast.describe()}"
+            f"  loader: {self.loader}" + (f" ({self.loader_why})" if self.loader_why else "")
+            + f"; device: {self.device}; {self.fast.describe()}"
             + (f"; {self.processes} processes, batch {self.batch_per_process} each" if self.processes > 1 else ""),
         ])
 
@@ -305,7 +308,7 @@ def plan_run(
     dataset = dataset or chosen.dataset
     if dataset not in RUN_DATASETS:
         raise ValueError(f"dataset must be one of {RUN_DATASETS}, got {dataset!r}")
-    if dataset == "faces" and chosen.augment is not None:
+    if dataset == "faces" and not isinstance(chosen.augment, FaceAugmentSpec):
         raise ValueError(f"recipe {chosen.name!r} trains on 32x32 images; the face folders are HW2P2's (recipe 'hw2p2')")
     if loader not in LOADERS:
         raise ValueError(f"loader must be one of {LOADERS}, got {loader!r}")
@@ -318,12 +321,10 @@ def plan_run(
     path = fast_path(dev, enabled=fast, amp=amp)
     if compile is not None:
         path = replace(path, compile=compile)
-    per_image = chosen.augment is None or dataset == "faces"  # HW2P2's torchvision pipeline
-    if loader == "gpu" and (per_image or not fast):
-        why = ("HW2P2's rotation and colour jitter run per image on CPU workers" if per_image
-               else "the classic path augments per image on CPU workers")
-        raise ValueError(f"loader 'gpu' does not fit this run: {why}; use loader 'workers' (or 'auto')")
-    resolved_loader = "workers" if per_image else (path.loader if loader == "auto" else loader)
+    if loader == "gpu" and not fast:
+        raise ValueError("loader 'gpu' does not fit this run: the classic path augments per image on CPU workers; "
+                         "use loader 'workers' (or 'auto')")
+    resolved_loader, loader_why = _choose_loader(loader, path, chosen.augment, dataset)
     return RunPlan(
         recipe=chosen,
         dataset=dataset,
@@ -349,7 +350,25 @@ def plan_run(
         log=log,
         processes=processes,
         sync_batchnorm=sync_batchnorm,
+        loader_why=loader_why,
     )
+
+
+def _choose_loader(asked: str, path: FastPath, augment: Any, dataset: str) -> tuple[str, str]:
+    """("gpu" | "workers", why) for a run: what was asked, else the faster path for this device."""
+    faces = isinstance(augment, FaceAugmentSpec)
+    on_device = ("JPEGs decoded and augmented in batches on the device, CPU workers only read the files"
+                 if dataset == "faces" else "the images on the device, augmented in batches there")
+    if asked != "auto":
+        return asked, "as asked" + (f": {on_device}" if asked == "gpu" else ": per image on CPU workers")
+    if not path.enabled:
+        return "workers", "the classic path: per image on CPU workers"
+    if faces and path.device.type == "cpu":
+        # Measured (benchmarks/face_loader_speed_cpu.md): HW2P2's rotation and jitter, batched in torch
+        # on two cores, are slower than torchvision on two workers image by image.
+        return "workers", ("HW2P2's augmentation per image on CPU workers: on a CPU that is faster than "
+                           "batched (benchmarks/face_loader_speed_cpu.md); on a GPU it runs there")
+    return path.loader, on_device if path.loader == "gpu" else "per image on CPU workers"
 
 
 def _check_devices_for(processes: int, device: torch.device) -> None:
@@ -446,12 +465,9 @@ def load_data(plan: RunPlan) -> Data:
             raise FileNotFoundError(
                 "HW2P2's face data needs data_dir (--data-dir): the unzipped Kaggle folder with train/<identity>/*.jpg, "
                 "dev/<identity>/*.jpg and test/*.jpg. Without it, --dataset fashion_mnist stands in.")
-        mean, std = HW2P2_MEAN, HW2P2_STD
-        train_tf = plan.recipe.train_augment(mean, std, size=FACE_SIZE)
-        test_tf = hw2p2_test_transform(mean, std, size=FACE_SIZE)
-        root = Path(plan.data_dir)
-        kaggle_test = FaceFolder(root, "test", test_tf) if (root / "test").is_dir() else None
-        return Data("faces", FaceFolder(root, "train", train_tf), FaceFolder(root, "dev", test_tf), mean, std,
+        root = Path(plan.data_dir)  # the files only: the loaders decide how they are read (build_loaders)
+        kaggle_test = FaceFolder(root, "test") if (root / "test").is_dir() else None
+        return Data("faces", FaceFolder(root, "train"), FaceFolder(root, "dev"), HW2P2_MEAN, HW2P2_STD,
                     kaggle_test=kaggle_test)
     train, test = load_splits(plan.dataset, root=plan.data_dir, download=plan.download, subset=plan.subset,
                               test_subset=plan.test_subset, seed=plan.recipe.seed)
@@ -482,9 +498,10 @@ def _only(arrays: ImageArrays, classes: list[int], relabel: bool = True) -> Imag
 
 def build_loaders(plan: RunPlan, data: Data, *, whole: bool = False
                   ) -> tuple[Union[GPULoader, torch.utils.data.DataLoader], Any]:
-    """(train_loader, test_loader) as the plan says: batched on the device ("gpu") or per image on
-    CPU workers ("workers"); the recipe's batch size and augmentation, the fast path's layout and
-    drop_last. The test loader only normalises, in the test split's order.
+    """(train_loader, test_loader) as the plan says: batched on the device ("gpu": the arrays there, or
+    HW2P2's face files decoded there) or per image on CPU workers ("workers"); the recipe's batch size
+    and augmentation, the fast path's layout and drop_last. The test loader only normalises (and
+    resizes faces), in the test split's order.
 
     Under torch.distributed each process gets its share: its shard of every epoch at its part of the
     batch, and its slice of the test set (fit adds the ranks' test sums up). `whole=True`: the loaders
@@ -494,20 +511,45 @@ def build_loaders(plan: RunPlan, data: Data, *, whole: bool = False
     batch = recipe.batch_size // ranks
     test = data.test.shard(rank, ranks) if ranks > 1 else data.test
     if isinstance(data.train, FaceFolder):
-        kw = dict(num_workers=plan.num_workers, seed=recipe.seed)
-        train_loader = dataset_loader(data.train, batch, shuffle=True, drop_last=plan.fast.drop_last is True,
-                                      shard=(rank, ranks), **kw)
-        test_loader = dataset_loader(test, recipe.batch_size, shuffle=False, **kw)
+        drop_last = resolve_drop_last(plan.fast.drop_last, plan.device, len(data.train), batch, ranks)
+        if plan.loader == "gpu":
+            kw = dict(mean=data.mean, std=data.std, size=FACE_SIZE, device=plan.device, num_workers=plan.num_workers,
+                      channels_last=plan.fast.channels_last)
+            train_loader = FaceLoader(data.train, batch, spec=recipe.augment, shuffle=True, drop_last=drop_last,
+                                      seed=recipe.seed, shard=(rank, ranks), **kw)
+            test_loader = FaceLoader(test, recipe.batch_size, **kw)
+        else:
+            kw = dict(num_workers=plan.num_workers, seed=recipe.seed)
+            train_tf = hw2p2_train_transform(data.mean, data.std, size=FACE_SIZE, spec=recipe.augment)
+            train_loader = dataset_loader(data.train.with_transform(train_tf), batch, shuffle=True,
+                                          drop_last=drop_last, shard=(rank, ranks), **kw)
+            test_loader = dataset_loader(test.with_transform(_face_eval_transform(data)), recipe.batch_size,
+                                         shuffle=False, **kw)
     else:
         try:
             train_loader, test_loader = make_loaders(
-                data.train, test, recipe.train_augment(data.mean, data.std), data.mean, data.std,
+                data.train, test, recipe.augment, data.mean, data.std,
                 batch, loader=plan.loader, device=plan.device, seed=recipe.seed, num_workers=plan.num_workers,
                 channels_last=plan.fast.channels_last, drop_last=plan.fast.drop_last, shard=(rank, ranks))
         except ValueError as err:
             raise ValueError(f"recipe {recipe.name!r}: {err}") from None
     recipe.check_steps(len(data.train), len(train_loader))  # before any work: a run too short to schedule
     return train_loader, test_loader
+
+
+def _face_eval_transform(data: Data) -> Any:
+    """HW2P2's per-image evaluation transform (resize, normalise) for this data: the workers path."""
+    return hw2p2_test_transform(data.mean, data.std, size=FACE_SIZE)
+
+
+def _face_eval_loader(plan: RunPlan, data: Data, images: Any) -> Union[FaceLoader, torch.utils.data.DataLoader]:
+    """An evaluation loader over face files, read as the plan reads them: decoded on the device ("gpu":
+    a FaceFolder or a list of paths) or per image on CPU workers (a FaceFolder); resized, normalised, in order."""
+    if plan.loader == "gpu":
+        return FaceLoader(images, plan.recipe.batch_size, mean=data.mean, std=data.std, size=FACE_SIZE,
+                          device=plan.device, num_workers=plan.num_workers, channels_last=plan.fast.channels_last)
+    return dataset_loader(images.with_transform(_face_eval_transform(data)), plan.recipe.batch_size,
+                          shuffle=False, num_workers=plan.num_workers)
 
 
 def build_model(plan: RunPlan, data: Data) -> nn.Module:
@@ -588,11 +630,15 @@ def verify(plan: RunPlan, data: Data, model: nn.Module) -> Verification:
         if not (plan.dev_pairs and plan.test_pairs):
             raise ValueError("verification on the face folders needs the pairs files: dev_pairs (a b label) "
                              "and test_pairs (a b), as in the HW2P2 verification download")
-        transform = hw2p2_test_transform(data.mean, data.std, size=FACE_SIZE)
-        kw.update(batch_size=plan.recipe.batch_size, num_workers=plan.num_workers, progress=plan.verbose)
-        metrics = verify_pairs(model, read_pairs(plan.dev_pairs, root=plan.pairs_root), transform, **kw)
+        if plan.loader == "gpu":  # the pairs' images decoded on the device, as training read its own
+            kw.update(loader=lambda paths: _face_eval_loader(plan, data, paths))
+        else:
+            kw.update(transform=_face_eval_transform(data), batch_size=plan.recipe.batch_size,
+                      num_workers=plan.num_workers)
+        kw.update(progress=plan.verbose)
+        metrics = verify_pairs(model, read_pairs(plan.dev_pairs, root=plan.pairs_root), **kw)
         test = read_pairs(plan.test_pairs, root=plan.pairs_root, labelled=False)
-        scores = score_pairs(model, test, transform, **kw)
+        scores = score_pairs(model, test, **kw)
         return Verification(metrics, f"{plan.dev_pairs} (labelled), {plan.test_pairs} (scored)",
                             ids_for_pairs(test, root=plan.pairs_root), scores, "Verification ROC (dev pairs)")
     if data.held_out is None:
@@ -617,7 +663,6 @@ def kaggle_predictions(plan: RunPlan, data: Data, model: nn.Module, preds: Predi
     """(image ids, predicted labels) for the classification CSV: HW2P2's unlabelled test split when
     the face folders have one (a pass over that split), else the test split already predicted."""
     if data.kaggle_test is not None:
-        loader = dataset_loader(data.kaggle_test, plan.recipe.batch_size, shuffle=False,
-                                num_workers=plan.num_workers)
+        loader = _face_eval_loader(plan, data, data.kaggle_test)
         return list(data.kaggle_test.ids), predict(model, loader, amp=plan.fast.amp).preds
     return [str(i) for i in range(len(preds))], preds.preds

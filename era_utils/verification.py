@@ -78,6 +78,7 @@ def embed_paths(
     paths: Sequence[PathLike],
     transform: Optional[Callable] = None,
     *,
+    loader: Optional[Callable[[list[Path]], Any]] = None,
     device: str | torch.device | None = None,
     batch_size: int = 128,
     num_workers: int = 0,
@@ -88,8 +89,13 @@ def embed_paths(
 
     Each image is read as RGB and handed to `transform` the way FaceFolder does (albumentations:
     image=ndarray; torchvision: a PIL image; default: scaled to [0, 1]); the model runs once over
-    them (`analysis.predict`), in eval mode, with autocast on CUDA (`amp` as in fit).
+    them (`analysis.predict`), in eval mode, with autocast on CUDA (`amp` as in fit). `loader`, instead
+    of `transform`: builds the loader over the paths itself (e.g. a `face_loader.FaceLoader`, which
+    decodes them on the device); it must keep their order.
     """
+    if loader is not None and transform is not None:
+        raise ValueError("give transform (per image, in a DataLoader) or loader (which reads the images itself), "
+                         "not both")
     paths = [Path(p) for p in paths]
     missing = [p for p in paths if not p.is_file()]
     if missing:
@@ -99,14 +105,13 @@ def embed_paths(
             "holds relative paths, pass root= (the folder they are relative to) to read_pairs."
         )
     device = get_device(device)
-    loader = DataLoader(
-        _TensorImageFiles(paths, transform if transform is not None else _to_float_tensor),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-    )
-    return predict(model, loader, device, embeddings=True, amp=amp, verbose=progress).embeddings
+    if loader is not None:
+        images = loader(paths)
+    else:
+        images = DataLoader(_TensorImageFiles(paths, transform if transform is not None else _to_float_tensor),
+                            batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            pin_memory=device.type == "cuda")
+    return predict(model, images, device, embeddings=True, amp=amp, verbose=progress).embeddings
 
 
 def cosine_scores(emb_a: torch.Tensor | np.ndarray, emb_b: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -177,6 +182,7 @@ def score_pairs(
     pairs: Sequence[Any],
     transform: Optional[Callable] = None,
     *,
+    loader: Optional[Callable[[list[Path]], Any]] = None,
     device: str | torch.device | None = None,
     batch_size: int = 128,
     num_workers: int = 0,
@@ -186,7 +192,8 @@ def score_pairs(
     """Cosine similarity `(P,)` float32 of each pair (`data.Pair` or `(a, b[, label])`).
 
     Each distinct image is read and embedded once, however many pairs it appears in
-    (HW2P2's pairs files reuse images many times), then the pairs index the embeddings.
+    (HW2P2's pairs files reuse images many times), then the pairs index the embeddings. `transform`
+    or `loader`: how the images are read, as in `embed_paths`.
     """
     if len(pairs) == 0:
         raise ValueError("no pairs to score: the pairs list is empty")
@@ -201,6 +208,7 @@ def score_pairs(
         model,
         list(index),
         transform,
+        loader=loader,
         device=device,
         batch_size=batch_size,
         num_workers=num_workers,
@@ -334,6 +342,7 @@ def verify_pairs(
     pairs: Sequence[Any],
     transform: Optional[Callable] = None,
     *,
+    loader: Optional[Callable[[list[Path]], Any]] = None,
     threshold: float | None = None,
     device: str | torch.device | None = None,
     batch_size: int = 128,
@@ -350,7 +359,7 @@ def verify_pairs(
             "pairs (three columns: a b label); for the unlabelled test pairs use score_pairs"
         )
     scores = score_pairs(
-        model, pairs, transform, device=device, batch_size=batch_size, num_workers=num_workers,
+        model, pairs, transform, loader=loader, device=device, batch_size=batch_size, num_workers=num_workers,
         amp=amp, progress=progress,
     )
     return verification_metrics(labels, scores, threshold=threshold)

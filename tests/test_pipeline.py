@@ -16,6 +16,7 @@ import torch
 
 from era_utils import steps
 from era_utils.data import FASHION_MNIST_SYSTEM_DIR
+from era_utils.face_loader import FaceLoader
 from era_utils.gpu_loader import GPULoader
 from era_utils.recipes import get_recipe
 from era_utils.runner import run_recipe
@@ -100,11 +101,31 @@ def test_plan_sizes_and_overrides():
     fixed = steps.plan_run("s10", lr=0.01)
     assert fixed.recipe.lr == 0.01 and not fixed.recipe.use_lr_finder
     assert steps.plan_run("s10").loader == "gpu" and steps.plan_run("s10", fast=False).loader == "workers"
-    assert steps.plan_run("hw2p2", dataset="fashion_mnist").loader == "workers"  # per-image torchvision
+    assert steps.plan_run("hw2p2", dataset="fashion_mnist", device="cpu").loader == "workers"  # faster on a CPU
+
+
+def test_hw2p2_is_read_on_the_device_on_a_gpu_and_by_workers_on_a_cpu():
+    """The plan picks the faster path per device and says why (the run's log, the notebook's table)."""
+    from dataclasses import replace
+
+    from era_utils.speed import fast_path
+    from era_utils.transforms import HW2P2_AUGMENT
+
+    cpu = fast_path("cpu")
+    cuda = replace(cpu, device=torch.device("cuda"), channels_last=True, cudnn_benchmark=True)  # no GPU needed
+    for dataset in ("faces", "fashion_mnist"):
+        assert steps._choose_loader("auto", cuda, HW2P2_AUGMENT, dataset)[0] == "gpu"
+        loader, why = steps._choose_loader("auto", cpu, HW2P2_AUGMENT, dataset)
+        assert loader == "workers" and "faster" in why and "face_loader_speed" in why
+    assert "decoded" in steps._choose_loader("auto", cuda, HW2P2_AUGMENT, "faces")[1]
+    assert steps._choose_loader("auto", cuda, get_recipe("s10").augment, "cifar10")[0] == "gpu"
+    assert steps._choose_loader("auto", replace(cuda, enabled=False, loader="workers"), HW2P2_AUGMENT,
+                                "faces") == ("workers", "the classic path: per image on CPU workers")
+    plan = steps.plan_run("hw2p2", dataset="fashion_mnist", device="cpu", loader="gpu")  # asked: any device
+    assert plan.loader == "gpu" and "loader: gpu (as asked" in plan.log_lines(steps.load_data(plan))
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(recipe="hw2p2", dataset="fashion_mnist", loader="gpu"), "per image on CPU workers"),
     (dict(recipe="s10", fast=False, loader="gpu"), "classic path"),
     (dict(recipe="s10", dataset="mnist"), "dataset must be one of"),
     (dict(recipe="s10", dataset="faces"), "face folders are HW2P2's"),
@@ -166,9 +187,11 @@ def test_a_run_passes_over_the_test_set_once_after_training(tmp_path, monkeypatc
 # ----------------------------------------------------------------------------- HW2P2 faces, headless
 
 
-def test_face_folders_run_through_the_same_steps(tmp_path):
+@pytest.mark.parametrize("loader", ["workers", "gpu"])
+def test_face_folders_run_through_the_same_steps(tmp_path, loader):
     """The real assignment's layout (train/ dev/ test/ folders, pairs files) through era-utils run's
-    chain: classification on dev, verification on the pairs files, both Kaggle CSVs."""
+    chain: classification on dev, verification on the pairs files, both Kaggle CSVs; read per image on
+    CPU workers, or decoded and augmented in batches on the device (here the CPU)."""
     from fake_data import make_pairs, write_face_folders, write_pairs
 
     from era_utils.kaggle import read_submission
@@ -179,12 +202,15 @@ def test_face_folders_run_through_the_same_steps(tmp_path):
     test = write_pairs(tmp_path / "faces" / "test_pairs.txt", test_lines, labelled=False)
     recipe = get_recipe("hw2p2").override(model="face_baseline", epochs=1, batch_size=4, lr=0.01)
     plan = steps.plan_run(recipe, dataset="faces", data_dir=str(faces.root), dev_pairs=str(dev), test_pairs=str(test),
-                          device="cpu", num_workers=0, out=tmp_path / "run", verbose=False)
+                          device="cpu", num_workers=0, out=tmp_path / "run", verbose=False, loader=loader)
+    assert plan.loader == loader and plan.loader_why.startswith("as asked")
     data = steps.load_data(plan)
+    train_loader, test_loader = steps.build_loaders(plan, data)
+    assert isinstance(train_loader, FaceLoader) == (loader == "gpu") == isinstance(test_loader, FaceLoader)
     assert data.input_size == (3, 224, 224) and data.classes == faces.identities and len(data.test) == 6
     metrics = run_recipe(plan)
     out = tmp_path / "run"
-    assert metrics["dataset"] == "faces" and metrics["verification"]["n_pairs"] == 6
+    assert metrics["dataset"] == "faces" and metrics["verification"]["n_pairs"] == 6 and metrics["loader"] == loader
     submission = read_submission(out / "verification_submission.csv")
     assert submission.ids == [f"{a} {b}" for a, b in test_lines] and len(submission.scores()) == 4
     classified = read_submission(out / "classification_submission.csv")
