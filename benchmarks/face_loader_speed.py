@@ -258,12 +258,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _commit() -> str:
-    """The kit's commit, marked when the kit or the benchmarks differ from it."""
+    """The kit's commit, marked when the kit or this script differ from it."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent,
                               check=True).stdout.strip()
     try:
-        dirty = git("status", "--porcelain", "--", "../era_utils", ".")
+        dirty = git("status", "--porcelain", "--", "../era_utils", Path(__file__).name)
         return git("rev-parse", "--short", "HEAD") + (" with uncommitted changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
