@@ -43,6 +43,7 @@ from era_utils.data import HW2P2_MEAN, HW2P2_STD, FaceFolder  # noqa: E402
 from era_utils.face_loader import FaceLoader, FileReader, decode_jpegs  # noqa: E402
 from era_utils.loaders import dataset_loader  # noqa: E402
 from era_utils.models import create_model  # noqa: E402
+from era_utils.recipes import get_recipe  # noqa: E402
 from era_utils.speed import autocast, fast_path, grad_scaler, precision_name  # noqa: E402
 from era_utils.transforms import HW2P2_AUGMENT, hw2p2_train_transform  # noqa: E402
 from era_utils.utils import device_name, get_device  # noqa: E402
@@ -109,10 +110,10 @@ def step_rate(device: torch.device, batch: int, size: int, steps: int, compile_m
     model = create_model("face_resnet34", num_classes=HW2P2_CLASSES).to(device)
     memory = torch.channels_last if path.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4,
-                                fused=True if device.type == "cuda" else None)
+    recipe = get_recipe("hw2p2")  # its optimizer (SGD, fused on CUDA) and loss (label smoothing)
+    optimizer, _ = recipe.configure_optimizers(model, steps_per_epoch=steps + 2, fused=path.fused)
     scaler = grad_scaler(device.type, enabled=amp_dtype == torch.float16)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.2)
+    criterion = recipe.criterion()
     images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory)
     labels = torch.randint(0, HW2P2_CLASSES, (batch,), device=device)
     forward = torch.compile(model) if compile_model else model

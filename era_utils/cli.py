@@ -71,9 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train on N images (stratified) and test on max(1000, N/5)")
     run.add_argument("--test-subset", type=_positive_int, help="test on N images")
     run.add_argument("--loader", choices=LOADERS, default="auto",
-                     help="gpu: data on the device, batched augmentation; workers: per image on CPU "
-                     "workers (albumentations, or HW2P2's torchvision pipeline); auto: gpu on the fast "
-                     "path where the augmentation allows (default)")
+                     help="gpu: batched augmentation on the device (the data there; HW2P2's face JPEGs "
+                     "decoded there); workers: per image on CPU workers (albumentations, or HW2P2's torchvision "
+                     "pipeline); auto: gpu on the fast path, but HW2P2 on a CPU reads with workers, faster there "
+                     "(default)")
     run.add_argument("--classic", action="store_true",
                      help="turn the fast path off: per-image augmentation on CPU workers, fp32, eager (the fast "
                      "path: data on the device, bf16/fp16, channels_last, torch.compile and fused optimizer on CUDA)")
@@ -85,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--amp", choices=AMP_MODES,
                      help="mixed precision (default: bf16 or fp16 on CUDA, bf16 on a CPU that runs it "
                      "natively, fp32 on other CPUs): auto (bf16/fp16 on CUDA, fp32 elsewhere), bf16, fp16, off")
-    run.add_argument("--workers", type=int, help="DataLoader worker processes of the workers loader (default 2; "
-                     "0 with --quick)")
+    run.add_argument("--workers", type=int, help="CPU worker processes: the workers loader's, or those reading "
+                     "HW2P2's face files for the gpu loader (default 2; 0 with --quick)")
     run.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
     run.add_argument("--seed", type=int, help="override the recipe's seed")
     run.add_argument("--seeds", type=_positive_int, default=1,

@@ -138,8 +138,9 @@ def rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     base[..., 1].copy_(torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height,
                                       device=x.device).unsqueeze_(-1))
     base[..., 2].fill_(1.0)
-    grid = torch.bmm(base.view(1, height * width, 3).expand(b, -1, -1), scaled).view(b, height, width, 2)
-    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    with torch.autocast(x.device.type, enabled=False):  # in float32 even inside a caller's autocast
+        grid = torch.bmm(base.view(1, height * width, 3).expand(b, -1, -1), scaled).view(b, height, width, 2)
+        return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
 def _luma(x: torch.Tensor) -> torch.Tensor:

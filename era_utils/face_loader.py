@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from era_utils import distributed, face_augment
+from era_utils import face_augment
 from era_utils.data import load_image
-from era_utils.gpu_loader import RandomStream, in_layout
+from era_utils.gpu_loader import RandomStream, batches_per_epoch, check_batching, in_layout
 from era_utils.transforms import FaceAugmentSpec, check_mean_std
 from era_utils.utils import get_device
 
@@ -196,18 +196,11 @@ class FaceLoader:
             raise ValueError("images is empty: FaceLoader needs at least one image file")
         if spec is not None and not isinstance(spec, FaceAugmentSpec):
             raise TypeError(f"spec must be a FaceAugmentSpec (e.g. HW2P2_AUGMENT) or None, got {type(spec).__name__}")
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if int(size) != size or size < 1:
             raise ValueError(f"size must be a positive int (pixels), got {size!r}")
         if int(num_workers) != num_workers or num_workers < 0:
             raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
-        rank, ranks = distributed.check_shard(shard)
-        per_rank = -(-len(paths) // ranks)
-        if drop_last and per_rank < batch_size:
-            raise ValueError(f"drop_last=True with {per_rank} images{f' per rank ({ranks} ranks)' if ranks > 1 else ''} "
-                             f"and batch_size {batch_size} leaves no batch at all: use drop_last=False or a "
-                             "smaller batch size")
+        rank, ranks = check_batching(len(paths), batch_size, drop_last, shard)
         self.mean, self.std = check_mean_std(mean, std, 3)
         self.paths = paths
         self.spec = None if spec is None or spec.is_identity else spec
@@ -233,8 +226,7 @@ class FaceLoader:
 
     def __len__(self) -> int:
         """Number of batches per epoch (this rank's, under torch.distributed)."""
-        images = -(-self.dataset_size // self.ranks)
-        return images // self.batch_size if self.drop_last else -(-images // self.batch_size)
+        return batches_per_epoch(self.dataset_size, self.batch_size, self.drop_last, self.ranks)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._random.epoch(self.dataset_size, self.shuffle).tolist()  # one read of the device an epoch

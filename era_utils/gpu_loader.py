@@ -28,7 +28,7 @@ from era_utils import distributed, face_augment
 from era_utils.transforms import NO_AUGMENT, AugmentSpec, FaceAugmentSpec, check_images, check_mean_std
 from era_utils.utils import get_device
 
-__all__ = ["GPULoader", "RandomStream", "in_layout"]
+__all__ = ["GPULoader", "RandomStream", "batches_per_epoch", "check_batching", "in_layout"]
 
 # Storage types that hold every pixel value 0..255 exactly (fp16/bf16 are exact up to 2048/256).
 _STORAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32)
@@ -61,14 +61,7 @@ class GPULoader:
             raise TypeError(f"spec must be an AugmentSpec (e.g. S10_AUGMENT) or a FaceAugmentSpec (HW2P2_AUGMENT), "
                             f"got {type(spec).__name__}")
         spec.check_image_size(height, width)
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        rank, ranks = distributed.check_shard(shard)
-        per_rank = -(-n // ranks)
-        if drop_last and per_rank < batch_size:
-            raise ValueError(f"drop_last=True with {per_rank} images{f' per rank ({ranks} ranks)' if ranks > 1 else ''} "
-                             f"and batch_size {batch_size} leaves no batch at all: use drop_last=False or a "
-                             "smaller batch size")
+        rank, ranks = check_batching(n, batch_size, drop_last, shard)
         if storage_dtype not in _STORAGE_DTYPES:
             raise ValueError(f"storage_dtype must be one of {_STORAGE_DTYPES}, got {storage_dtype}")
         if not dtype.is_floating_point:
@@ -124,10 +117,7 @@ class GPULoader:
 
     def __len__(self) -> int:
         """Number of batches per epoch (this rank's, under torch.distributed)."""
-        images = -(-self.dataset_size // self.ranks)
-        if self.drop_last:
-            return images // self.batch_size
-        return ceil(images / self.batch_size)
+        return batches_per_epoch(self.dataset_size, self.batch_size, self.drop_last, self.ranks)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._random.epoch(self.dataset_size, self.shuffle).to(self.device, non_blocking=True)
@@ -219,6 +209,25 @@ class GPULoader:
         return (f"GPULoader(dataset_size={self.dataset_size}, batch_size={self.batch_size}, batches={len(self)}, "
                 f"spec={self.spec}, device={self.device}, shuffle={self.shuffle}, seed={self.seed}"
                 + (f", shard=({self.rank}, {self.ranks})" if self.ranks > 1 else "") + ")")
+
+
+def check_batching(images: int, batch_size: int, drop_last: bool, shard: tuple[int, int]) -> tuple[int, int]:
+    """A loader's (rank, ranks), after checking that its batch size is one and leaves at least one batch."""
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    rank, ranks = distributed.check_shard(shard)
+    per_rank = -(-images // ranks)
+    if drop_last and per_rank < batch_size:
+        raise ValueError(f"drop_last=True with {per_rank} images{f' per rank ({ranks} ranks)' if ranks > 1 else ''} "
+                         f"and batch_size {batch_size} leaves no batch at all: use drop_last=False or a "
+                         "smaller batch size")
+    return rank, ranks
+
+
+def batches_per_epoch(images: int, batch_size: int, drop_last: bool, ranks: int = 1) -> int:
+    """Batches one rank takes per epoch: its share of `images` (shards are equal), in `batch_size`s."""
+    share = -(-images // ranks)
+    return share // batch_size if drop_last else ceil(share / batch_size)
 
 
 def in_layout(images: torch.Tensor, channels_last: bool) -> torch.Tensor:

@@ -46,9 +46,9 @@ from era_utils.data import (
 from era_utils.engine import History, fit
 from era_utils.face_loader import FaceLoader
 from era_utils.files import json_safe, remove_leftover_temp_files
-from era_utils.gpu_loader import GPULoader
 from era_utils.kaggle import ids_for_pairs
-from era_utils.loaders import LOADERS, dataset_loader, eval_loader, load_splits, make_loaders, resolve_drop_last
+from era_utils.loaders import (LOADERS, Loader, dataset_loader, eval_loader, load_splits, make_loaders,
+                               resolve_drop_last)
 from era_utils.loggers import logger_names, make_loggers
 from era_utils.lr_finder import LRFinderResult, find_lr
 from era_utils.models import create_model
@@ -137,12 +137,17 @@ class RunPlan:
         """Where `train` keeps its checkpoint (and `resume` reads it)."""
         return self.out / "checkpoint.pt"
 
+    @property
+    def loader_text(self) -> str:
+        """The loader and why it was chosen, e.g. "workers (HW2P2's augmentation per image ...)"."""
+        return self.loader + (f" ({self.loader_why})" if self.loader_why else "")
+
     def describe(self) -> list[tuple[str, str]]:
         """This run's settings in words, one (what, value) row each, after the recipe's own rows."""
         images = "all" if self.subset is None else f"{self.subset:,} (stratified)"
         rows = [("dataset", self.dataset + (f" from {self.data_dir}" if self.data_dir else "")),
                 ("training images", images), ("device", f"{self.device} ({self.fast.describe()})"),
-                ("loader", self.loader + (f" ({self.loader_why})" if self.loader_why else "")), ("output folder", str(self.out) + (" (resuming)" if self.resume else ""))]
+                ("loader", self.loader_text), ("output folder", str(self.out) + (" (resuming)" if self.resume else ""))]
         if self.processes > 1:
             rows.append(("processes", f"{self.processes} (DistributedDataParallel), batch {self.batch_per_process} each"
                          + (", SyncBatchNorm" if self.sync_batchnorm else "")))
@@ -171,8 +176,7 @@ class RunPlan:
             self.recipe.title + ("" if self.size == "full" else f" ({self.size} run)"),
             f"  data: {data.title}, {len(data.train)} train / {len(data.test)} test images, {data.channels} "
             f"channel(s), mean {tuple(round(m, 4) for m in data.mean)}, std {tuple(round(s, 4) for s in data.std)}",
-            f"  loader: {self.loader}" + (f" ({self.loader_why})" if self.loader_why else "")
-            + f"; device: {self.device}; {self.fast.describe()}"
+            f"  loader: {self.loader_text}; device: {self.device}; {self.fast.describe()}"
             + (f"; {self.processes} processes, batch {self.batch_per_process} each" if self.processes > 1 else ""),
         ])
 
@@ -496,8 +500,7 @@ def _only(arrays: ImageArrays, classes: list[int], relabel: bool = True) -> Imag
     return ImageArrays(arrays.images[mask], new_label[arrays.labels[mask]], [arrays.classes[c] for c in classes])
 
 
-def build_loaders(plan: RunPlan, data: Data, *, whole: bool = False
-                  ) -> tuple[Union[GPULoader, torch.utils.data.DataLoader], Any]:
+def build_loaders(plan: RunPlan, data: Data, *, whole: bool = False) -> tuple[Loader, Loader]:
     """(train_loader, test_loader) as the plan says: batched on the device ("gpu": the arrays there, or
     HW2P2's face files decoded there) or per image on CPU workers ("workers"); the recipe's batch size
     and augmentation, the fast path's layout and drop_last. The test loader only normalises (and
@@ -513,18 +516,15 @@ def build_loaders(plan: RunPlan, data: Data, *, whole: bool = False
     if isinstance(data.train, FaceFolder):
         drop_last = resolve_drop_last(plan.fast.drop_last, plan.device, len(data.train), batch, ranks)
         if plan.loader == "gpu":
-            kw = dict(mean=data.mean, std=data.std, size=FACE_SIZE, device=plan.device, num_workers=plan.num_workers,
-                      channels_last=plan.fast.channels_last)
-            train_loader = FaceLoader(data.train, batch, spec=recipe.augment, shuffle=True, drop_last=drop_last,
-                                      seed=recipe.seed, shard=(rank, ranks), **kw)
-            test_loader = FaceLoader(test, recipe.batch_size, **kw)
+            train_loader = FaceLoader(data.train, batch, spec=recipe.augment, mean=data.mean, std=data.std,
+                                      size=FACE_SIZE, device=plan.device, num_workers=plan.num_workers,
+                                      channels_last=plan.fast.channels_last, shuffle=True, drop_last=drop_last,
+                                      seed=recipe.seed, shard=(rank, ranks))
         else:
-            kw = dict(num_workers=plan.num_workers, seed=recipe.seed)
             train_tf = hw2p2_train_transform(data.mean, data.std, size=FACE_SIZE, spec=recipe.augment)
-            train_loader = dataset_loader(data.train.with_transform(train_tf), batch, shuffle=True,
-                                          drop_last=drop_last, shard=(rank, ranks), **kw)
-            test_loader = dataset_loader(test.with_transform(_face_eval_transform(data)), recipe.batch_size,
-                                         shuffle=False, **kw)
+            train_loader = dataset_loader(data.train.with_transform(train_tf), batch, shuffle=True, drop_last=drop_last,
+                                          num_workers=plan.num_workers, seed=recipe.seed, shard=(rank, ranks))
+        test_loader = _face_eval_loader(plan, data, test)
     else:
         try:
             train_loader, test_loader = make_loaders(
@@ -542,7 +542,7 @@ def _face_eval_transform(data: Data) -> Any:
     return hw2p2_test_transform(data.mean, data.std, size=FACE_SIZE)
 
 
-def _face_eval_loader(plan: RunPlan, data: Data, images: Any) -> Union[FaceLoader, torch.utils.data.DataLoader]:
+def _face_eval_loader(plan: RunPlan, data: Data, images: Any) -> Loader:
     """An evaluation loader over face files, read as the plan reads them: decoded on the device ("gpu":
     a FaceFolder or a list of paths) or per image on CPU workers (a FaceFolder); resized, normalised, in order."""
     if plan.loader == "gpu":

@@ -171,9 +171,12 @@ data = load_data(plan)
 plots.plot_samples(*data.samples(), data.classes, title=f"Sample training images ({data.title})")
 
 # %% [markdown]
-# The loaders: HW2P2's torchvision augmentation (rotation, colour jitter) runs per image in
-# `NUM_WORKERS` worker processes, each with its own random stream. The dev (test) loader keeps its
-# order, so predictions line up with the image ids.
+# The loaders. On a GPU the augmentation (flip, rotation, grayscale, colour jitter, random erasing)
+# runs on whole batches there, each image with its own draws, as torchvision draws them; with the
+# faces, the JPEGs are decoded there too (nvJPEG) and the `NUM_WORKERS` worker processes only read
+# the files, so Colab's two CPU cores never hold the GPU back. On a CPU the same augmentation runs
+# per image in the workers (torchvision), which is faster there. The plan's table above says which
+# this run uses and why. The dev (test) loader keeps its order, so predictions line up with the ids.
 
 # %%
 train_loader, test_loader = build_loaders(plan, data)

@@ -156,6 +156,8 @@ def test_a_given_angle_rotates_as_torchvision_rotates(angle):
     out = face_augment.rotate(images.float(), torch.full((3,), angle))
     expected = TF.rotate(images, angle, interpolation=TF.InterpolationMode.NEAREST, fill=0)
     assert torch.equal(out.to(torch.uint8), expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's autocast leaves the grid in float32
+        assert torch.equal(face_augment.rotate(images.float(), torch.full((3,), angle)), out)
     if abs(angle) >= 5:  # black corners where the rotated image no longer reaches
         assert (out[:, :, 0, 0] == 0).all() and (out[:, :, -1, -1] == 0).all()
 
