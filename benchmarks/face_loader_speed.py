@@ -163,9 +163,10 @@ def device_vs_cpu(folder: FaceFolder, device: torch.device, size: int, batch: in
     augmented = face_augment.apply(on_cpu.to(device), draws.to(device), HW2P2_AUGMENT, HW2P2_MEAN, HW2P2_STD).cpu()
     reference = face_augment.apply(on_cpu, draws, HW2P2_AUGMENT, HW2P2_MEAN, HW2P2_STD)
     gap = (augmented - reference).abs()
-    return {"images": len(on_cpu), "decode_max_levels": int(levels.max()), "decode_mean_levels": float(levels.float().mean()),
-            "decode_share_differing": float((levels > 0).float().mean()), "augment_max_abs": float(gap.max()),
-            "augment_share_differing": float((gap > 1e-4).float().mean())}
+    return {"images": len(on_cpu), "decode_max_levels": int(levels.max()),
+            "decode_mean_levels": float(levels.float().mean()),
+            "decode_share_differing": float((levels > 0).float().mean()),
+            "augment_max_abs": float(gap.max()), "augment_share_differing": float((gap > 1e-4).float().mean())}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         row["speedup_vs_workers"] = row["images_per_second"] / base
     result = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": "python " + shlex.join([os.path.relpath(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
+        "command": "python " + shlex.join([os.path.relpath(sys.argv[0]), *(sys.argv[1:] if argv is None else argv)]),
         "device": device_name(device),
         "cpu": platform.processor() or platform.machine(),
         "cores": len(os.sched_getaffinity(0)),
@@ -289,7 +290,8 @@ def render(result: dict) -> str:
         lines.append(f"- the device against the CPU on {check['images']} images: decode differs in "
                      f"{check['decode_share_differing']:.2%} of pixel values (mean {check['decode_mean_levels']:.3f}, "
                      f"max {check['decode_max_levels']} levels); augmentation with the same draws in "
-                     f"{check['augment_share_differing']:.2%} of values (max {check['augment_max_abs']:.3g} normalised)")
+                     f"{check['augment_share_differing']:.2%} of values "
+                     f"(max {check['augment_max_abs']:.3g} normalised)")
     if result["note"]:
         lines.append(f"- note: {result['note']}")
     lines += ["", "| path | what | epoch 1 (images/s) | later epochs (images/s) | vs workers |",

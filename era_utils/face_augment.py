@@ -55,9 +55,6 @@ class FaceDraws:
         """The same draws on `device`."""
         return FaceDraws(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
 
-    def __len__(self) -> int:
-        return int(self.flip.shape[0])
-
 
 def draw(spec: FaceAugmentSpec, batch: int, height: int, width: int, generator: torch.Generator) -> FaceDraws:
     """Draw `batch` images' parameters from `generator` (on its device), as torchvision draws them."""

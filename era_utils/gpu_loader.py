@@ -38,8 +38,9 @@ class GPULoader:
     """Iterate `(images (B, C, H, W) dtype, labels (B,) int64)` batches, both on `device`.
 
     images: (N, H, W, C) uint8 (numpy or torch; (N, H, W) gray is read as C=1); labels: (N,) ints.
-    `spec`: an `AugmentSpec` (S7, S10) or HW2P2's `FaceAugmentSpec`. `mean`/`std`: per channel, [0, 1] units. `seed` makes shuffling and augmentation reproducible
-    (None draws a fresh seed, kept in `.seed`); the global RNG is never touched. `storage_dtype`
+    `spec`: an `AugmentSpec` (S7, S10) or HW2P2's `FaceAugmentSpec`. `mean`/`std`: per channel, [0, 1]
+    units. `seed` makes shuffling and augmentation reproducible (None draws a fresh seed, kept in
+    `.seed`); the global RNG is never touched. `storage_dtype`
     keeps the pixels as uint8 (least memory) or a float type (pixel values, not rescaled).
     `shard=(rank, ranks)`: under torch.distributed, every rank draws the same order each epoch and
     keeps its share (`distributed.shard`), `batch_size` images per rank and step; each rank augments
@@ -104,7 +105,8 @@ class GPULoader:
         # Normalisation as one multiply-add in pixel units: (x - 255 * mean) / (255 * std).
         self._mean255 = torch.tensor(self.mean, dtype=torch.float32, device=self.device) * 255.0  # (C,)
         self._inv_std255 = 1.0 / (torch.tensor(self.std, dtype=torch.float32, device=self.device) * 255.0)
-        fill = spec.fill_pixels(self.mean) if isinstance(spec, AugmentSpec) and spec.cutout_size > 0 else (0,) * channels
+        cutout = isinstance(spec, AugmentSpec) and spec.cutout_size > 0
+        fill = spec.fill_pixels(self.mean) if cutout else (0,) * channels
         self._fill = torch.tensor(fill, dtype=storage_dtype, device=self.device)  # (C,) pixel units
 
         self._random = RandomStream(self.device, seed, (rank, ranks))
