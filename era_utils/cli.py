@@ -26,6 +26,10 @@ OPTIONS = {"dataset": "--dataset", "data_dir": "--data-dir", "subset": "--subset
            "dev_pairs": "--dev-pairs", "test_pairs": "--test-pairs", "pairs_root": "--pairs-root", "log": "--log",
            "processes": "--nproc"}
 SWITCHES = {"download": "--download", "resume": "--resume", "sync_batchnorm": "--sync-batchnorm"}
+# Path options as a report records them when given an absolute path (the machine's own folders): a
+# named placeholder, as the README writes full-length commands. Relative paths are kept as typed.
+PATH_PLACEHOLDERS = {"--data-dir": "DATA", "--out": "OUT", "--dev-pairs": "DEV_PAIRS", "--test-pairs": "TEST_PAIRS",
+                     "--pairs-root": "PAIRS_ROOT"}
 
 
 def _positive_int(text: str) -> int:
@@ -127,6 +131,25 @@ def run_command(recipe: str, *, size: str = "full", **settings: Any) -> list[str
     return argv
 
 
+def shareable_command(argv: Sequence[str]) -> str:
+    """`era-utils ARGV` as reports and metrics.json record it: an absolute (or ~) path given to a path
+    option becomes that option's placeholder (`--data-dir DATA`, `--out OUT`, ...), so a committed
+    report names no folder of the machine that made it; everything else as typed."""
+    shown, argv = [], list(argv)
+    for i, arg in enumerate(argv):
+        option, equals, value = arg.partition("=")
+        if equals and option in PATH_PLACEHOLDERS and _machine_path(value):
+            arg = f"{option}={PATH_PLACEHOLDERS[option]}"
+        elif i and argv[i - 1] in PATH_PLACEHOLDERS and _machine_path(arg):
+            arg = PATH_PLACEHOLDERS[argv[i - 1]]
+        shown.append(arg)
+    return "era-utils " + shlex.join(shown)
+
+
+def _machine_path(value: str) -> bool:
+    return value.startswith(("/", "~")) or (len(value) > 2 and value[1:3] in (":\\", ":/"))  # POSIX, ~, C:\
+
+
 def run_in_processes(recipe: str, nproc: int, **settings: Any) -> None:
     """Run the recipe in `nproc` new processes (`era-utils run RECIPE --nproc N`, DDP, one per GPU) with
     plan_run's `settings`, showing its output here: a notebook's way onto several GPUs, since its own
@@ -185,7 +208,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sync_batchnorm=args.sync_batchnorm)
         if launching:  # the plan is sound (checked above, once): start the processes, each running this command
             return distributed.launch(plan.processes, argv, cpu=plan.device.type == "cpu")
-        command = "era-utils " + " ".join(shlex.quote(a) for a in argv)
+        command = shareable_command(argv)
         if args.seeds > 1:
             run_seeds(plan, args.seeds, command=command)
         else:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from era_utils.cli import build_parser, main, run_command
+from era_utils.cli import build_parser, main, run_command, shareable_command
 from era_utils.data import FASHION_MNIST_SYSTEM_DIR
 from era_utils.recipes import RECIPES, get_recipe
 
@@ -185,3 +185,12 @@ def test_run_command_refuses_what_era_utils_run_cannot_take():
         run_command("s10", compile=True)
     with pytest.raises(ValueError, match="size must be 'full', 'preview' or 'quick', got 'huge'"):
         run_command("s10", size="huge")
+
+
+def test_recorded_commands_name_no_folder_of_the_machine_that_ran():
+    """Reports and metrics.json record absolute paths as their option's placeholder, relative ones as typed."""
+    argv = ["run", "hw2p2", "--dataset", "faces", "--data-dir", "/content/hw2p2", "--out=/tmp/runs/x",
+            "--dev-pairs", "~/pairs/dev.txt", "--test-pairs", "data/test pairs.txt", "--epochs", "3"]
+    assert shareable_command(argv) == ("era-utils run hw2p2 --dataset faces --data-dir DATA --out=OUT "
+                                       "--dev-pairs DEV_PAIRS --test-pairs 'data/test pairs.txt' --epochs 3")
+    assert shareable_command(["run", "s10", "--out", "runs/s10"]) == "era-utils run s10 --out runs/s10"

@@ -186,3 +186,16 @@ def test_warm_restarts_are_found_where_the_assignment_puts_them():
     preview = hw.override(restart_epochs=3)
     checks = assignment_checks(preview, model, history, metrics | {"size": "preview"}, FIGURES)
     assert _status(checks, "cosine annealing") == "not checked"  # the preview's own T_0
+
+
+def test_committed_results_name_no_folder_of_the_machine_that_made_them():
+    import re
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    machine = re.compile(r"(?<![\w.:/])(?:/(?:tmp|work|root|home|mnt|content|Users)/|[A-Z]:\\)")
+    files = [*results.rglob("report.md"), *results.rglob("metrics.json")]
+    assert files
+    for path in files:
+        hit = machine.search(path.read_text())
+        assert hit is None, f"{path.relative_to(results.parent)} names a machine's folder: {hit.group(0)}..."
