@@ -31,6 +31,7 @@ from era_utils.utils import model_device
 
 __all__ = [
     "MAX_KEPT_CLASSES",
+    "TTA_MODES",
     "Example",
     "Predictions",
     "confusion_matrix",
@@ -44,6 +45,7 @@ __all__ = [
 # Full probability rows are kept up to this many classes: HW2P2's 35,000 dev images x 7000
 # identities would be ~1 GB of float32. Above it only each prediction's own probability is kept.
 MAX_KEPT_CLASSES = 100
+TTA_MODES = ("none", "flip")  # test-time augmentation of embeddings (verification)
 
 
 # --------------------------------------------------------------------------- display helpers
@@ -221,6 +223,7 @@ def predict(
     device: str | torch.device | None = None,
     *,
     embeddings: bool = False,
+    tta: str = "none",
     keep_inputs: bool | str = "auto",
     amp: str = "auto",
     mean: Sequence[float] | None = None,
@@ -229,7 +232,8 @@ def predict(
 ) -> Predictions:
     """Run `model` once over `loader` (eval mode, no autograd; its train/eval flags restored) and keep
     what every analysis reads: labels, predictions, confidences, per-sample losses, positions, the
-    probabilities (up to MAX_KEPT_CLASSES classes) and, with `embeddings`, the penultimate features.
+    probabilities (up to MAX_KEPT_CLASSES classes) and, with `embeddings`, the penultimate features
+    (`tta="flip"`: averaged with the mirror image's, L2-normalised; the predictions stay the image's own).
 
     `device` defaults to where the model is; `amp` as in fit ("auto": autocast on CUDA only).
     The few examples a gallery shows are fetched again from the loader by position (an unshuffled
@@ -237,6 +241,9 @@ def predict(
     CIFAR images), "auto" does so only for a loader that cannot give its images back. mean/std
     (else the loader's own, or the Normalize in its dataset's transform) de-normalise for display.
     """
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES} (flip: average each embedding with its mirror image's), "
+                         f"got {tta!r}")
     device = model_device(model) if device is None else torch.device(device)
     model.to(device)
     amp_dtype, _ = resolve_amp(device, amp)
@@ -263,7 +270,7 @@ def predict(
     if keep_inputs == "auto":
         keep_inputs = not can_fetch_inputs(loader)
     source = _Recording(loader, chunks["inputs"]) if keep_inputs else loader
-    inference_pass(model, source, keep, device, amp_dtype=amp_dtype, embeddings=embeddings,
+    inference_pass(model, source, keep, device, amp_dtype=amp_dtype, embeddings=embeddings, flip=tta == "flip",
                    labelled=False, desc="predict", verbose=verbose)
     # clone(): tensors made in inference mode cannot enter autograd later (GradCAM).
     out = {k: torch.cat(v).clone() if v else None for k, v in chunks.items()}

@@ -135,10 +135,11 @@ def check_label_range(labels: torch.Tensor, num_outputs: int, where: str, *,
 
 
 def loss_or_label_error(criterion: nn.Module, logits: torch.Tensor, labels: torch.Tensor,
-                        num_outputs: int, where: str) -> torch.Tensor:
-    """criterion(logits, labels), turning an out-of-range-label failure into a readable error."""
+                        num_outputs: int, where: str, embeddings: torch.Tensor | None = None) -> torch.Tensor:
+    """criterion(logits, labels) (with `embeddings` too, for a loss that reads them: face_losses),
+    turning an out-of-range-label failure into a readable error."""
     try:
-        return criterion(logits, labels)
+        return criterion(logits, labels) if embeddings is None else criterion(logits, labels, embeddings)
     except (IndexError, RuntimeError) as err:
         # On the CPU cross_entropy raises for a bad label before any sync point could see it.
         check_label_range(labels, num_outputs, where)

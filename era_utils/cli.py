@@ -19,9 +19,11 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryEr
                ImportError, CallbackError)
 DATASETS = ("cifar10", "fashion_mnist", "faces")  # era_utils.steps.RUN_DATASETS, without importing torch
 LOADERS = ("auto", "gpu", "workers")  # era_utils.loaders.LOADERS
+LOSSES = ("cross_entropy", "arcface", "cosface", "center")  # era_utils.face_losses.LOSSES
 # plan_run's settings that `era-utils run` takes: the option for each (a value), and the switches
 OPTIONS = {"dataset": "--dataset", "data_dir": "--data-dir", "subset": "--subset", "test_subset": "--test-subset",
-           "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed", "device": "--device",
+           "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed", "loss": "--loss",
+           "tta": "--tta", "device": "--device",
            "loader": "--loader", "amp": "--amp", "num_workers": "--workers", "out": "--out",
            "dev_pairs": "--dev-pairs", "test_pairs": "--test-pairs", "pairs_root": "--pairs-root", "log": "--log",
            "processes": "--nproc"}
@@ -71,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=_positive_int, help="override the recipe's batch size")
     run.add_argument("--lr", type=_positive_float, help="override the recipe's (peak) learning rate; "
                      "turns the LR range test off")
+    run.add_argument("--loss", choices=LOSSES,
+                     help="training loss (default: the recipe's, cross_entropy): arcface or cosface (a margin head on "
+                     "L2-normalised embeddings, s 64 and m 0.5 / 0.35 as in the papers), or center (cross-entropy + "
+                     "center loss); for HW2P2's verification")
+    run.add_argument("--tta", choices=("none", "flip"),
+                     help="hw2p2: flip averages each verification embedding with its mirror image's (default none)")
     run.add_argument("--subset", type=_positive_int,
                      help="train on N images (stratified) and test on max(1000, N/5)")
     run.add_argument("--test-subset", type=_positive_int, help="test on N images")
@@ -199,7 +207,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         plan = plan_run(
             args.recipe, size=args.size, dataset=args.dataset, data_dir=args.data_dir,
             download=args.download, subset=args.subset, test_subset=args.test_subset, epochs=args.epochs,
-            batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, loader=args.loader,
+            batch_size=args.batch_size, lr=args.lr, seed=args.seed, loss=args.loss, tta=args.tta,
+            device=args.device, loader=args.loader,
             fast=not args.classic, amp=args.amp or ("off" if launching else None), num_workers=args.workers,
             out=args.out, resume=args.resume,
             verbose=not args.quiet, dev_pairs=args.dev_pairs, test_pairs=args.test_pairs,

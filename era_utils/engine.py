@@ -42,6 +42,7 @@ from era_utils.batches import (
 from era_utils.callbacks import Callback, FitInfo, call_hooks, step_hooks_due
 from era_utils.checkpoint import check_settings, read_checkpoint, restore_checkpoint, save_checkpoint
 from era_utils.distributed import all_reduce_, is_main, wrap_model, world_size
+from era_utils.face_losses import l2_normalise, uses_embeddings
 from era_utils.files import write_json
 from era_utils.speed import autocast, resolve_amp, resolve_compile
 from era_utils.utils import eval_mode, get_device, keep_modes, model_device
@@ -211,6 +212,7 @@ def train_one_epoch(
     """
     device = model_device(model) if device is None else torch.device(device)
     sync_every = max(int(sync_every), 1)
+    wants_embeddings = uses_embeddings(criterion)  # ArcFace, CosFace, center loss: the loss reads them
     model.train()
     run = _Running(device)
     lrs: list[float] = []
@@ -234,12 +236,12 @@ def train_one_epoch(
             lrs.append(float(optimizer.param_groups[0]["lr"]))  # the LR this step uses
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, amp_dtype):
-                logits = model(images)  # (B, num_classes)
+                logits, embeddings = _forward(model, images, wants_embeddings)  # (B, num_classes), (B, D) or None
                 if step == 0:
                     num_outputs = check_logits(logits, labels)
                     check_label_range(labels, num_outputs, f"batch 1 of epoch {epoch + 1}")
                 loss = loss_or_label_error(criterion, logits, labels, num_outputs,
-                                           f"batch {step + 1} of epoch {epoch + 1}")
+                                           f"batch {step + 1} of epoch {epoch + 1}", embeddings)
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)  # skipped when the fp16 gradients overflowed
@@ -324,13 +326,16 @@ def inference_pass(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     embeddings: bool = False,
+    flip: bool = False,
     labelled: bool = True,
     desc: str = "evaluate",
     verbose: bool = False,
 ) -> int:
     """Run `model` once over `loader` in eval and inference mode; `on_batch(step, logits, labels,
     embedding)` receives each batch's (B, K) logits, (B,) labels on the device and, with
-    `embeddings`, the (B, D) penultimate features. Returns the number of images.
+    `embeddings`, the (B, D) penultimate features; with `flip` too, those of each image and its mirror
+    image, each L2-normalised, averaged and normalised again (test-time augmentation for verification;
+    the logits stay the image's own). Returns the number of images.
 
     `labelled=True`: every batch is (images, labels) with labels in [0, K) (evaluate); False: images
     alone or labels of -1 are accepted too (predictions on an unlabelled test split). The model's
@@ -346,6 +351,9 @@ def inference_pass(
             labels = labels.to(device, dtype=torch.long, non_blocking=True)
             with autocast(device, amp_dtype):
                 logits, embedding = _forward(model, images, embeddings)  # (B, K), (B, D) or None
+                if flip and embedding is not None:
+                    mirrored = _forward(model, images.flip(-1), True)[1]
+                    embedding = l2_normalise(l2_normalise(embedding) + l2_normalise(mirrored))
             if step == 0:
                 num_outputs = check_logits(logits, labels)
                 check_label_range(labels, num_outputs, f"batch 1 of the {desc} loader",
@@ -375,14 +383,14 @@ def evaluate(
     criterion = nn.CrossEntropyLoss() if criterion is None else criterion
     run = _Running(device)
 
-    def add(step: int, logits: torch.Tensor, labels: torch.Tensor, _embedding: Any) -> None:
+    def add(step: int, logits: torch.Tensor, labels: torch.Tensor, embedding: Any) -> None:
         where = f"batch {step + 1} of the evaluation loader"
         with autocast(device, amp_dtype):
-            loss = loss_or_label_error(criterion, logits, labels, logits.shape[1], where)
+            loss = loss_or_label_error(criterion, logits, labels, logits.shape[1], where, embedding)
         run.update(loss, logits, labels)
 
     inference_pass(model, loader, add, device, amp_dtype=amp_dtype, channels_last=channels_last,
-                   desc="evaluation", verbose=verbose)
+                   embeddings=uses_embeddings(criterion), desc="evaluation", verbose=verbose)
     vals = run.read()
     _check_read(vals, run.num_outputs, "the evaluation loader")
     return vals["loss"], vals["acc"]

@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional, Union
 import torch
 from torch import nn
 
+from era_utils.face_losses import attach_head, loss_description, make_loss
 from era_utils.schedules import cosine_warm_restarts, make_criterion, make_optimizer, one_cycle
 from era_utils.transforms import HW2P2_AUGMENT, NO_AUGMENT, S7_AUGMENT, S10_AUGMENT, AugmentSpec, FaceAugmentSpec
 
@@ -62,7 +63,14 @@ class Recipe:
     weight_decay: float = 0.0
     momentum: float = 0.9  # SGD only
     nesterov: bool = False  # SGD only
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # cross-entropy's (plain, or beside center loss)
+    # The training loss (era_utils.face_losses): "cross_entropy", "arcface", "cosface" (margin heads on
+    # L2-normalised embeddings; scale and margin None: the paper's) or "center" (cross-entropy + center loss).
+    loss: Literal["cross_entropy", "arcface", "cosface", "center"] = "cross_entropy"
+    margin_scale: Optional[float] = None  # s: ArcFace / CosFace (None: 64)
+    margin: Optional[float] = None  # m: ArcFace radians (None: 0.5), CosFace cosine (None: 0.35)
+    center_weight: float = 0.003  # lambda of center loss (Wen et al.)
+    tta: Literal["none", "flip"] = "none"  # verification embeddings: "flip" averages each with its mirror image's
     schedule: Schedule = "constant"
     peak_epoch: int = 5  # one_cycle: the epoch at which the LR reaches its maximum
     restart_epochs: int = 10  # cosine_restarts: T_0 in epochs (T_mult=2 -> restarts at 10, 30, 70)
@@ -130,8 +138,12 @@ class Recipe:
               f"{RULES[self.lr_finder_min_method]})" if self.use_lr_finder else f"{self.lr:g}")
         rows = [("model", self.model), ("epochs", str(self.epochs)), ("batch size", str(self.batch_size)),
                 ("optimizer", opt), ("learning rate", lr), ("schedule", schedule),
-                ("loss", "cross-entropy" + (f", label smoothing {self.label_smoothing:g}" if self.label_smoothing else "")),
+                ("loss", loss_description(self.loss, self.label_smoothing, self.margin_scale, self.margin,
+                                          self.center_weight)),
                 ("augmentation", self.augment.describe())]
+        if self.verification:
+            rows.append(("verification", "cosine similarity of L2-normalised embeddings"
+                         + (", each averaged with its mirror image's (flip)" if self.tta == "flip" else "")))
         if self.target_accuracy is not None:
             rows.append(("target", f"{self.target_accuracy:g}% test accuracy"))
         if self.max_params is not None:
@@ -156,9 +168,20 @@ class Recipe:
 
     # -- what the recipe builds ----------------------------------------------------------------
 
-    def criterion(self) -> nn.Module:
-        """The training loss: cross-entropy, with the recipe's label smoothing."""
-        return make_criterion(self.label_smoothing)
+    def with_head(self, model: nn.Module) -> nn.Module:
+        """`model` with the classifier the recipe's loss trains (ArcFace / CosFace: a margin head; center
+        loss: class centres beside the classifier; cross-entropy: as it is)."""
+        return attach_head(model, self.loss, self.margin_scale, self.margin)
+
+    def criterion(self, model: Optional[nn.Module] = None) -> nn.Module:
+        """The training loss: cross-entropy with the recipe's label smoothing, or the recipe's margin or
+        center loss, which reads `model`'s head (`with_head`)."""
+        cross_entropy = make_criterion(self.label_smoothing)
+        if self.loss == "cross_entropy":
+            return cross_entropy
+        if model is None:
+            raise ValueError(f"loss {self.loss!r} reads the model's head: call criterion(model)")
+        return make_loss(self.loss, model, cross_entropy, self.center_weight)
 
     def _optimizer(self, params: Any, lr: float, fused: bool | None) -> torch.optim.Optimizer:
         return make_optimizer(self.optimizer, params, lr=lr, momentum=self.momentum, nesterov=self.nesterov,

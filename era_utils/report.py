@@ -222,7 +222,7 @@ def _hw2p2_checks(run: _Run) -> list[Check]:
         Check("a ResNet-34-style network", run.recipe.model, _yes(run.recipe.model.startswith("face_resnet"))),
         run.same_as_assignment("SGD learning rate", "lr"),
         run.same_as_assignment("weight decay", "weight_decay"),
-        run.same_as_assignment("label smoothing", "label_smoothing"),
+        _loss_check(run),
         run.same_as_assignment("batch size", "batch_size"),
         *_schedule_checks(run),
         Check("mixed precision", m["precision"],
@@ -233,8 +233,7 @@ def _hw2p2_checks(run: _Run) -> list[Check]:
               _yes(isinstance(spec, FaceAugmentSpec) and bool(spec.flip_p and spec.rotation and spec.grayscale_p
                                                              and spec.jitter and spec.erasing_p))),
         Check("verification: cosine similarity of penultimate-layer embeddings, ROC AUC on labelled pairs",
-              f"AUC {verification['auc']:.4f}: {verification['pairs']}"
-              if verification else "no verification", _yes(bool(verification))),
+              _verification_evidence(verification) if verification else "no verification", _yes(bool(verification))),
         Check("a threshold for same / different", f"EER {verification['eer']:.3f} at similarity "
               f"{verification['eer_threshold']:.3f}" if verification else "none", _yes(bool(verification))),
         run.figure("Kaggle classification CSV (id,label)", "classification_submission.csv"),
@@ -243,6 +242,24 @@ def _hw2p2_checks(run: _Run) -> list[Check]:
               if m.get("checkpoint") else "no checkpoint kept", _yes(bool(m.get("checkpoint")))),
         run.figure("per-epoch logging", "history.json"),
     ]
+
+
+def _loss_check(run: _Run) -> Check:
+    """HW2P2's loss: the seed's cross-entropy with label smoothing, or the margin loss this run chose."""
+    if run.recipe.loss == "cross_entropy":
+        return run.same_as_assignment("cross-entropy with label smoothing", "label_smoothing")
+    described = dict(run.recipe.describe())["loss"]
+    return Check("cross-entropy with label smoothing 0.2 (seed 001)",
+                 f"{described}: this run's choice (--loss {run.recipe.loss}), for verification", NOT_CHECKED)
+
+
+def _verification_evidence(verification: dict) -> str:
+    """AUC and the pairs, and with flip averaging what it gained over plain embeddings."""
+    text = f"AUC {verification['auc']:.4f}"
+    plain = verification.get("without_flip")
+    if plain:
+        text += f" with flip-averaged embeddings ({plain['auc']:.4f} without)"
+    return f"{text}: {verification['pairs']}"
 
 
 def _common_checks(run: _Run, already: list[Check]) -> list[Check]:
@@ -345,11 +362,22 @@ def render_seeds_report(summary: dict) -> str:
     lines = [f"# {summary['title']}: {len(accs)} seeds", "",
              f"**Test accuracy {summary['mean_final_test_acc']:.2f}% mean, {summary['std_final_test_acc']:.2f} "
              f"standard deviation** over seeds {', '.join(str(r['seed']) for r in summary['runs'])} "
-             f"(min {min(accs):.2f}%, max {max(accs):.2f}%).", "",
-             "| seed | test accuracy | best epoch | training | report |", "|---:|---:|---:|---|---|"]
+             f"(min {min(accs):.2f}%, max {max(accs):.2f}%).", ""]
+    verified = "mean_auc" in summary
+    if verified:
+        flip = " with flip-averaged embeddings" if summary.get("tta") == "flip" else ""
+        lines += [f"**Verification AUC {summary['mean_auc']:.4f} mean, {summary['std_auc']:.4f} standard deviation**"
+                  f"{flip} (min {summary['min_auc']:.4f}, max {summary['max_auc']:.4f}); EER {summary['mean_eer']:.3f} "
+                  f"mean, {summary['std_eer']:.3f} standard deviation"
+                  + (f"; without flip: AUC {summary['mean_auc_without_flip']:.4f} mean, EER "
+                     f"{summary['mean_eer_without_flip']:.3f}" if "mean_auc_without_flip" in summary else "")
+                  + f". Loss: {summary.get('loss', 'cross_entropy')}.", ""]
+    columns = ["seed", "test accuracy", "best epoch"] + (["AUC", "EER"] if verified else []) + ["training", "report"]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---:|" * (len(columns) - 2) + "---|---|"]
     for r in summary["runs"]:
-        lines.append(f"| {r['seed']} | {r['final_test_acc']:.2f}% | {r['best_test_acc']:.2f}% | "
-                     f"{_minutes(r['train_seconds'])} | [seed {r['seed']}]({r['folder']}/report.md) |")
+        auc = [f"{r['auc']:.4f}", f"{r['eer']:.3f}"] if verified else []
+        cells = [str(r["seed"]), f"{r['final_test_acc']:.2f}%", f"{r['best_test_acc']:.2f}%", *auc,
+                 _minutes(r["train_seconds"]), f"[seed {r['seed']}]({r['folder']}/report.md)"]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Command: `{summary['command']}`", ""]
     return "\n".join(lines)
-

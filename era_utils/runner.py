@@ -130,6 +130,7 @@ def run_recipe(plan: RunPlan, command: Optional[str] = None) -> Optional[dict]:
     if recipe.verification:
         result = run.verification = verify(plan, data, model)
         folder.figure("roc.png", plots.plot_roc(result.metrics, title=result.title))
+        folder.json("roc.json", _roc_curves(result))
         write_verification_csv(folder.file("verification_submission.csv"), result.test_ids, result.test_scores)
         write_classification_csv(folder.file("classification_submission.csv"),
                                  *kaggle_predictions(plan, data, model, preds), data.classes)
@@ -233,8 +234,7 @@ class _Run:
             "most_confused": [list(map(str, t)) for t in most_confused(self.cm, data.classes, k=5)],
             "misclassified_shown": self.misclassified_shown,
             "gradcam_layer": self.gradcam_layer,
-            "verification": None if self.verification is None else {
-                **self.verification.metrics.to_dict(), "pairs": self.verification.pairs},
+            "verification": None if self.verification is None else _verification_metrics(self.verification),
             "checkpoint": plan.checkpoints and plan.checkpoint_path.is_file(),
             "loader": plan.loader,
             "fast": plan.fast.enabled,
@@ -257,12 +257,49 @@ class _Run:
         }
 
 
+def _verification_metrics(result: Verification) -> dict:
+    """metrics.json's verification block: AUC, EER, threshold, the pairs, how the embeddings were made."""
+    plain = result.without_flip
+    return {**result.metrics.to_dict(), "pairs": result.pairs, "tta": result.tta,
+            "without_flip": None if plain is None else {"auc": plain.auc, "eer": plain.eer}}
+
+
+def _roc_curves(result: Verification) -> dict:
+    """roc.json: the ROC curve (false and true positive rates), and without flip averaging when it ran."""
+    curves = {"tta": result.tta, "auc": result.metrics.auc, "fpr": result.metrics.fpr.tolist(),
+              "tpr": result.metrics.tpr.tolist()}
+    if result.without_flip is not None:
+        curves["without_flip"] = {"auc": result.without_flip.auc, "fpr": result.without_flip.fpr.tolist(),
+                                  "tpr": result.without_flip.tpr.tolist()}
+    return curves
+
+
 def full_length_command(name: str) -> str:
     """The command that runs a recipe in full, on its assignment's data (on a GPU)."""
     if name == "hw2p2":
         return ("era-utils run hw2p2 --dataset faces --data-dir DATA --dev-pairs DEV_PAIRS "
                 "--test-pairs TEST_PAIRS --out results/hw2p2_full")
     return f"era-utils run {name} --download --out results/{name}_full"
+
+
+def _seed_verification(metrics: dict) -> dict:
+    """One seed's verification numbers for the seeds' summary (none for a recipe that does not verify)."""
+    verification = metrics.get("verification")
+    if not verification:
+        return {}
+    plain = verification.get("without_flip") or {}
+    return {"auc": verification["auc"], "eer": verification["eer"], **(
+        {"auc_without_flip": plain["auc"], "eer_without_flip": plain["eer"]} if plain else {})}
+
+
+def _mean_and_spread(key: str, runs: list[dict]) -> dict:
+    """{"mean_KEY", "std_KEY" (sample standard deviation; 0 for one run), "min_KEY", "max_KEY"} over the
+    runs that have KEY; {} when none has it."""
+    values = np.array([r[key] for r in runs if r.get(key) is not None], dtype=np.float64)
+    if not len(values):
+        return {}
+    return {f"mean_{key}": float(values.mean()), f"std_{key}": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            f"min_{key}": float(values.min()), f"max_{key}": float(values.max())}
 
 
 def run_seeds(plan: RunPlan, seeds: int, command: Optional[str] = None) -> Optional[dict]:
@@ -279,13 +316,14 @@ def run_seeds(plan: RunPlan, seeds: int, command: Optional[str] = None) -> Optio
         if metrics is None:  # a process other than rank 0: it trains, rank 0 writes
             continue
         runs.append({"seed": seed, "folder": folder, **{key: metrics[key] for key in (
-            "final_test_acc", "best_test_acc", "train_seconds", "wall_seconds")}})
+            "final_test_acc", "best_test_acc", "train_seconds", "wall_seconds")}, **_seed_verification(metrics)})
     if not distributed.is_main():
         return None
-    accs = np.array([r["final_test_acc"] for r in runs])
     summary = {"recipe": plan.recipe.name, "title": plan.recipe.title, "size": plan.size, "command": command,
-               "mean_final_test_acc": float(accs.mean()),
-               "std_final_test_acc": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0, "runs": runs}
+               "loss": plan.recipe.loss, "tta": plan.recipe.tta}
+    for key in ("final_test_acc", "auc", "eer", "auc_without_flip", "eer_without_flip", "wall_seconds"):
+        summary.update(_mean_and_spread(key, runs))
+    summary["runs"] = runs
     folder = RunFolder(plan.out)
     folder.json("metrics.json", summary)
     folder.text("report.md", render_seeds_report(summary))

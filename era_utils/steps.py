@@ -8,7 +8,7 @@
     optimizer, scheduler = optimizer_and_schedule(plan, model, train_loader, lr_test)
     history = train(plan, model, train_loader, test_loader, optimizer, scheduler)
     preds = predict(model, test_loader, embeddings=...)               # era_utils.analysis: one pass
-    result = verify(plan, data, model, preds)                         # HW2P2: pairs, AUC, EER
+    result = verify(plan, data, model)                                # HW2P2: pairs, AUC, EER
 
 `era-utils run` (era_utils.runner) is this chain plus its files; every notebook cell calls one of
 these steps; the benchmarks train through them. The recipe's numbers are read here at run time,
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from era_utils import distributed
-from era_utils.analysis import Predictions, predict
+from era_utils.analysis import TTA_MODES, Predictions, predict
 from era_utils.callbacks import Callback
 from era_utils.checkpoint import check_settings, read_checkpoint
 from era_utils.data import (
@@ -45,6 +45,7 @@ from era_utils.data import (
 )
 from era_utils.engine import History, fit
 from era_utils.face_loader import FaceLoader
+from era_utils.face_losses import check_loss, l2_normalise
 from era_utils.files import json_safe, remove_leftover_temp_files
 from era_utils.kaggle import ids_for_pairs
 from era_utils.loaders import (LOADERS, Loader, dataset_loader, eval_loader, load_splits, make_loaders,
@@ -159,7 +160,8 @@ class RunPlan:
     def settings(self) -> dict[str, Any]:
         """What a resumed run must share with the run that wrote the checkpoint: the recipe's numbers,
         the data drawn and how it is loaded, the precision. Plain JSON values, kept in the checkpoint."""
-        recipe = {k: v for k, v in asdict(self.recipe).items() if k not in ("title", "notes", "preview", "quick")}
+        # tta changes only the verification after training: a resumed run may ask for another
+        recipe = {k: v for k, v in asdict(self.recipe).items() if k not in ("title", "notes", "preview", "quick", "tta")}
         plan = {"dataset": self.dataset, "subset": self.subset, "test_subset": self.test_subset,
                 "loader": self.loader, "num_workers": self.num_workers if self.loader == "workers" else None,
                 "precision": self.fast.amp}
@@ -255,6 +257,8 @@ def plan_run(
     batch_size: Optional[int] = None,
     lr: Optional[float] = None,
     seed: Optional[int] = None,
+    loss: Optional[str] = None,
+    tta: Optional[str] = None,
     device: Optional[str] = None,
     loader: str = "auto",
     fast: bool = True,
@@ -278,7 +282,9 @@ def plan_run(
     `size`: "full" (the recipe as the assignment gives it), "preview" (the recipe's preview: Fashion-MNIST,
     minutes on a 2-core CPU, and the model clearly learns) or "quick" (CI's smoke run: a few hundred
     images, one epoch, the CPU); anything given explicitly still wins. `lr` replaces the recipe's LR and turns
-    the LR range test off. `loader`: "gpu" | "workers" | "auto" (the fast path's choice; per-image
+    the LR range test off. `loss`: the training loss ("cross_entropy", "arcface", "cosface", "center";
+    default the recipe's), `tta`: "flip" averages each verification embedding with its mirror image's
+    (default the recipe's, "none"). `loader`: "gpu" | "workers" | "auto" (the fast path's choice; per-image
     augmentation such as HW2P2's always runs on workers). `fast=False` is the classic path; `amp`
     and `compile` override the precision and torch.compile; `checkpoints=False` keeps none (speed
     measurements); `num_workers` (default 2, a quick run 0)
@@ -295,10 +301,11 @@ def plan_run(
     if size != "full" and sizing is None:
         raise ValueError(f"recipe {base.name!r} has no {size} size; run it in full or give the sizes yourself")
     chosen = base.sized(size)
-    changes = {"epochs": epochs, "batch_size": batch_size, "seed": seed}
+    changes = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "loss": loss, "tta": tta}
     if lr is not None:
         changes.update(lr=lr, use_lr_finder=False)
     chosen = chosen.override(**{k: v for k, v in changes.items() if v is not None})
+    _check_loss_and_tta(chosen)
     if sizing is not None:
         dataset = dataset or sizing.dataset
         subset = subset if subset is not None else sizing.subset
@@ -356,6 +363,20 @@ def plan_run(
         sync_batchnorm=sync_batchnorm,
         loader_why=loader_why,
     )
+
+
+def _check_loss_and_tta(recipe: Recipe) -> None:
+    """Refuse a loss or a test-time augmentation the run cannot use, before any work."""
+    check_loss(recipe.loss)
+    if recipe.tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES} (flip: average each verification embedding with its mirror "
+                         f"image's), got {recipe.tta!r}")
+    if recipe.tta != "none" and not recipe.verification:
+        raise ValueError(f"tta {recipe.tta!r} changes the verification embeddings, and recipe {recipe.name!r} verifies "
+                         "no pairs (only hw2p2 does): leave --tta out")
+    if recipe.use_lr_finder and recipe.loss != "cross_entropy":
+        raise ValueError(f"recipe {recipe.name!r} picks its LR with a range test on cross-entropy, which does not "
+                         f"tell the LR for loss {recipe.loss!r}: give the LR with --lr (lr= in Python)")
 
 
 def _choose_loader(asked: str, path: FastPath, augment: Any, dataset: str) -> tuple[str, str]:
@@ -553,9 +574,10 @@ def _face_eval_loader(plan: RunPlan, data: Data, images: Any) -> Loader:
 
 
 def build_model(plan: RunPlan, data: Data) -> nn.Module:
-    """The recipe's model for this data (one output per class, its input channels), on the device."""
+    """The recipe's model for this data (one output per class, its input channels) with the classifier its
+    loss trains (`Recipe.with_head`), on the device."""
     model = create_model(plan.recipe.model, num_classes=len(data.classes), in_channels=data.channels)
-    return model.to(plan.device)
+    return plan.recipe.with_head(model).to(plan.device)
 
 
 # ----------------------------------------------------------------------------- training
@@ -598,7 +620,7 @@ def train(plan: RunPlan, model: nn.Module, train_loader: Any, test_loader: Any,
     if callbacks is None:  # loggers write once, from rank 0
         callbacks = make_loggers(plan.log, plan.out, config=plan.settings()) if distributed.is_main() else []
     return fit(model, train_loader, test_loader, optimizer, plan.recipe.epochs,
-               criterion=plan.recipe.criterion(), scheduler=scheduler, device=plan.device,
+               criterion=plan.recipe.criterion(model), scheduler=scheduler, device=plan.device,
                amp=plan.fast.amp, channels_last=plan.fast.channels_last, compile=plan.fast.compile,
                checkpoint_path=plan.checkpoint_path if plan.checkpoints else None,
                checkpoint_interval=CHECKPOINT_INTERVAL_S,
@@ -618,13 +640,18 @@ class Verification:
     test_ids: list[str]  # Kaggle ids of the scored test pairs ("a b")
     test_scores: np.ndarray  # (P,) cosine similarity of each test pair
     title: str = "Verification ROC"  # for the figure: short
+    tta: str = "none"  # how the embeddings were made: "flip" averages each with its mirror image's
+    without_flip: Optional[VerificationMetrics] = None  # with tta "flip": the same pairs without it, to compare
 
 
 def verify(plan: RunPlan, data: Data, model: nn.Module) -> Verification:
-    """Score same/different pairs by the cosine similarity of their embeddings and measure ROC AUC,
-    EER and its threshold. Face folders: the plan's dev pairs file (labelled) and test pairs file.
-    Stand-in (arrays): balanced pairs of test images of the classes held out of training (`Data.held_out`),
-    "same" when two images share a class, embedded in one pass (`predict(..., embeddings=True)`)."""
+    """Score same/different pairs by the cosine similarity of their L2-normalised embeddings (the recipe's
+    `tta`: "flip" averages each with its mirror image's, and the pairs are scored without it too, to
+    compare) and measure ROC AUC, EER and its threshold. Face folders: the plan's dev pairs file
+    (labelled) and test pairs file. Stand-in (arrays): balanced pairs of test images of the classes held
+    out of training (`Data.held_out`), "same" when two images share a class, embedded in one pass
+    (`predict(..., embeddings=True)`)."""
+    tta = plan.recipe.tta
     kw = dict(device=plan.device, amp=plan.fast.amp)
     if isinstance(data.train, FaceFolder):
         if not (plan.dev_pairs and plan.test_pairs):
@@ -636,26 +663,34 @@ def verify(plan: RunPlan, data: Data, model: nn.Module) -> Verification:
             kw.update(transform=_face_eval_transform(data), batch_size=plan.recipe.batch_size,
                       num_workers=plan.num_workers)
         kw.update(progress=plan.verbose)
-        metrics = verify_pairs(model, read_pairs(plan.dev_pairs, root=plan.pairs_root), **kw)
+        dev = read_pairs(plan.dev_pairs, root=plan.pairs_root)
+        metrics = verify_pairs(model, dev, tta=tta, **kw)
+        plain = verify_pairs(model, dev, **kw) if tta == "flip" else None
         test = read_pairs(plan.test_pairs, root=plan.pairs_root, labelled=False)
-        scores = score_pairs(model, test, **kw)
+        scores = score_pairs(model, test, tta=tta, **kw)
         return Verification(metrics, f"{plan.dev_pairs} (labelled), {plan.test_pairs} (scored)",
-                            ids_for_pairs(test, root=plan.pairs_root), scores, "Verification ROC (dev pairs)")
+                            ids_for_pairs(test, root=plan.pairs_root), scores, "Verification ROC (dev pairs)", tta, plain)
     if data.held_out is None:
         raise ValueError("no held-out classes to verify on: the recipe's verification is off")
     # Unlabelled for the classifier (it has no output for these classes); the true labels make the pairs.
     unseen = ImageArrays(data.held_out.images, np.full(len(data.held_out), -1), data.held_out.classes)
     loader = eval_loader(unseen, data.mean, data.std, plan.recipe.batch_size, on_gpu=plan.loader == "gpu",
                          device=plan.device, num_workers=plan.num_workers, channels_last=plan.fast.channels_last)
-    embeddings = predict(model, loader, embeddings=True, **kw).embeddings  # (N, D)
     n = min(plan.verification_pairs, class_pair_capacity(data.held_out.labels))  # a small subset has few pairs
     a, b, same = class_pairs(data.held_out.labels, n, seed=plan.recipe.seed)
-    scores = cosine_scores(embeddings[a], embeddings[b]).numpy()  # (P,) in [-1, 1]
+
+    def pair_scores(how: str) -> np.ndarray:
+        embeddings = l2_normalise(predict(model, loader, embeddings=True, tta=how, **kw).embeddings)  # (N, D)
+        return cosine_scores(embeddings[a], embeddings[b]).numpy()  # (P,) in [-1, 1]
+
+    scores = pair_scores(tta)
+    plain = verification_metrics(same, pair_scores("none")) if tta == "flip" else None
     ids = ids_for_pairs(list(zip(a.astype(str), b.astype(str))))  # "a b" by held-out image index
     names = ", ".join(data.held_out.classes[c] for c in np.unique(data.held_out.labels))
     return Verification(verification_metrics(same, scores),
                         f"{len(same)} pairs of {data.title} test images of classes never trained on ({names}), "
-                        "half of them the same class", ids, scores, f"Verification ROC: classes never trained on\n({names})")
+                        "half of them the same class", ids, scores,
+                        f"Verification ROC: classes never trained on\n({names})", tta, plain)
 
 
 def kaggle_predictions(plan: RunPlan, data: Data, model: nn.Module, preds: Predictions

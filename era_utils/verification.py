@@ -1,8 +1,9 @@
 """Face verification for HW2P2: embeddings, cosine pair scores, ROC AUC / EER / threshold.
 
 The assignment's recipe: train a classifier, drop its last layer (every era_utils model returns
-its pooled penultimate features with `forward(x, return_embedding=True)`), score each pair of a
-pairs file by the cosine similarity of its two embeddings, measure ROC AUC on the labelled dev
+its pooled penultimate features with `forward(x, return_embedding=True)`), L2-normalise them (with
+`tta="flip"` averaged with the mirror image's first), score each pair of a pairs file by the cosine
+similarity of its two embeddings, measure ROC AUC on the labelled dev
 pairs, pick a threshold, and score the test pairs for Kaggle (`era_utils.kaggle`).
 
     pairs = read_pairs("verification/dev_pairs.txt", root="verification")   # era_utils.data
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from era_utils.analysis import predict
 from era_utils.data import ImageFiles, pair_label, pair_paths
+from era_utils.face_losses import l2_normalise
 from era_utils.utils import get_device
 
 __all__ = [
@@ -83,9 +85,11 @@ def embed_paths(
     batch_size: int = 128,
     num_workers: int = 0,
     amp: str = "auto",
+    tta: str = "none",
     progress: bool = False,
 ) -> torch.Tensor:
-    """Penultimate-layer embeddings `(len(paths), D)` float32 of image files, in the given order.
+    """L2-normalised penultimate-layer embeddings `(len(paths), D)` float32 of image files, in the given
+    order (`tta="flip"`: each averaged with its mirror image's).
 
     Each image is read as RGB and handed to `transform` the way FaceFolder does (albumentations:
     image=ndarray; torchvision: a PIL image; default: scaled to [0, 1]); the model runs once over
@@ -111,7 +115,7 @@ def embed_paths(
         images = DataLoader(_TensorImageFiles(paths, transform if transform is not None else _to_float_tensor),
                             batch_size=batch_size, shuffle=False, num_workers=num_workers,
                             pin_memory=device.type == "cuda")
-    return predict(model, images, device, embeddings=True, amp=amp, verbose=progress).embeddings
+    return l2_normalise(predict(model, images, device, embeddings=True, amp=amp, tta=tta, verbose=progress).embeddings)
 
 
 def cosine_scores(emb_a: torch.Tensor | np.ndarray, emb_b: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -187,6 +191,7 @@ def score_pairs(
     batch_size: int = 128,
     num_workers: int = 0,
     amp: str = "auto",
+    tta: str = "none",
     progress: bool = False,
 ) -> np.ndarray:
     """Cosine similarity `(P,)` float32 of each pair (`data.Pair` or `(a, b[, label])`).
@@ -213,6 +218,7 @@ def score_pairs(
         batch_size=batch_size,
         num_workers=num_workers,
         amp=amp,
+        tta=tta,
         progress=progress,
     )  # (U, D)
     ia = torch.as_tensor(rows_a)
@@ -348,9 +354,11 @@ def verify_pairs(
     batch_size: int = 128,
     num_workers: int = 0,
     amp: str = "auto",
+    tta: str = "none",
     progress: bool = False,
 ) -> VerificationMetrics:
-    """Labelled (dev) pairs -> scores -> `VerificationMetrics` (AUC, EER, threshold, accuracy)."""
+    """Labelled (dev) pairs -> scores -> `VerificationMetrics` (AUC, EER, threshold, accuracy);
+    `tta="flip"`: each image's embedding averaged with its mirror image's."""
     labels = [pair_label(p) for p in pairs]
     unlabelled = sum(label is None for label in labels)
     if unlabelled:
@@ -360,6 +368,6 @@ def verify_pairs(
         )
     scores = score_pairs(
         model, pairs, transform, loader=loader, device=device, batch_size=batch_size, num_workers=num_workers,
-        amp=amp, progress=progress,
+        amp=amp, tta=tta, progress=progress,
     )
     return verification_metrics(labels, scores, threshold=threshold)
