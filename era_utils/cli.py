@@ -59,8 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="era-utils",
         description="Run an assignment recipe end to end (data, LR range test, training, figures).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,run}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,run,compare}")
     sub.add_parser("list", help="list the recipes and the models")
+    compare = sub.add_parser("compare", help="runs side by side: a table of what each run measured (mean and spread "
+                             "over its seeds) and their curves on one figure")
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders era-utils run wrote (--out), "
+                         "or of --seeds runs")
+    compare.add_argument("--out", help="also write comparison.md, comparison.json and comparison.png there")
+    compare.add_argument("--title", default="Runs side by side", help="the figure's and comparison.md's title")
     run = sub.add_parser("run", help="run a recipe and write its figures and metrics to --out")
     run.add_argument("recipe", choices=list(RECIPES), help="the assignment recipe")
     run.add_argument("--dataset", choices=DATASETS,
@@ -186,6 +192,23 @@ def _list() -> None:
         print(f"  {name:<14} {info.family:<14} input {'x'.join(map(str, info.input_size))}")
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from era_utils.compare import compare_runs, comparison_table, write_comparison
+
+    try:
+        rows = compare_runs(args.runs)
+    except USER_ERRORS as err:
+        print(f"era-utils: error: {err}", file=sys.stderr)
+        return 2
+    print(comparison_table(rows))
+    if args.out:
+        runs = ["RUN_DIR" if _machine_path(run) else run for run in args.runs]  # no machine's folders recorded
+        argv = ["compare", *runs, "--out", args.out] + (["--title", args.title] if args.title != "Runs side by side"
+                                                        else [])
+        print(f"comparison.md, comparison.json and comparison.png in {write_comparison(rows, args.out, shareable_command(argv), args.title)}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -193,6 +216,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "list":
         _list()
         return 0
+    if args.command == "compare":
+        return _compare(args)
 
     from era_utils import distributed
     from era_utils.runner import run_recipe, run_seeds

@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
@@ -37,6 +37,11 @@ __all__ = [
     "stage_sizes",
 ]
 
+# "gradcam++" (Chattopadhay et al. 2018) weighs a feature map by its positive gradients only. On the face
+# ResNets plain GradCAM's mean gradients often come out negative over a whole map, which its ReLU turns
+# into a blank heat map (tests/test_gradcam.py: a face_resnet34 on a synthetic pattern task).
+CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
+CAM_NAMES = {"gradcam": "GradCAM", "gradcam++": "GradCAM++"}  # as figures and reports name them
 MIN_CAM_SIZE = 7  # px: the smallest feature map (short side) worth showing; 7x7 = ResNet-50 at 224
 
 
@@ -159,8 +164,9 @@ def gradcam(
     targets: int | Sequence[int] | torch.Tensor | np.ndarray | None = None,
     *,
     batch_size: int = 64,
+    method: str = "gradcam",
 ) -> np.ndarray:
-    """GradCAM maps for normalised `images` (N, C, H, W) (or (C, H, W), a list of those, or the
+    """GradCAM maps (`method="gradcam++"`: GradCAM++'s) for normalised `images` (N, C, H, W) (or (C, H, W), a list of those, or the
     examples `Predictions.misclassified` returns: their `.input`) -> float32 numpy (N, H, W) in [0, 1].
 
     `target_layer`: a module or dotted name; None picks `default_target_layer` for this input size.
@@ -187,6 +193,8 @@ def gradcam(
     if bad:
         raise ValueError(f"images {bad[:10]}{' ...' if len(bad) > 10 else ''} hold NaN or infinite values, "
                          "whose GradCAM maps would be NaN: check how they were normalised (a std of 0?)")
+    if method not in CAM_METHODS:
+        raise ValueError(f"method must be one of {list(CAM_METHODS)}, got {method!r}")
     layer_name = default_target_layer_name(model, x.shape[1:]) if target_layer is None else target_layer
     layer = resolve_layer(model, layer_name)
     _check_cam_layer(model, layer, layer_name, x[:1])
@@ -199,7 +207,7 @@ def gradcam(
         # enable_grad: a caller inside torch.no_grad() would otherwise get no gradients at all.
         # reshape_transform=clone: an in-place op after the layer (ReLU(inplace=True)) cannot
         # overwrite the stored activations and gradients.
-        with eval_mode(model), torch.enable_grad(), GradCAM(
+        with eval_mode(model), torch.enable_grad(), CAM_METHODS[method](
             model=model, target_layers=[layer], reshape_transform=torch.Tensor.clone
         ) as cam:
             for start in range(0, n, batch_size):

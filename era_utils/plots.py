@@ -507,9 +507,10 @@ def plot_gradcam(
     ncols: int = 5,
     explained: str = "pred",
     layer: str | None = None,
+    method: str = "GradCAM",
     title: str | None = None,
 ) -> Figure:
-    """GradCAM overlays beside the originals: for every row of images, the originals (titled true /
+    """GradCAM overlays (`method`: the name the maps were made with, e.g. "GradCAM++") beside the originals: for every row of images, the originals (titled true /
     pred) and below them the same images with the heat map of the explained class ("pred" or
     "true", as passed to `gradcam(targets=...)`). `cams`: (N, H, W) in [0, 1], one per item."""
     # Imported here so that plots stays importable where grad-cam is not installed.
@@ -534,9 +535,9 @@ def plot_gradcam(
         _show(axes[r, c], image)
         axes[r, c].set_title(_item_title(items[i], classes), fontsize=9.5)
         _show(axes[r + 1, c], overlay_cam(image, np.asarray(cams[i]), alpha=alpha))
-        axes[r + 1, c].set_title(f"GradCAM: {_name(classes, _attr(items[i], explained))}", fontsize=9.5)
+        axes[r + 1, c].set_title(f"{method}: {_name(classes, _attr(items[i], explained))}", fontsize=9.5)
     where = f" at {layer}" if layer else ""
-    fig.suptitle(title or f"GradCAM{where} for the {'predicted' if explained == 'pred' else 'true'} class",
+    fig.suptitle(title or f"{method}{where} for the {'predicted' if explained == 'pred' else 'true'} class",
                  fontsize=13)
     return fig
 

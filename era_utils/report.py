@@ -351,6 +351,8 @@ def render_report(metrics: dict) -> str:
               f"| commit | {m['commit']} |", f"| date | {m['date']} |", "", "## Figures", ""]
     shown = set(m["files"])
     for name, caption in FIGURES:
+        if name == "gradcam.png" and m.get("gradcam_layer"):  # the method and layer the run drew them with
+            caption = f"{m.get('gradcam_method') or 'GradCAM'} at {m['gradcam_layer']} on the misclassified images"
         if name in shown:
             lines += [f"**{caption}**", "", f"![{caption}]({name})", ""]
     return "\n".join(lines)

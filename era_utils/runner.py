@@ -24,7 +24,7 @@ from era_utils.analysis import Predictions, confusion_matrix, most_confused, per
 from era_utils.callbacks import Callback, call_hooks
 from era_utils.engine import History
 from era_utils.files import write_json, write_text
-from era_utils.gradcam import default_target_layer_name, gradcam
+from era_utils.gradcam import CAM_NAMES, default_target_layer_name, gradcam
 from era_utils.kaggle import write_classification_csv, write_verification_csv
 from era_utils.loaders import augment_examples
 from era_utils.loggers import make_loggers
@@ -121,9 +121,9 @@ def run_recipe(plan: RunPlan, command: Optional[str] = None) -> Optional[dict]:
     folder.figure("misclassified.png", plots.plot_misclassified(wrong, data.classes))
     folder.figure("top_losses.png", plots.plot_top_losses(preds.top_losses(10), data.classes))
     if wrong:
-        run.gradcam_layer = default_target_layer_name(model, data.input_size)
-        folder.figure("gradcam.png", plots.plot_gradcam(wrong, gradcam(model, wrong, run.gradcam_layer),
-                                                        data.classes, layer=run.gradcam_layer))
+        run.gradcam_layer, method = default_target_layer_name(model, data.input_size), recipe.cam_method
+        folder.figure("gradcam.png", plots.plot_gradcam(wrong, gradcam(model, wrong, run.gradcam_layer, method=method),
+                                                        data.classes, layer=run.gradcam_layer, method=CAM_NAMES[method]))
     run.cm = confusion_matrix(preds, num_classes=len(data.classes))
     folder.figure("per_class_accuracy.png", plots.plot_per_class_accuracy(per_class_accuracy(preds), data.classes))
     folder.figure("confusion_matrix.png", plots.plot_confusion_matrix(run.cm, data.classes, normalize=True))
@@ -234,6 +234,7 @@ class _Run:
             "most_confused": [list(map(str, t)) for t in most_confused(self.cm, data.classes, k=5)],
             "misclassified_shown": self.misclassified_shown,
             "gradcam_layer": self.gradcam_layer,
+            "gradcam_method": CAM_NAMES[recipe.cam_method] if self.gradcam_layer else None,
             "verification": None if self.verification is None else _verification_metrics(self.verification),
             "checkpoint": plan.checkpoints and plan.checkpoint_path.is_file(),
             "loader": plan.loader,

@@ -74,6 +74,8 @@ DEV_PAIRS = None  # faces: the labelled verification pairs file ("a b label" per
 TEST_PAIRS = None  # faces: the unlabelled verification pairs file ("a b" per line)
 PAIRS_ROOT = None  # faces: the folder the pairs files' paths are relative to (None: the file's folder)
 EPOCHS = None  # None: the recipe's
+LOSS = None  # None: the recipe's, "cross_entropy"; "arcface", "cosface" or "center" (cross-entropy + center loss)
+TTA = None  # verification embeddings: None or "none" as they are; "flip": averaged with the mirror image's
 SUBSET = None  # stand-in: train on N images (a stratified subset); None: all of them
 TEST_SUBSET = None  # stand-in: test on N images; None: all (or max(1000, SUBSET // 5) with a SUBSET)
 DEVICE = None  # None picks cuda, then mps, then cpu
@@ -84,6 +86,7 @@ RESUME = False  # carry on from OUT/checkpoint.pt after a Colab session died
 LOG = "csv,tensorboard"  # loggers: csv (OUT/log.csv), tensorboard (OUT/tensorboard/), wandb; None: none
 USE_DRIVE = False  # Colab: keep OUT on Google Drive, so a recycled runtime can resume from it
 KAGGLE_COMPETITIONS = ()  # e.g. ("11-785-s22-hw2p2-classification", "11-785-s22-hw2p2-verification")
+COMPARE = []  # folders of earlier runs to put side by side after this one's verification (e.g. one per LOSS)
 NPROC = None  # None: this notebook trains; N: the whole run in N new processes, one per GPU (Kaggle's T4 x2: 2)
 
 # %% [markdown]
@@ -136,8 +139,8 @@ if KAGGLE_COMPETITIONS:
 # %%
 if NPROC:
     run_in_processes(RECIPE, NPROC, size=SIZE, dataset=DATASET, data_dir=DATA_DIR, download=DOWNLOAD, subset=SUBSET,
-                     test_subset=TEST_SUBSET, epochs=EPOCHS, device=DEVICE, num_workers=NUM_WORKERS, out=OUT,
-                     resume=RESUME, dev_pairs=DEV_PAIRS, test_pairs=TEST_PAIRS, pairs_root=PAIRS_ROOT, log=LOG)
+                     test_subset=TEST_SUBSET, epochs=EPOCHS, loss=LOSS, tta=TTA, device=DEVICE,
+                     num_workers=NUM_WORKERS, out=OUT, resume=RESUME, dev_pairs=DEV_PAIRS, test_pairs=TEST_PAIRS, pairs_root=PAIRS_ROOT, log=LOG)
     raise SystemExit(f"Trained in {NPROC} processes: the figures, report.md and both Kaggle CSVs are in "
                      f"{OUT or 'runs/' + RECIPE}. The cells below would train again in this one process.")
 
@@ -148,8 +151,8 @@ if NPROC:
 
 # %%
 plan = plan_run(RECIPE, size=SIZE, dataset=DATASET, data_dir=DATA_DIR, download=DOWNLOAD, subset=SUBSET,
-                test_subset=TEST_SUBSET, epochs=EPOCHS, device=DEVICE, num_workers=NUM_WORKERS, out=OUT,
-                resume=RESUME, dev_pairs=DEV_PAIRS, test_pairs=TEST_PAIRS, pairs_root=PAIRS_ROOT, log=LOG)
+                test_subset=TEST_SUBSET, epochs=EPOCHS, loss=LOSS, tta=TTA, device=DEVICE, num_workers=NUM_WORKERS,
+                out=OUT, resume=RESUME, dev_pairs=DEV_PAIRS, test_pairs=TEST_PAIRS, pairs_root=PAIRS_ROOT, log=LOG)
 plan
 
 # %% [markdown]
@@ -194,16 +197,20 @@ plots.plot_augmentations(originals, augment_examples(train_loader, originals), l
 # %% [markdown]
 # ## Model
 # A ResNet-34 with the ImageNet stem (7x7 stride 2, max-pool) for 224x224 faces, one output per
-# identity. Its pooled penultimate features are the face embedding verification uses below.
+# identity. Its pooled penultimate features are the face embedding verification uses below. With
+# `LOSS = "arcface"` or `"cosface"` its classifier is a margin head (the cosine between the embedding
+# and each identity's weight vector, scaled), with `"center"` a linear classifier that also keeps
+# each identity's centre: the last lines of the summary show which.
 
 # %%
 model = build_model(plan, data)
 summary(model, data.input_size)
 
 # %% [markdown]
-# The optimizer, loss and schedule as the recipe (seed 001) builds them: SGD with momentum and
-# weight decay, cross-entropy with label smoothing, cosine annealing that restarts after the
-# recipe's first cycle and then after cycles twice as long each time, stepped every batch.
+# The optimizer and schedule as the recipe (seed 001) builds them: SGD with momentum and weight
+# decay, cosine annealing that restarts after the recipe's first cycle and then after cycles twice
+# as long each time, stepped every batch. The loss is `LOSS` (the plan's table names it): the seed's
+# cross-entropy with label smoothing by default.
 
 # %%
 optimizer, scheduler = optimizer_and_schedule(plan, model, train_loader)
@@ -270,12 +277,37 @@ result = verify(plan, data, model)
 result.metrics
 
 # %% [markdown]
+# With `TTA = "flip"` each embedding is the average of the image's and its mirror image's (both
+# L2-normalised first), and the pairs are scored without it too, to see what it gained:
+
+# %%
+result.without_flip or "TTA is off: the embeddings are the images' own"
+
+# %% [markdown]
 # The ROC curve of the similarity scores: its area (AUC, the Kaggle metric) and the equal error
 # rate, where false accepts and false rejects are equally frequent; its threshold is the one to use
 # for same/different decisions.
 
 # %%
 plots.plot_roc(result.metrics, title=result.title)
+
+# %% [markdown]
+# ### Which loss?
+# Softmax embeddings separate the identities the classifier was trained on; the pairs are of others.
+# Margin losses (ArcFace, CosFace) train the cosines verification reads, center loss pulls each
+# identity's embeddings together. Measured at preview size on the stand-in, 3 seeds each, with
+# `scripts/hw2p2_losses.sh` (the table with its spread, the ROC curves and how they were made:
+# [results/hw2p2_losses](https://github.com/era-course/era_utils/blob/main/results/hw2p2_losses/comparison.md)).
+# To compare your own runs, set `COMPARE` to their folders (`OUT` of each `era-utils run`, which writes
+# what this reads), e.g. `COMPARE = ["runs/hw2p2_ce", "runs/hw2p2_arcface"]`.
+
+# %%
+if COMPARE:
+    from era_utils.compare import compare_runs, comparison_table, plot_comparison
+
+    rows = compare_runs(COMPARE)
+    print(comparison_table(rows))
+    plot_comparison(rows, title="HW2P2: runs side by side")
 
 # %% [markdown]
 # The Kaggle verification CSV (`Id,Category`: the pair's two paths and its similarity).

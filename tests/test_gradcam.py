@@ -199,3 +199,58 @@ def test_gradcam_on_gpu():
     x = torch.randn(3, 3, 32, 32)  # on the CPU: gradcam moves it to the model's device
     cams = gradcam(model, x, targets=torch.tensor([1, 2, 3]))
     assert cams.shape == (3, 32, 32) and model.training
+
+
+def pattern_data(n: int, seed: int, size: int = 32, patch: int = 8):
+    """Noise in [0, 0.5] with one 8x8 pattern at a random place; class = the pattern (square, ring, plus,
+    cross). The evidence is the patch, wherever it is: GradCAM should light it up."""
+    p = patch
+    square, ring, plus, cross = torch.ones(p, p), torch.ones(p, p), torch.zeros(p, p), torch.zeros(p, p)
+    ring[1:-1, 1:-1] = 0
+    plus[p // 2 - 1:p // 2 + 1, :] = 1
+    plus[:, p // 2 - 1:p // 2 + 1] = 1
+    cross[torch.arange(p), torch.arange(p)] = 1
+    cross[torch.arange(p), p - 1 - torch.arange(p)] = 1
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, size, size, generator=g) * 0.5
+    y = torch.randint(0, 4, (n,), generator=g)
+    top = torch.randint(0, size - p + 1, (n,), generator=g)
+    left = torch.randint(0, size - p + 1, (n,), generator=g)
+    for i, pattern in enumerate((square, ring, plus, cross)[int(c)] for c in y):
+        t, l = int(top[i]), int(left[i])
+        x[i, 0, t:t + p, l:l + p] = torch.maximum(x[i, 0, t:t + p, l:l + p], pattern)
+    return (x - 0.3) / 0.3, y, top, left
+
+
+def test_face_resnet_maps_point_at_the_evidence_with_the_recipes_method():
+    """HW2P2's face_resnet34 at the stand-in's 32 px: its default layer (layer1, 8x8) with the recipe's
+    GradCAM++ peaks on the pattern for nearly every image and leaves no map blank. Measured with this
+    set-up (seeds 0-3): GradCAM++ 128 of 128 on the pattern, 0 blank; plain GradCAM 73 of 128, 36
+    blank; the later stages (4x4 and smaller) miss it with either method."""
+    from era_utils.recipes import get_recipe
+
+    torch.manual_seed(0)
+    model = create_model("face_resnet34", num_classes=4, in_channels=1)
+    x, y, _, _ = pattern_data(2048, seed=1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(2):  # ~16 s on 2 CPU cores
+        for idx in torch.randperm(len(y)).split(64):
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    x, y, top, left = pattern_data(128, seed=3)
+    with torch.no_grad():
+        acc = (model.eval()(x).argmax(1) == y).float().mean().item()
+    assert acc >= 0.9, f"the face network did not learn the pattern task (accuracy {acc:.2f})"
+    method = get_recipe("hw2p2").cam_method
+    assert method == "gradcam++" and default_target_layer_name(model, (1, 32, 32)) == "layer1"
+    cams = gradcam(model, x, targets=y, method=method)
+    slack = 2
+    hits = sum((t - slack <= py < t + 8 + slack) and (l - slack <= px < l + 8 + slack)
+               for cam, t, l in zip(cams, top.tolist(), left.tolist())
+               for py, px in [np.unravel_index(cam.argmax(), cam.shape)])
+    assert hits / len(cams) >= 0.9, f"{method} peaked on the pattern for only {hits} of {len(cams)} images"
+    assert all(cam.max() > 0 for cam in cams), "a blank heat map"
+    with pytest.raises(ValueError, match="method must be one of"):
+        gradcam(model, x[:1], method="scorecam")
