@@ -389,7 +389,29 @@ def augment_examples(augment: Any, images: Any, *, n: int = 5, rows: int = 2) ->
     `augment`: a `GPULoader` or `FaceLoader` (its batched augmentation), a DataLoader over an
     `ArrayDataset` or a face folder (its per-image transform), or a per-image transform itself.
     `images`: uint8 (N, H, W, C) arrays or an ImageArrays.
+
+    Python's, numpy's and torch's global random states are left as they were: per-image transforms
+    draw from them, and a preview drawn before the model is built (a notebook's order) must not give
+    it other initial weights than a run that draws it after (era-utils run's).
     """
+    with _global_random_kept():
+        return _augment_examples(augment, images, n, rows)
+
+
+class _global_random_kept:
+    """A block after which Python's, numpy's and torch's (CPU) global random states are as before it."""
+
+    def __enter__(self) -> None:
+        self.states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+
+    def __exit__(self, *exc: Any) -> None:
+        python, numpy_state, torch_state = self.states
+        random.setstate(python)
+        np.random.set_state(numpy_state)
+        torch.random.set_rng_state(torch_state)
+
+
+def _augment_examples(augment: Any, images: Any, n: int, rows: int) -> torch.Tensor:
     raw = np.asarray(getattr(images, "images", images))[:n]
     if raw.ndim == 3:
         raw = raw[..., None]  # (n, H, W) gray

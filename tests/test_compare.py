@@ -80,3 +80,22 @@ def test_a_folder_without_a_run_is_named_with_the_fix(tmp_path, capsys):
         compare_runs([])
     assert cli.main(["compare", str(tmp_path)]) == 2
     assert "no metrics.json" in capsys.readouterr().err
+
+
+def test_the_committed_loss_tables_are_the_comparisons_numbers():
+    """results/README.md and the HW2P2 notebook quote results/hw2p2_losses: the same numbers, per loss."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    rows = json.loads((root / "results" / "hw2p2_losses" / "comparison.json").read_text())
+    assert [r["loss"] for r in rows] == ["cross_entropy", "arcface", "cosface", "center"]
+    readme = (root / "results" / "README.md").read_text()
+    notebook = (root / "notebooks" / "hw2p2_faces.py").read_text()
+    for r in rows:
+        assert len(r["seeds"]) == 3 and "hw2p2 --preview --loss " + r["loss"] in r["command"]
+        for key in ("auc", "auc_without_flip", "eer"):
+            values = np.array(r[key])
+            assert f"{values.mean():.4f} ± {values.std(ddof=1):.4f}" in readme or key == "eer", (r["loss"], key)
+            assert f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" in notebook, (r["loss"], key)
+        acc = np.array(r["final_test_acc"])
+        assert f"{acc.mean():.2f} ± {acc.std(ddof=1):.2f}" in notebook and f"{acc.mean():.2f} ± " in readme

@@ -114,3 +114,21 @@ def test_augment_examples_runs_each_paths_own_augmentation(cifar):
     hw = hw2p2_train_transform(mean, std, size=None)
     tr, _ = make_loaders(train, test, hw, mean, std, 8, num_workers=0)
     assert loaders.augment_examples(tr, train.images, n=2, rows=1).shape == (1, 2, 3, 32, 32)
+
+
+def test_an_augmentation_preview_leaves_the_global_random_states_alone():
+    """The notebook draws the preview before building the model, era-utils run after: both must build
+    the same initial weights, so the preview (per-image transforms draw from the global RNGs) keeps them."""
+    import random
+
+    from era_utils.transforms import HW2P2_AUGMENT, hw2p2_train_transform
+
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    transform = hw2p2_train_transform((0.5,) * 3, (0.25,) * 3, size=32, spec=HW2P2_AUGMENT)
+    torch.manual_seed(4), np.random.seed(4), random.seed(4)
+    expected = torch.rand(3), np.random.rand(), random.random()
+    torch.manual_seed(4), np.random.seed(4), random.seed(4)
+    shown = loaders.augment_examples(transform, images)
+    assert shown.shape == (2, 5, 3, 32, 32) and not torch.equal(shown[0], shown[1])  # it did draw
+    after = torch.rand(3), np.random.rand(), random.random()
+    assert torch.equal(after[0], expected[0]) and after[1:] == expected[1:]
