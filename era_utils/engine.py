@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from era_utils.batches import (
@@ -294,20 +295,30 @@ def _check_optimizer_holds(model: nn.Module, optimizer: torch.optim.Optimizer) -
                          "after the model was (re)created")
 
 
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel and torch.compile's wrappers (whose forward takes *args)."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or (model.module if isinstance(model, DDP) else None)
+        if inner is None:
+            return model
+        model = inner
+
+
 def _accepts_return_embedding(model: nn.Module) -> bool:
     try:
-        return "return_embedding" in inspect.signature(model.forward).parameters
+        return "return_embedding" in inspect.signature(_unwrapped(model).forward).parameters
     except (TypeError, ValueError):
         return False
 
 
 def _forward(model: nn.Module, images: torch.Tensor, embeddings: bool) -> tuple[Any, torch.Tensor | None]:
-    """(logits, embedding or None): one forward pass when the model can return both."""
+    """(logits, embedding or None): one forward pass when the model can return both (through its
+    wrappers, so DistributedDataParallel and torch.compile see the pass)."""
     if not embeddings:
         return model(images), None
     if _accepts_return_embedding(model):
         return model(images, return_embedding=True)  # every era_utils model: (logits, (B, D))
-    embed = getattr(model, "embed", None)
+    embed = getattr(_unwrapped(model), "embed", None)
     if not callable(embed):
         raise TypeError(
             f"{type(model).__name__} has no embed(x) method. Every era_utils model has one "

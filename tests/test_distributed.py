@@ -249,6 +249,21 @@ def test_run_in_two_processes_learns_and_says_so(tmp_path, capsys, monkeypatch):
     assert printed.count("done: test accuracy") == 1 and printed.count("LR range test:") == 1  # rank 0 alone
 
 
+@pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+@pytest.mark.parametrize("loss", ["arcface", "center"])
+def test_a_loss_that_reads_embeddings_trains_in_two_processes(tmp_path, loss):
+    """The margin head and the class centres live in the model: DistributedDataParallel carries them,
+    and the engine asks the wrapped model for its embeddings (its forward takes *args)."""
+    out = tmp_path / loss
+    job = _command("hw2p2", "--quick", "--loss", loss, "--tta", "flip", "--nproc", "2", "--device", "cpu",
+                   "--out", str(out), "--quiet")
+    _, stderr = job.communicate(timeout=300)
+    assert job.returncode == 0, stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["recipe_settings"]["loss"] == loss
+    assert metrics["verification"]["tta"] == "flip" and 0 < metrics["verification"]["auc"] <= 1
+
+
 def test_a_run_in_processes_that_fails_raises_with_its_message(tmp_path, capsys):
     from era_utils.cli import run_in_processes
 
