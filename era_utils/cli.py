@@ -10,13 +10,14 @@ import sys
 from typing import Any, Optional, Sequence
 
 from era_utils.callbacks import CallbackError
+from era_utils.files import NoSpaceError
 from era_utils.recipes import RECIPES
 from era_utils.speed import AMP_MODES
 
 # What a user's input can cause: the kit raises these with a message naming the input and the fix.
 # Anything else is a bug in the kit and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
-               ImportError, CallbackError)
+               ImportError, CallbackError, NoSpaceError)
 DATASETS = ("cifar10", "fashion_mnist", "faces")  # era_utils.steps.RUN_DATASETS, without importing torch
 LOADERS = ("auto", "gpu", "workers")  # era_utils.loaders.LOADERS
 LOSSES = ("cross_entropy", "arcface", "cosface", "center")  # era_utils.face_losses.LOSSES
@@ -248,6 +249,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             run_recipe(plan, command=command)
         distributed.close(finished=True)
+    except KeyboardInterrupt as err:  # Ctrl-C: where it stopped and how to carry on, not autograd's traceback
+        if args.debug:
+            raise
+        print(f"era-utils: {err}" if str(err) else "era-utils: interrupted (Ctrl-C); run the same command with "
+              "--resume to carry on from the last checkpoint, if one was written", file=sys.stderr)
+        return 130
     except USER_ERRORS as err:  # bad input, data folder or output folder: a message, not a trace
         if args.debug:
             raise

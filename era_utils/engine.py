@@ -52,6 +52,7 @@ __all__ = [
     "DEFAULT_SYNC_EVERY",
     "EmptyLoaderError",
     "History",
+    "TrainingInterrupted",
     "evaluate",
     "fit",
     "inference_pass",
@@ -229,49 +230,55 @@ def train_one_epoch(
             )
         _check_read(vals, num_outputs, f"epoch {epoch + 1} (training)")
 
-    with _progress(loader, f"epoch {epoch + 1} train", verbose) as bar:
-        for step, batch in enumerate(bar):
-            images, labels = unpack_batch(batch, step)
-            images = to_device(images, device, channels_last)
-            labels = labels.to(device, dtype=torch.long, non_blocking=True)
-            lrs.append(float(optimizer.param_groups[0]["lr"]))  # the LR this step uses
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device, amp_dtype):
-                logits, embeddings = _forward(model, images, wants_embeddings)  # (B, num_classes), (B, D) or None
-                if step == 0:
-                    num_outputs = check_logits(logits, labels)
-                    check_label_range(labels, num_outputs, f"batch 1 of epoch {epoch + 1}")
-                loss = loss_or_label_error(criterion, logits, labels, num_outputs,
-                                           f"batch {step + 1} of epoch {epoch + 1}", embeddings)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)  # skipped when the fp16 gradients overflowed
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            if scheduler is not None:
+    step = -1
+    try:
+        with _progress(loader, f"epoch {epoch + 1} train", verbose) as bar:
+            for step, batch in enumerate(bar):
+                images, labels = unpack_batch(batch, step)
+                images = to_device(images, device, channels_last)
+                labels = labels.to(device, dtype=torch.long, non_blocking=True)
+                lrs.append(float(optimizer.param_groups[0]["lr"]))  # the LR this step uses
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(device, amp_dtype):
+                    logits, embeddings = _forward(model, images, wants_embeddings)  # (B, num_classes), (B, D) or None
+                    if step == 0:
+                        num_outputs = check_logits(logits, labels)
+                        check_label_range(labels, num_outputs, f"batch 1 of epoch {epoch + 1}")
+                    loss = loss_or_label_error(criterion, logits, labels, num_outputs,
+                                               f"batch {step + 1} of epoch {epoch + 1}", embeddings)
                 if scaler is not None:
-                    with warnings.catch_warnings():
-                        # A skipped first fp16 step makes torch think the scheduler ran first.
-                        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler")
-                        scheduler.step()
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)  # skipped when the fp16 gradients overflowed
+                    scaler.update()
                 else:
-                    scheduler.step()
-            with torch.no_grad():
-                run.update(loss, logits, labels)
-            if (step + 1) % sync_every == 0:
-                vals = run.read()
-                check(vals)
-                bar.set_postfix(loss=f"{vals['loss']:.4f}", acc=f"{vals['acc']:.2f}%",
-                                lr=f"{lrs[-1]:.2e}", refresh=False)
-            due = step_hooks_due(callbacks, step_offset + step + 1) if callbacks else []
-            if due:
-                # Callbacks live on rank 0 only, so this read must not wait for the other ranks:
-                # its running numbers are rank 0's (the epoch's History is the global one).
-                vals = run.read(over_ranks=False)
-                call_hooks(due, "on_steps", step_offset + step + 1,
-                           {"loss": vals["loss"], "acc": vals["acc"], "lr": lrs[-1]})
+                    loss.backward()
+                    optimizer.step()
+                if scheduler is not None:
+                    if scaler is not None:
+                        with warnings.catch_warnings():
+                            # A skipped first fp16 step makes torch think the scheduler ran first.
+                            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler")
+                            scheduler.step()
+                    else:
+                        scheduler.step()
+                with torch.no_grad():
+                    run.update(loss, logits, labels)
+                if (step + 1) % sync_every == 0:
+                    vals = run.read()
+                    check(vals)
+                    bar.set_postfix(loss=f"{vals['loss']:.4f}", acc=f"{vals['acc']:.2f}%",
+                                    lr=f"{lrs[-1]:.2e}", refresh=False)
+                due = step_hooks_due(callbacks, step_offset + step + 1) if callbacks else []
+                if due:
+                    # Callbacks live on rank 0 only, so this read must not wait for the other ranks:
+                    # its running numbers are rank 0's (the epoch's History is the global one).
+                    vals = run.read(over_ranks=False)
+                    call_hooks(due, "on_steps", step_offset + step + 1,
+                               {"loss": vals["loss"], "acc": vals["acc"], "lr": lrs[-1]})
+    except KeyboardInterrupt as err:
+        err.step = step + 1  # where it stopped, for fit's message (Ctrl-C, a session that died)
+        raise
+
     if run.seen == 0:
         raise EmptyLoaderError("The training loader yielded no batches (is the dataset empty, or "
                                "drop_last=True with fewer samples than one batch?).")
@@ -282,6 +289,22 @@ def train_one_epoch(
 
 class EmptyLoaderError(ValueError):
     """A training loader that yielded no batch in an epoch."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """fit stopped by Ctrl-C: where it stopped and what a --resume carries on from, in its message."""
+
+    def __init__(self, epoch: int, step: int | None, epochs: int, checkpoint_path: Any, saved: int) -> None:
+        where = f"epoch {epoch} of {epochs}" + (f", step {step}" if step else " (evaluating)")
+        if checkpoint_path is not None and saved:
+            then = (f"carry on with --resume (RESUME = True in a notebook): it repeats the run from the checkpoint of "
+                    f"epoch {saved} ({checkpoint_path})")
+        elif checkpoint_path is not None:
+            then = "no checkpoint was written yet (the first is after epoch 1): --resume starts the run over"
+        else:
+            then = "no checkpoint is kept in this run (checkpoint_path=None)"
+        super().__init__(f"interrupted at {where}; {then}")
+        self.epoch, self.step, self.saved = epoch, step, saved
 
 
 def _check_optimizer_holds(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -479,7 +502,8 @@ def fit(
       drop_last=True (GPULoader) so a short last batch does not trigger a second compilation.
     - `checkpoint_path`: written atomically after an epoch (model, optimizer, scheduler, scaler,
       History, RNG states) once `checkpoint_interval` seconds have passed since the last write
-      (0: after every epoch; the last epoch is always written). With `resume=True` and an
+      (0: after every epoch; the first and the last epoch are always written, so a run killed early
+      loses at most one epoch). With `resume=True` and an
       existing file, training continues from it (the scheduler must be passed again, built the
       same way); a resumed run repeats an unbroken one on the same seed.
     - `settings`: what the run was started with (plain values: batch size, seed, data, ...), kept
@@ -544,51 +568,54 @@ def fit(
     callbacks = list(callbacks) if is_main() else []  # loggers write once, from rank 0
     call_hooks(callbacks, "on_fit_start", FitInfo(model, optimizer, epochs, start, loader_length(train_loader),
                                                   device))
-    last_write = time.perf_counter()
-    with keep_modes(model):
-        for epoch in range(start, epochs):
-            t0 = time.perf_counter()
-            try:
-                loss, acc, lrs = train_one_epoch(
-                    train_model, train_loader, optimizer, criterion, device, scheduler=scheduler,
-                    scaler=scaler, amp_dtype=amp_dtype, channels_last=use_cl, epoch=epoch,
-                    verbose=verbose, sync_every=sync_every, callbacks=callbacks,
-                    step_offset=len(history.lrs),
-                )
-            except EmptyLoaderError:
-                if epoch == start or iter(train_loader) is not train_loader:
-                    raise
-                warnings.warn(
-                    f"train_loader gave no batches in epoch {epoch + 1} after giving them before: it is a "
-                    "one-shot iterator (a generator, or iter(loader)), spent after one pass. Training stopped "
-                    f"with {len(history.train_loss)} of {epochs} epochs done (their history is returned); pass "
-                    "the loader itself (a DataLoader, a GPULoader or a list) so every epoch can go over it again.",
-                    UserWarning, stacklevel=2)
-                break
-            history.train_times.append(time.perf_counter() - t0)  # ends on a device read: all work done
-            history.train_loss.append(loss)
-            history.train_acc.append(acc)
-            history.lrs.extend(lrs)
-            if test_loader is not None:
-                test_loss, test_acc = evaluate(model, test_loader, criterion, device,
-                                               amp_dtype=amp_dtype, channels_last=use_cl,
-                                               verbose=verbose)
-                history.test_loss.append(test_loss)
-                history.test_acc.append(test_acc)
-                if not math.isfinite(test_loss) and math.isfinite(loss):
-                    warnings.warn(f"epoch {epoch + 1}: the test loss is {test_loss} while the training loss is "
-                                  f"{loss:.4f}: the test images or labels hold something the training set does "
-                                  "not (NaN pixels, another normalisation?)", UserWarning, stacklevel=2)
-            seconds = time.perf_counter() - t0
-            history.epoch_times.append(seconds)
-            if verbose:
-                tqdm.write(_summary(epoch, epochs, history, seconds))
-            if checkpoint_path is not None and is_main() and (
-                    epoch == epochs - 1 or time.perf_counter() - last_write >= checkpoint_interval):
-                save_checkpoint(checkpoint_path, model, optimizer, scheduler=scheduler,
-                                scaler=scaler, epoch=epoch + 1, history=history,
-                                loader=train_loader, extra={"settings": settings} if settings else None)
-                last_write = time.perf_counter()
-            call_hooks(callbacks, "on_epoch_end", epoch + 1, history)
+    last_write, saved, epoch = time.perf_counter(), start, start  # saved: the epochs the checkpoint holds
+    try:
+        with keep_modes(model):
+            for epoch in range(start, epochs):
+                t0 = time.perf_counter()
+                try:
+                    loss, acc, lrs = train_one_epoch(
+                        train_model, train_loader, optimizer, criterion, device, scheduler=scheduler,
+                        scaler=scaler, amp_dtype=amp_dtype, channels_last=use_cl, epoch=epoch,
+                        verbose=verbose, sync_every=sync_every, callbacks=callbacks,
+                        step_offset=len(history.lrs),
+                    )
+                except EmptyLoaderError:
+                    if epoch == start or iter(train_loader) is not train_loader:
+                        raise
+                    warnings.warn(
+                        f"train_loader gave no batches in epoch {epoch + 1} after giving them before: it is a "
+                        "one-shot iterator (a generator, or iter(loader)), spent after one pass. Training stopped "
+                        f"with {len(history.train_loss)} of {epochs} epochs done (their history is returned); pass "
+                        "the loader itself (a DataLoader, a GPULoader or a list) so every epoch can go over it again.",
+                        UserWarning, stacklevel=2)
+                    break
+                history.train_times.append(time.perf_counter() - t0)  # ends on a device read: all work done
+                history.train_loss.append(loss)
+                history.train_acc.append(acc)
+                history.lrs.extend(lrs)
+                if test_loader is not None:
+                    test_loss, test_acc = evaluate(model, test_loader, criterion, device,
+                                                   amp_dtype=amp_dtype, channels_last=use_cl,
+                                                   verbose=verbose)
+                    history.test_loss.append(test_loss)
+                    history.test_acc.append(test_acc)
+                    if not math.isfinite(test_loss) and math.isfinite(loss):
+                        warnings.warn(f"epoch {epoch + 1}: the test loss is {test_loss} while the training loss is "
+                                      f"{loss:.4f}: the test images or labels hold something the training set does "
+                                      "not (NaN pixels, another normalisation?)", UserWarning, stacklevel=2)
+                seconds = time.perf_counter() - t0
+                history.epoch_times.append(seconds)
+                if verbose:
+                    tqdm.write(_summary(epoch, epochs, history, seconds))
+                if checkpoint_path is not None and is_main() and (
+                        epoch in (start, epochs - 1) or time.perf_counter() - last_write >= checkpoint_interval):
+                    save_checkpoint(checkpoint_path, model, optimizer, scheduler=scheduler,
+                                    scaler=scaler, epoch=epoch + 1, history=history,
+                                    loader=train_loader, extra={"settings": settings} if settings else None)
+                    last_write, saved = time.perf_counter(), epoch + 1
+                call_hooks(callbacks, "on_epoch_end", epoch + 1, history)
+    except KeyboardInterrupt as err:  # Ctrl-C, or a notebook's "interrupt the kernel"
+        raise TrainingInterrupted(epoch + 1, getattr(err, "step", None), epochs, checkpoint_path, saved) from err
     call_hooks(callbacks, "on_fit_end", history)
     return history

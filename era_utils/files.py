@@ -8,16 +8,32 @@ through it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-__all__ = ["TEMP_SUFFIX", "atomic_write", "json_safe", "remove_leftover_temp_files", "write_json", "write_text"]
+__all__ = ["TEMP_SUFFIX", "NoSpaceError", "atomic_write", "json_safe", "remove_leftover_temp_files", "write_json",
+           "write_text"]
 
-TEMP_SUFFIX = ".tmp"  # temporary files are ".<name>.<random>.tmp" beside their target
+# Temporary files are ".<name>.<random>.era_utils.tmp" beside their target: a name no other program
+# writes, so cleaning up after a killed run removes the kit's own files only, never a user's ".*.tmp".
+TEMP_SUFFIX = ".era_utils.tmp"
+
+
+class NoSpaceError(OSError):
+    """The disk filled up while the kit wrote a file (the files written before are intact)."""
+
+
+def _permissions() -> int:
+    """What a plain open() would give a new file: 0o666 less the process's umask (mkstemp gives 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -30,12 +46,18 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
+        os.chmod(tmp, _permissions())  # readable by others as the user's umask allows (a TA on a shared server)
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} | open_kwargs if mode == "w" else open_kwargs)) as f:
             yield f
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            free = shutil.disk_usage(path.parent).free
+            raise NoSpaceError(errno.ENOSPC, f"the disk holding {path.parent} is full ({free / 2**20:.0f} MiB free) "
+                               f"while writing {path.name}; the files written before are intact: free some space "
+                               "or give another folder (--out), then carry on with --resume") from err
         raise
 
 

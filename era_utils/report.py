@@ -238,10 +238,20 @@ def _hw2p2_checks(run: _Run) -> list[Check]:
               f"{verification['eer_threshold']:.3f}" if verification else "none", _yes(bool(verification))),
         run.figure("Kaggle classification CSV (id,label)", "classification_submission.csv"),
         run.figure("Kaggle verification CSV (Id,Category)", "verification_submission.csv"),
-        Check("checkpoint save and resume", "checkpoint.pt written after the last epoch (era-utils run --resume)"
-              if m.get("checkpoint") else "no checkpoint kept", _yes(bool(m.get("checkpoint")))),
+        _resume_check(m),
         run.figure("per-epoch logging", "history.json"),
     ]
+
+
+def _resume_check(m: dict) -> Check:
+    """Pass only for a run that did resume; a checkpoint alone leaves resuming unchecked."""
+    what = "checkpoint save and resume"
+    if m.get("resumed_after_epochs"):
+        return Check(what, f"resumed (--resume) from the checkpoint of epoch {m['resumed_after_epochs']}", PASS)
+    if m.get("checkpoint"):
+        return Check(what, "checkpoint.pt written; this run did not resume, so resuming is not checked here "
+                     "(era-utils run --resume carries on from it)", NOT_CHECKED)
+    return Check(what, "no checkpoint kept", FAIL)
 
 
 def _loss_check(run: _Run) -> Check:

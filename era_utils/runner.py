@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from era_utils import __version__, distributed, plots
+from era_utils import __version__, distributed, folder_lock, plots
 from era_utils.analysis import Predictions, confusion_matrix, most_confused, per_class_accuracy, predict
 from era_utils.callbacks import Callback, call_hooks
 from era_utils.engine import History
@@ -32,8 +32,8 @@ from era_utils.lr_finder import LRFinderResult
 from era_utils.report import assignment_checks, git_commit, render_report, render_seeds_report
 from era_utils.speed import precision_name
 from era_utils.steps import (Data, RunPlan, Verification, build_loaders, build_model,
-                             kaggle_predictions, load_data, optimizer_and_schedule, range_test, start, train,
-                             verify)
+                             kaggle_predictions, load_data, optimizer_and_schedule, range_test, resumable_epochs,
+                             start, train, verify)
 from era_utils.summary import summary
 from era_utils.utils import device_name
 
@@ -81,6 +81,13 @@ def run_recipe(plan: RunPlan, command: Optional[str] = None) -> Optional[dict]:
     to plan.out. The steps are those a notebook runs, one cell each; the test set is passed over once
     after training (`predict`), and every analysis reads that one pass. Returns the metrics (None on
     the processes other than rank 0, which only train)."""
+    try:
+        return _run_recipe(plan, command)
+    finally:
+        folder_lock.release(plan.out)  # start() took it: the folder is free for the next run
+
+
+def _run_recipe(plan: RunPlan, command: Optional[str]) -> Optional[dict]:
     run = _Run(plan, RunFolder(plan.out), command, time.perf_counter())
     folder, recipe, say = run.folder, plan.recipe, (print if plan.verbose else _silent)
     start(plan)  # seeds; says so when a full-length recipe is about to run on a CPU; joins torchrun's group
@@ -107,10 +114,12 @@ def run_recipe(plan: RunPlan, command: Optional[str] = None) -> Optional[dict]:
     optimizer, scheduler = optimizer_and_schedule(plan, model, train_loader, run.lrs)
     del whole_train  # several processes: its copy of the data (or its workers) is not needed again
 
+    run.resumed_after = resumable_epochs(plan)
     train_start = time.perf_counter()
     history = run.history = train(plan, model, train_loader, test_loader, optimizer, scheduler,
                                   callbacks=folder.loggers)
-    run.train_seconds = time.perf_counter() - train_start
+    # the whole run's training: this process's, and the epochs before a resume (their recorded times)
+    run.train_seconds = time.perf_counter() - train_start + sum(history.epoch_times[:run.resumed_after])
     folder.json("history.json", history.to_dict())
     folder.figure("curves.png", plots.plot_history(history, title=f"{recipe.title.split(':')[0]} on {data.title}",
                                                    augmented=True))
@@ -161,7 +170,9 @@ class _Run:
     started: float  # time.perf_counter() at the start
     data: Optional[Data] = None
     model: Optional[torch.nn.Module] = None
-    lr_test: Optional[LRFinderResult] = None
+    lr_test: Optional[LRFinderResult] = None  # the range test this process ran
+    lr_finder: Optional[dict] = None  # its summary, or the summary a resumed run's first part saved
+    resumed_after: int = 0  # epochs the checkpoint a resumed run carried on from held
     lrs: tuple[float, Optional[float]] = (0.0, None)  # the max and min LR trained with
     history: Optional[History] = None
     train_seconds: float = 0.0
@@ -172,15 +183,31 @@ class _Run:
     verification: Optional[Verification] = None
 
     def learning_rates(self, train_loader: Any) -> None:
-        """The max and min LR to train with: the range test's (rank 0 runs it), the recipe's or, resuming,
-        those the run started with (run_state.json); sent to the other processes too."""
+        """The max and min LR to train with: the range test's (rank 0 runs it), the recipe's or, resuming
+        from a checkpoint, those the run started with (run_state.json, with its range test's result and
+        figure); sent to the other processes too. Without a checkpoint a resumed run starts over."""
         plan = self.plan
-        state = self.folder.read_json("run_state.json") if plan.resume else None
+        state = self.folder.read_json("run_state.json") if plan.resume and plan.checkpoint_path.is_file() else None
+        if plan.resume and state is None and self.folder.read_json("run_state.json") and plan.verbose:
+            print(f"  no checkpoint in {plan.out} yet (it is written after the first epoch): the run starts over, "
+                  "the range test included, as an unbroken run would")
         self.lr_test = None if state else range_test(plan, self.model, train_loader)
         self.lrs = ((state["max_lr"], state.get("min_lr")) if state else
                     (self.lr_test.suggestion, self.lr_test.min_lr) if self.lr_test else (plan.recipe.lr, None))
+        self.lr_finder = state.get("lr_finder") if state else self._lr_finder_summary()
+        if state and self.lr_finder:  # the range test ran before the kill: its figure and numbers are the run's
+            self.folder.files += [name for name in ("lr_finder.png", "lr_finder.json")
+                                  if (plan.out / name).is_file() and name not in self.folder.files]
         distributed.broadcast_object(self.lrs)  # the other processes wait for these to build their schedule
-        self.folder.json("run_state.json", {"max_lr": self.lrs[0], "min_lr": self.lrs[1]})
+        self.folder.json("run_state.json", {"max_lr": self.lrs[0], "min_lr": self.lrs[1], "lr_finder": self.lr_finder})
+
+    def _lr_finder_summary(self) -> Optional[dict]:
+        """metrics.json's lr_finder block: the range test's suggestion, rules and range (None: no test)."""
+        lr_test, recipe = self.lr_test, self.plan.recipe
+        return None if lr_test is None else {
+            "suggestion": lr_test.suggestion, "method": lr_test.method, "min_lr": lr_test.min_lr,
+            "min_method": lr_test.min_method, "loss_min_lr": lr_test.loss_min_lr, "num_iter": len(lr_test.lrs),
+            "start_lr": recipe.lr_finder_start, "end_lr": recipe.lr_finder_end}
 
     def finish(self, say: Callable[..., None]) -> dict:
         """Write metrics.json (with the assignment's checks) and report.md; return the metrics."""
@@ -198,7 +225,6 @@ class _Run:
         """metrics.json: what the run was (recipe, data, device, path, versions) and what it measured."""
         plan, data, history, recipe = self.plan, self.data, self.history, self.plan.recipe
         per_class = per_class_accuracy(self.preds, num_classes=len(data.classes))
-        lr_test = self.lr_test
         return {
             "recipe": recipe.name,
             "title": recipe.title,
@@ -221,10 +247,7 @@ class _Run:
             "sync_batchnorm": plan.sync_batchnorm,
             "max_lr": self.lrs[0],
             "min_lr": self.lrs[1],
-            "lr_finder": None if lr_test is None else {
-                "suggestion": lr_test.suggestion, "method": lr_test.method, "min_lr": lr_test.min_lr,
-                "min_method": lr_test.min_method, "loss_min_lr": lr_test.loss_min_lr, "num_iter": len(lr_test.lrs),
-                "start_lr": recipe.lr_finder_start, "end_lr": recipe.lr_finder_end},
+            "lr_finder": self.lr_finder,
             "final_test_acc": history.test_acc[-1] if history.test_acc else None,
             "best_test_acc": history.best_test_acc,
             "final_train_acc": history.train_acc[-1] if history.train_acc else None,
@@ -237,6 +260,7 @@ class _Run:
             "gradcam_method": CAM_NAMES[recipe.cam_method] if self.gradcam_layer else None,
             "verification": None if self.verification is None else _verification_metrics(self.verification),
             "checkpoint": plan.checkpoints and plan.checkpoint_path.is_file(),
+            "resumed_after_epochs": self.resumed_after or None,  # --resume carried on from a checkpoint of N epochs
             "loader": plan.loader,
             "fast": plan.fast.enabled,
             "amp": plan.fast.amp,

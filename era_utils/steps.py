@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from era_utils import distributed
+from era_utils import distributed, folder_lock
 from era_utils.analysis import TTA_MODES, Predictions, predict
 from era_utils.callbacks import Callback
 from era_utils.checkpoint import check_settings, read_checkpoint
@@ -79,6 +79,7 @@ __all__ = [
     "optimizer_and_schedule",
     "plan_run",
     "range_test",
+    "resumable_epochs",
     "start",
     "train",
     "verify",
@@ -211,12 +212,17 @@ def start(plan: RunPlan) -> None:
 
 def _claim_out(plan: RunPlan) -> None:
     """Make `plan.out` ready for this run without losing an earlier one: a folder this run can write
-    in, temporary files a killed save left removed, and a checkpoint there refused unless the run
-    resumes from it."""
+    in and holds (`folder_lock`: a second run into it is refused while this one lives), temporary
+    files a killed save left removed, and a checkpoint there refused unless the run resumes from it."""
     _check_writable(plan.out)
-    for leftover in remove_leftover_temp_files(plan.out) if distributed.is_main() else ():
-        if plan.verbose:
-            print(f"removed {leftover}: half a file that a killed run was saving")
+    if distributed.is_main():  # rank 0 writes the folder: it holds it, and only then clears what a killed run left
+        stale = folder_lock.hold(plan.out)
+        if stale and plan.verbose:
+            print(f"{plan.out}: the run that held it ({stale.get('pid', '?')} on {stale.get('host', '?')}, started "
+                  f"{stale.get('started', '?')}) ended without releasing it (killed?); this run takes it over")
+        for leftover in remove_leftover_temp_files(plan.out):
+            if plan.verbose:
+                print(f"removed {leftover}: half a file that a killed run was saving")
     ckpt = plan.checkpoint_path
     if plan.checkpoints and plan.resume and ckpt.is_file():  # before the data and the LR test, not after
         check_settings(read_checkpoint(ckpt, mmap=True), plan.settings(), ckpt)  # fit reads the weights
@@ -242,6 +248,13 @@ def _check_writable(out: Path) -> None:
             pass
     except OSError as err:
         raise PermissionError(f"cannot write in the output folder {out} ({err.strerror or err}): {fix}") from err
+
+
+def resumable_epochs(plan: RunPlan) -> int:
+    """Epochs the checkpoint in the plan's folder holds when the run resumes from it; 0 otherwise."""
+    if not (plan.resume and plan.checkpoints and plan.checkpoint_path.is_file()):
+        return 0
+    return int(read_checkpoint(plan.checkpoint_path, mmap=True)["epoch"])
 
 
 def plan_run(

@@ -129,7 +129,9 @@ def test_s10_run_writes_every_file_and_resumes(tmp_path, capsys):
     assert "already holds an earlier run's checkpoint" in err and "--resume" in err and "--out" in err
     assert (out / "checkpoint.pt").read_bytes() == checkpoint
     # A killed save leaves a temporary file: the next run removes it.
-    leftover = out / ".checkpoint.pt.x1y2z3.tmp"
+    from era_utils.files import TEMP_SUFFIX  # the kit's own temporary names: ".NAME.RANDOM.era_utils.tmp"
+
+    leftover = out / f".checkpoint.pt.x1y2z3{TEMP_SUFFIX}"
     leftover.write_bytes(checkpoint[:100])
 
     # A finished run resumed: nothing left to train, same history, no second LR range test.

@@ -1,0 +1,176 @@
+"""Nothing lost, round 2: run folders shared by two runs or with the user, killed and resumed runs,
+Ctrl-C, a full disk, bad face data and pairs files, and the messages instead of tracebacks."""
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from era_utils import cli, files, folder_lock, steps
+from era_utils.data import FASHION_MNIST_SYSTEM_DIR
+from era_utils.folder_lock import FolderInUseError
+
+HOLD = ("import sys, time\nfrom era_utils.folder_lock import hold\nhold(sys.argv[1], 'era-utils run s10 --out RUN')\n"
+        "print('held', flush=True)\ntime.sleep(120)\n")
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_first(tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(FolderInUseError, match=rf"in use by another run: process {holder.pid} on .*era-utils run s10"):
+            steps.start(steps.plan_run("s10", size="quick", out=out, verbose=False))
+        assert cli.main(["run", "s10", "--quick", "--out", str(out)]) == 2
+        assert "--out" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    # Killed: the operating system released its lock, and the next run takes the folder over.
+    stale = folder_lock.hold(out)
+    assert stale["pid"] == holder.pid
+    folder_lock.release(out)
+    assert folder_lock.hold(out) is None  # released cleanly: nothing stale
+    folder_lock.release(out)
+
+
+def test_only_the_kits_own_leftovers_are_removed(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".notes.tmp").write_text("the user's")
+    (out / ".draft.ipynb.abc.tmp").write_text("an editor's")
+    (out / ".metrics.json.k3j2_x.era_utils.tmp").write_text('{"half": ')
+    plan = steps.plan_run("s10", size="quick", out=out, verbose=False)
+    steps.start(plan)
+    folder_lock.release(out)
+    assert sorted(p.name for p in out.iterdir()) == [".draft.ipynb.abc.tmp", ".era_utils.lock", ".notes.tmp"]
+
+
+def test_files_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = files.write_json(tmp_path / "metrics.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)  # was 0o600 whatever the umask (mkstemp)
+
+
+def test_a_full_disk_says_where_and_keeps_what_was_written(tmp_path, monkeypatch):
+    path = files.write_json(tmp_path / "metrics.json", {"kept": True})
+
+    class Full(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, *a, **k: (os.close(fd), Full())[1])
+    with pytest.raises(files.NoSpaceError, match=rf"{tmp_path} is full \(\d+ MiB free\) while writing metrics.json"):
+        files.write_json(path, {"kept": False})
+    monkeypatch.setattr(files.os, "fdopen", real_fdopen)
+    assert json.loads(path.read_text()) == {"kept": True}
+    assert not list(tmp_path.glob(f"*{files.TEMP_SUFFIX}"))
+    assert files.NoSpaceError in cli.USER_ERRORS  # the command prints the message, no traceback
+
+
+def _s10_quick(out, resume=False):
+    return steps.plan_run("s10", size="quick", epochs=3, out=out, resume=resume, verbose=False, amp="off")
+
+
+def _killed_in_epoch(monkeypatch, epoch: int):
+    """Make era-utils run's training die (KeyboardInterrupt, a session that died) when epoch `epoch`'s
+    evaluation starts."""
+    from fake_data import DiesInEpoch
+
+    from era_utils import runner
+
+    real = runner.train
+    monkeypatch.setattr(runner, "train", lambda plan, model, tr, te, *a, **k: real(plan, model, tr, DiesInEpoch(te, epoch),
+                                                                                   *a, **k))
+    return real
+
+
+@pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_a_resumed_run_reports_what_the_whole_run_did(tmp_path, monkeypatch):
+    from era_utils import runner
+
+    monkeypatch.setattr(steps, "CHECKPOINT_INTERVAL_S", 3600.0)  # only the first and last epochs are saved
+    out = tmp_path / "s10"
+    real = _killed_in_epoch(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_recipe(_s10_quick(out))
+    monkeypatch.setattr(runner, "train", real)
+    metrics = runner.run_recipe(_s10_quick(out, resume=True))
+    assert metrics["resumed_after_epochs"] == 1  # the first epoch's checkpoint, written whatever the interval
+    assert metrics["lr_finder"] is not None and metrics["lr_finder"]["num_iter"] == 30
+    assert {"lr_finder.png", "lr_finder.json"} <= set(metrics["files"])
+    history = json.loads((out / "history.json").read_text())
+    assert metrics["train_seconds"] >= round(sum(history["epoch_times"]) - 0.1, 1)  # all three epochs, not two
+    failed = [c["requirement"] for c in metrics["checks"] if c["status"] == "fail"]
+    assert failed == []  # "LR range test" and "lr_finder.png" failed here before
+
+
+@pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_a_run_killed_before_its_first_checkpoint_resumes_as_the_unbroken_run(tmp_path, monkeypatch):
+    from era_utils import runner
+
+    unbroken = runner.run_recipe(_s10_quick(tmp_path / "a"))
+    real = _killed_in_epoch(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_recipe(_s10_quick(tmp_path / "b"))
+    assert (tmp_path / "b" / "run_state.json").is_file() and not (tmp_path / "b" / "checkpoint.pt").exists()
+    monkeypatch.setattr(runner, "train", real)
+    resumed = runner.run_recipe(_s10_quick(tmp_path / "b", resume=True))
+    assert resumed["lr_finder"] == unbroken["lr_finder"]  # the range test ran again, as in the unbroken run
+    for key in ("train_loss", "test_acc", "lrs"):
+        assert (json.loads((tmp_path / "a" / "history.json").read_text())[key]
+                == json.loads((tmp_path / "b" / "history.json").read_text())[key]), key
+
+
+class CtrlCAt:
+    """A training loader whose epoch `epoch` is interrupted (KeyboardInterrupt) when batch `step` is fetched."""
+
+    def __init__(self, loader, epoch: int, step: int) -> None:
+        self.loader, self.epoch, self.step, self.calls = loader, epoch, step, 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name):  # state_dict and the rest: the loader's own
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        self.calls += 1
+        for k, batch in enumerate(self.loader):
+            if self.calls == self.epoch and k == self.step:
+                raise KeyboardInterrupt
+            yield batch
+
+
+@pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_ctrl_c_says_where_it_stopped_and_how_to_carry_on(tmp_path, monkeypatch, capsys):
+    from era_utils import runner
+
+    real = runner.train
+    monkeypatch.setattr(runner, "train", lambda plan, model, tr, *a, **k: real(plan, model, CtrlCAt(tr, 2, 5), *a, **k))
+    argv = ["run", "s10", "--quick", "--epochs", "3", "--amp", "off", "--quiet", "--out", str(tmp_path / "run")]
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert ("interrupted at epoch 2 of 3, step 5; carry on with --resume (RESUME = True in a notebook): it repeats the "
+            "run from the checkpoint of epoch 1") in err
+    monkeypatch.setattr(runner, "train", real)
+    assert cli.main(argv + ["--resume"]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["resumed_after_epochs"] == 1
+
+
+def test_hw2p2_passes_resume_only_when_the_run_resumed():
+    from era_utils.report import _resume_check
+
+    assert _resume_check({"checkpoint": True, "resumed_after_epochs": 2}).status == "pass"
+    assert _resume_check({"checkpoint": True, "resumed_after_epochs": None}).status == "not checked"
+    assert _resume_check({"checkpoint": False}).status == "fail"
