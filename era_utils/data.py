@@ -20,7 +20,7 @@ import pickle
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -557,6 +557,17 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in _IMAGE_EXTENSIONS
 
 
+def _rgb(im: Any) -> np.ndarray:
+    """A PIL image as uint8 (H, W, 3): gray, RGBA and palette images converted; 16-bit images scaled onto
+    8 bits (PIL's convert("RGB") clips them, a 16-bit PNG coming out nearly all white)."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        wide = np.asarray(im, dtype=np.float64)
+        scale = 257.0 if wide.max(initial=0) <= 65535 else 16843009.0  # 16 bits, or the full 32 of mode "I"
+        gray = np.clip(np.rint(wide / scale), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
+
+
 def load_image(path: str | os.PathLike, expected_size: tuple[int, int] | None = None) -> np.ndarray:
     """One image file as uint8 (H, W, 3) RGB; errors name the file (and the expected (H, W))."""
     from PIL import Image, UnidentifiedImageError
@@ -564,7 +575,7 @@ def load_image(path: str | os.PathLike, expected_size: tuple[int, int] | None = 
     path = Path(path)
     try:
         with Image.open(path) as im:
-            img = np.asarray(im.convert("RGB"))  # gray/RGBA/palette -> RGB
+            img = _rgb(im)
     except FileNotFoundError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -739,6 +750,7 @@ def read_pairs(
     missing file or (check_exists) image paths that are not under root, listing the first few.
     A path that leads outside root (absolute, or through "..") is refused unless `outside_root`; a
     UTF-8 byte-order mark is ignored; a file that is not UTF-8 text, or holds no pairs, is an error.
+    A pair listed again is dropped with a warning (with another label: an error).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -751,6 +763,8 @@ def read_pairs(
     except UnicodeDecodeError as err:
         raise ValueError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}): "
                          f"save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > pairs_utf8.txt") from err
+    first_line: dict[tuple[str, str], tuple[int, Optional[int]]] = {}  # "a b" -> (its line, its label)
+    repeats: list[tuple[int, int, str]] = []  # (line, first line, "a b") of each pair seen before
     for lineno, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
         if not parts or parts[0].startswith("#"):
@@ -777,7 +791,21 @@ def read_pairs(
                     raise ValueError(f"{path}, line {lineno}: {name!r} leads outside the pairs root {base}; "
                                      "pairs files name images under it. Pass outside_root=True if that "
                                      "is meant.")
+        key = (parts[0], parts[1])
+        if key in first_line:  # a Kaggle id is one pair, and a pair counted twice would weigh twice in the AUC
+            seen_at, seen_label = first_line[key]
+            if seen_label != label:
+                raise ValueError(f"{path}, line {lineno}: the pair {parts[0]} {parts[1]} is labelled {label} here and "
+                                 f"{seen_label} on line {seen_at}: keep the right line")
+            repeats.append((lineno, seen_at, f"{parts[0]} {parts[1]}"))
+            continue
+        first_line[key] = (lineno, label)
         pairs.append(Pair(base / parts[0], base / parts[1], label, f"{parts[0]} {parts[1]}"))
+    if repeats:
+        line, seen_at, pair = repeats[0]
+        warnings.warn(f"{path}: {len(repeats)} pair(s) listed more than once were dropped (the first: line {line}, "
+                      f"'{pair}', as on line {seen_at}); each pair is scored and submitted once", UserWarning,
+                      stacklevel=2)
     if not pairs:
         raise ValueError(f"{path} holds no pairs (only blank or # lines): expected 'a b label' or 'a b' per line")
     if check_exists:

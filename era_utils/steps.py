@@ -630,6 +630,7 @@ def train(plan: RunPlan, model: nn.Module, train_loader: Any, test_loader: Any,
     checkpoint in the plan's folder (at most once a minute, and after the last epoch) and, with
     the plan's `resume`, carrying on from it. `callbacks` as fit takes them; None: the plan's
     loggers (`log`, e.g. "csv,tensorboard"), writing in the plan's folder."""
+    _check_fresh(optimizer, scheduler)
     if callbacks is None:  # loggers write once, from rank 0
         callbacks = make_loggers(plan.log, plan.out, config=plan.settings()) if distributed.is_main() else []
     return fit(model, train_loader, test_loader, optimizer, plan.recipe.epochs,
@@ -639,6 +640,18 @@ def train(plan: RunPlan, model: nn.Module, train_loader: Any, test_loader: Any,
                checkpoint_interval=CHECKPOINT_INTERVAL_S,
                resume=plan.resume, settings=plan.settings(), callbacks=callbacks, sync_batchnorm=plan.sync_batchnorm,
                verbose=plan.verbose)
+
+
+def _check_fresh(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """`train` runs the recipe's schedule from its start: refuse an optimizer or schedule that already stepped
+    (a second `train` would carry on from mid-schedule, or One Cycle would fail in torch past its end)."""
+    steps = getattr(scheduler, "last_epoch", 0) if scheduler is not None else 0
+    if steps > 0 or optimizer.state:
+        done = f"{steps} step(s) of its schedule" if steps > 0 else "steps (its state holds their momentum)"
+        raise ValueError(f"this optimizer already took {done}: train() runs the recipe's schedule from the start. "
+                         "To train again, build the optimizer and schedule anew (optimizer_and_schedule; in a notebook, "
+                         "run that cell again) and, to start over, the model too (build_model); to carry on after a "
+                         "stopped run, resume from its checkpoint (--resume, RESUME = True).")
 
 
 # ----------------------------------------------------------------------------- verification (HW2P2)

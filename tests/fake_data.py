@@ -260,16 +260,21 @@ def write_face_folders(
 
 
 def make_pairs(faces: FakeFaces, split: str = "dev", n: int = 6, seed: int = 0) -> list[tuple[str, str, int]]:
-    """n pairs (a, b, label) of images of `split` ("dev", "train" or "test"), alternating same
-    identity (1) and different (0), as paths relative to faces.root."""
+    """n distinct pairs (a, b, label) of images of `split` ("dev", "train" or "test"), alternating same
+    identity (1) and different (0), as paths relative to faces.root (read_pairs drops a pair listed twice)."""
     rng = np.random.default_rng(seed)
     items = getattr(faces, split)
     by_id: dict[int, list[Path]] = {}
     for path, label in items:
         by_id.setdefault(label, []).append(path)
     ids = sorted(by_id)
-    pairs = []
-    for k in range(n):
+    pairs: list[tuple[str, str, int]] = []
+    drawn: set[tuple[str, str]] = set()
+    k = tries = 0
+    while len(pairs) < n:
+        tries += 1
+        if tries > 100 * n:
+            raise ValueError(f"{split} has too few images for {n} distinct pairs")
         if k % 2 == 0 and any(len(v) > 1 for v in by_id.values()):
             choices = [i for i in ids if len(by_id[i]) > 1]
             i = choices[rng.integers(len(choices))]
@@ -280,7 +285,12 @@ def make_pairs(faces: FakeFaces, split: str = "dev", n: int = 6, seed: int = 0) 
             pa = by_id[ids[i]][rng.integers(len(by_id[ids[i]]))]
             pb = by_id[ids[j]][rng.integers(len(by_id[ids[j]]))]
             label = 0
-        pairs.append((pa.relative_to(faces.root).as_posix(), pb.relative_to(faces.root).as_posix(), label))
+        a, b = pa.relative_to(faces.root).as_posix(), pb.relative_to(faces.root).as_posix()
+        if (a, b) in drawn:
+            continue  # drawn before: draw this one again
+        drawn.add((a, b))
+        pairs.append((a, b, label))
+        k += 1
     return pairs
 
 

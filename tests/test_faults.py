@@ -174,3 +174,58 @@ def test_hw2p2_passes_resume_only_when_the_run_resumed():
     assert _resume_check({"checkpoint": True, "resumed_after_epochs": 2}).status == "pass"
     assert _resume_check({"checkpoint": True, "resumed_after_epochs": None}).status == "not checked"
     assert _resume_check({"checkpoint": False}).status == "fail"
+
+
+def test_a_16_bit_png_is_scaled_not_clipped_to_white(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from era_utils.data import load_image
+
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "face.png")  # PIL writes a 16-bit grayscale PNG
+    with Image.open(tmp_path / "face.png") as im:
+        assert im.mode.startswith("I")  # what PIL makes of it: convert("RGB") would clip it
+    img = load_image(tmp_path / "face.png")
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+    np.testing.assert_array_equal(img[..., 0], np.rint(ramp / 257.0).astype(np.uint8))
+    assert (img == 255).mean() < 0.01  # was 99.8% white
+
+
+def test_duplicate_pairs_are_dropped_with_a_warning_naming_them(tmp_path):
+    from era_utils.data import read_pairs
+
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "dev.txt").write_text("a.jpg b.jpg 1\nb.jpg c.jpg 0\na.jpg b.jpg 1\na.jpg b.jpg 1\n")
+    with pytest.warns(UserWarning, match=r"2 pair\(s\) listed more than once were dropped \(the first: line 3, "
+                                         r"'a.jpg b.jpg', as on line 1\)"):
+        pairs = read_pairs(tmp_path / "dev.txt")
+    assert [p.pair_id for p in pairs] == ["a.jpg b.jpg", "b.jpg c.jpg"]
+    (tmp_path / "bad.txt").write_text("a.jpg b.jpg 1\na.jpg b.jpg 0\n")
+    with pytest.raises(ValueError, match="labelled 0 here and 1 on line 1"):
+        read_pairs(tmp_path / "bad.txt")
+
+
+def test_a_second_train_on_a_used_optimizer_is_refused(tmp_path):
+    from fake_data import write_fashion_mnist
+
+    from era_utils.recipes import get_recipe
+
+    root = write_fashion_mnist(tmp_path / "data", n_train=120, n_test=40)
+    for name in ("hw2p2", "s10"):  # cosine restarts, and One Cycle (which failed in torch the second time)
+        recipe = get_recipe(name).override(model="face_baseline" if name == "hw2p2" else "custom_resnet", epochs=1,
+                                           batch_size=16, lr=0.01)
+        plan = steps.plan_run(recipe, dataset="fashion_mnist", data_dir=str(root), device="cpu", amp="off",
+                              num_workers=0, out=tmp_path / name, verbose=False, checkpoints=False)
+        steps.start(plan)
+        data = steps.load_data(plan)
+        train_loader, test_loader = steps.build_loaders(plan, data)
+        model = steps.build_model(plan, data)
+        optimizer, scheduler = steps.optimizer_and_schedule(plan, model, train_loader)
+        steps.train(plan, model, train_loader, test_loader, optimizer, scheduler, callbacks=[])
+        with pytest.raises(ValueError, match=r"already took \d+ step\(s\) of its schedule.*optimizer_and_schedule"):
+            steps.train(plan, model, train_loader, test_loader, optimizer, scheduler, callbacks=[])
+        optimizer, scheduler = steps.optimizer_and_schedule(plan, model, train_loader)  # built anew: trains again
+        assert steps.train(plan, model, train_loader, test_loader, optimizer, scheduler, callbacks=[]).epochs == 1
+        folder_lock.release(plan.out)
