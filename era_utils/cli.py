@@ -10,14 +10,14 @@ import sys
 from typing import Any, Optional, Sequence
 
 from era_utils.callbacks import CallbackError
-from era_utils.files import NoSpaceError
+from era_utils.errors import BadImageError, NoSpaceError
 from era_utils.recipes import RECIPES
 from era_utils.speed import AMP_MODES
 
 # What a user's input can cause: the kit raises these with a message naming the input and the fix.
 # Anything else is a bug in the kit and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
-               ImportError, CallbackError, NoSpaceError)
+               ImportError, CallbackError, NoSpaceError, BadImageError)
 DATASETS = ("cifar10", "fashion_mnist", "faces")  # era_utils.steps.RUN_DATASETS, without importing torch
 LOADERS = ("auto", "gpu", "workers")  # era_utils.loaders.LOADERS
 LOSSES = ("cross_entropy", "arcface", "cosface", "center")  # era_utils.face_losses.LOSSES
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="era-utils",
         description="Run an assignment recipe end to end (data, LR range test, training, figures).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,run,compare}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,run,compare,check-images}")
     sub.add_parser("list", help="list the recipes and the models")
     compare = sub.add_parser("compare", help="runs side by side: a table of what each run measured (mean and spread "
                              "over its seeds) and their curves on one figure")
@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "or of --seeds runs")
     compare.add_argument("--out", help="also write comparison.md, comparison.json and comparison.png there")
     compare.add_argument("--title", default="Runs side by side", help="the figure's and comparison.md's title")
+    check = sub.add_parser("check-images", help="list every image under a folder that cannot be read (run it on "
+                           "HW2P2's face folders before a long training)")
+    check.add_argument("folder", help="the folder to scan, subfolders included")
     run = sub.add_parser("run", help="run a recipe and write its figures and metrics to --out")
     run.add_argument("recipe", choices=list(RECIPES), help="the assignment recipe")
     run.add_argument("--dataset", choices=DATASETS,
@@ -193,6 +196,30 @@ def _list() -> None:
         print(f"  {name:<14} {info.family:<14} input {'x'.join(map(str, info.input_size))}")
 
 
+def _message(err: BaseException) -> str:
+    """An error's message; one raised in a DataLoader worker carries the worker's traceback as its text
+    (torch re-raises it that way): its last line is the message."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
+def _check_images(folder: str) -> int:
+    from era_utils.data import find_bad_images
+
+    try:
+        bad = find_bad_images(folder)
+    except USER_ERRORS as err:
+        print(f"era-utils: error: {err}", file=sys.stderr)
+        return 2
+    for path, why in bad:
+        print(f"{path}: {why}")
+    print(f"{len(bad)} image(s) under {folder} cannot be read" + (": delete or replace them" if bad else ""))
+    return 1 if bad else 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from era_utils.compare import compare_runs, comparison_table, write_comparison
 
@@ -219,6 +246,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if args.command == "compare":
         return _compare(args)
+    if args.command == "check-images":
+        return _check_images(args.folder)
 
     from era_utils import distributed
     from era_utils.runner import run_recipe, run_seeds
@@ -259,7 +288,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.debug:
             raise
         who = f" (process {distributed.launch_rank()})" if distributed.launch_rank() else ""
-        print(f"era-utils{who}: error: {err}\n(--debug shows where it happened)", file=sys.stderr)
+        print(f"era-utils{who}: error: {_message(err)}\n(--debug shows where it happened)", file=sys.stderr)
         return 2
     except RuntimeError as err:
         if args.debug or not distributed.lost_peer(err):

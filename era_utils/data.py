@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import codecs
 import copy
+import dataclasses
 import gzip
 import math
 import os
 import pickle
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +28,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from era_utils.errors import BadImageError
 from era_utils.transforms import apply_transform, epoch_item
 
 __all__ = [
+    "BadImageError",
+    "find_bad_images",
     "CIFAR10_CLASSES",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
@@ -557,6 +562,50 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in _IMAGE_EXTENSIONS
 
 
+def _image_entries(entries: Iterable[os.DirEntry]) -> list[Path]:
+    """The image files among a folder's entries: by extension, without macOS's "._NAME" metadata files (a zip
+    made on a Mac carries one beside each image) and without entries that cannot be resolved (a symbolic link
+    to itself), each of those named in a warning."""
+    images = []
+    for entry in entries:
+        if entry.name.startswith("._") or Path(entry.name).suffix.lower() not in _IMAGE_EXTENSIONS:
+            continue
+        try:
+            if entry.is_file():
+                images.append(Path(entry.path))
+        except OSError as err:
+            warnings.warn(f"{entry.path} skipped: it cannot be opened ({err.strerror or err}; a symbolic link that "
+                          "points at itself?)", UserWarning, stacklevel=3)
+    return images
+
+
+def find_bad_images(folder: str | os.PathLike, progress: bool = True) -> list[tuple[Path, str]]:
+    """Every image file under `folder` (its subfolders too) that cannot be read, with why: a scan to run
+    before a long training (`era-utils check-images FOLDER`). It decodes each image, so a big folder takes
+    minutes; macOS's "._NAME" files are left out, as the face folders leave them out."""
+    from tqdm.auto import tqdm
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a folder: give the folder of images to check")
+    paths = sorted(Path(root) / name for root, _, names in os.walk(folder) for name in names
+                   if not name.startswith("._") and Path(name).suffix.lower() in _IMAGE_EXTENSIONS)
+    bad = []
+    for path in tqdm(paths, desc=f"checking {folder}", unit="image", disable=not progress):
+        try:
+            load_image(path)
+        except (BadImageError, OSError) as err:
+            bad.append((path, str(err.__cause__ or err)))
+    return bad
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a link that loops: not a folder of images (_image_entries names it if it looks like one)
+        return False
+
+
 def _rgb(im: Any) -> np.ndarray:
     """A PIL image as uint8 (H, W, 3): gray, RGBA and palette images converted; 16-bit images scaled onto
     8 bits (PIL's convert("RGB") clips them, a 16-bit PNG coming out nearly all white)."""
@@ -578,9 +627,10 @@ def load_image(path: str | os.PathLike, expected_size: tuple[int, int] | None = 
             img = _rgb(im)
     except FileNotFoundError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise OSError(f"cannot read image {path}: {type(e).__name__}: {e}; the file is corrupt or "
-                      f"not an image") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise BadImageError(f"cannot read image {path}: {type(e).__name__}: {e}; the file is corrupt, cut short, "
+                            f"too large or not an image: delete or replace it ({FIND_BAD_IMAGES} lists every such "
+                            "file)") from e
     if expected_size is not None and img.shape[:2] != tuple(expected_size):
         raise ValueError(f"{path}: image is {img.shape[0]}x{img.shape[1]} (HxW), expected "
                          f"{expected_size[0]}x{expected_size[1]}")
@@ -618,8 +668,8 @@ class FaceFolder(Dataset):
                 f"(a flat {split}/*.jpg is fine for the unlabelled test split)."
             )
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        subdirs = [e.name for e in entries if e.is_dir()]
-        files = [Path(e.path) for e in entries if e.is_file() and Path(e.name).suffix.lower() in _IMAGE_EXTENSIONS]
+        subdirs = [e.name for e in entries if _is_dir(e)]
+        files = _image_entries(entries)
         if subdirs and files:
             raise ValueError(f"{folder}: has both identity folders ({subdirs[0]}, ...) and loose images "
                              f"({files[0].name}, ...); use one layout per split")
@@ -627,7 +677,7 @@ class FaceFolder(Dataset):
         if classes is None:
             train_dir = self.root / "train"
             if split != "train" and train_dir.is_dir():
-                classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir())
+                classes = sorted(e.name for e in os.scandir(train_dir) if _is_dir(e))
             else:
                 classes = subdirs
         self.classes: list[str] = list(classes)
@@ -643,9 +693,8 @@ class FaceFolder(Dataset):
             empty = []
             for name in subdirs:
                 label, before = self.class_to_idx[name], len(self.samples)
-                for e in sorted(os.scandir(folder / name), key=lambda e: e.name):
-                    if e.is_file() and Path(e.name).suffix.lower() in _IMAGE_EXTENSIONS:
-                        self.samples.append((Path(e.path), label))
+                images = _image_entries(sorted(os.scandir(folder / name), key=lambda e: e.name))
+                self.samples += [(path, label) for path in images]
                 if len(self.samples) == before:
                     empty.append(name)
             if empty and len(empty) < len(subdirs):
@@ -735,6 +784,21 @@ def pair_label(pair: Any) -> int | None:
     return pair[2] if len(pair) > 2 else None
 
 
+FIND_BAD_IMAGES = "era-utils check-images FOLDER"  # how to find every unreadable image at once
+
+# Columns are separated by whitespace, so a name with a space in it reads as two columns.
+_SPACES_HINT = " (a file name with a space in it reads as two columns: rename such files, e.g. spaces to _)"
+
+
+def _other_unicode_form(path: Path) -> Optional[Path]:
+    """`path` as an existing file whose name is the same text in the other Unicode normal form, or None."""
+    for form in ("NFC", "NFD"):
+        other = Path(unicodedata.normalize(form, str(path)))
+        if other != path and other.is_file():
+            return other
+    return None
+
+
 def read_pairs(
     path: str | os.PathLike,
     root: str | os.PathLike | None = None,
@@ -772,13 +836,13 @@ def read_pairs(
         if labelled is None:
             if len(parts) not in (2, 3):
                 raise ValueError(f"{path}, line {lineno}: {len(parts)} columns; expected 'a b label' "
-                                 f"(3, labelled) or 'a b' (2, unlabelled): {line.strip()!r}")
+                                 f"(3, labelled) or 'a b' (2, unlabelled): {line.strip()!r}{_SPACES_HINT}")
             labelled = len(parts) == 3
         want = 3 if labelled else 2
         if len(parts) != want:
             form = "'a b label'" if labelled else "'a b'"
             raise ValueError(f"{path}, line {lineno}: {len(parts)} columns, expected {want} ({form}, "
-                             f"as the first line): {line.strip()!r}")
+                             f"as the first line): {line.strip()!r}" + (_SPACES_HINT if len(parts) > want else ""))
         label = None
         if labelled:
             if parts[2] not in ("0", "1"):
@@ -811,12 +875,20 @@ def read_pairs(
     if check_exists:
         seen: set[Path] = set()
         missing: list[Path] = []
+        found: dict[Path, Path] = {}  # a name written in one Unicode form, on disk in the other
         for pair in pairs:
             for p in (pair.a, pair.b):
                 if p not in seen:
                     seen.add(p)
                     if not p.is_file():
-                        missing.append(p)
+                        other = _other_unicode_form(p)
+                        if other is None:
+                            missing.append(p)
+                        else:
+                            found[p] = other
+        if found:  # e.g. a pairs file written on Linux (NFC) for images unzipped on a Mac (NFD)
+            pairs = [dataclasses.replace(pair, a=found.get(pair.a, pair.a), b=found.get(pair.b, pair.b))
+                     for pair in pairs]
         if missing:
             shown = "\n  ".join(str(p) for p in missing[:5])
             raise FileNotFoundError(

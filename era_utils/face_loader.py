@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from era_utils import face_augment
-from era_utils.data import load_image
+from era_utils.data import FIND_BAD_IMAGES, BadImageError, load_image
 from era_utils.gpu_loader import RandomStream, batches_per_epoch, check_batching, in_layout
 from era_utils.transforms import FaceAugmentSpec, check_mean_std
 from era_utils.utils import get_device
@@ -278,7 +278,8 @@ class FaceLoader:
                 decode_jpegs([data], torch.device("cpu"))
             except RuntimeError as one:
                 path = self.paths[int(files.positions[row])]
-                return OSError(f"cannot read image {path}: {one}; the file is corrupt or not an image")
+                return BadImageError(f"cannot read image {path}: {one}; the file is corrupt or not an image: delete or "
+                                     f"replace it ({FIND_BAD_IMAGES} lists every such file)")
         return RuntimeError(f"decoding a batch of {len(jpegs)} JPEGs on {self.device} failed ({err}), though each "
                             f"decodes on the CPU; --loader workers decodes them there")
 

@@ -17,16 +17,14 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from era_utils.errors import NoSpaceError
+
 __all__ = ["TEMP_SUFFIX", "NoSpaceError", "atomic_write", "json_safe", "remove_leftover_temp_files", "write_json",
            "write_text"]
 
 # Temporary files are ".<name>.<random>.era_utils.tmp" beside their target: a name no other program
 # writes, so cleaning up after a killed run removes the kit's own files only, never a user's ".*.tmp".
 TEMP_SUFFIX = ".era_utils.tmp"
-
-
-class NoSpaceError(OSError):
-    """The disk filled up while the kit wrote a file (the files written before are intact)."""
 
 
 def _permissions() -> int:

@@ -336,6 +336,8 @@ def plan_run(
         raise ValueError(f"recipe {chosen.name!r} trains on 32x32 images; the face folders are HW2P2's (recipe 'hw2p2')")
     if loader not in LOADERS:
         raise ValueError(f"loader must be one of {LOADERS}, got {loader!r}")
+    if dataset == "faces" and chosen.verification:  # read now: a bad pairs file must not wait for the training
+        _check_pairs_files(dev_pairs, test_pairs, pairs_root)
     dev = distributed.local_device(get_device(device))
     _check_devices_for(processes, dev)
     if sync_batchnorm and (processes == 1 or dev.type != "cuda"):
@@ -376,6 +378,28 @@ def plan_run(
         sync_batchnorm=sync_batchnorm,
         loader_why=loader_why,
     )
+
+
+def _check_pairs_files(dev_pairs: Optional[str], test_pairs: Optional[str], pairs_root: Optional[str]) -> None:
+    """HW2P2's pairs files, read and checked before any work: both given, each the kind its option takes
+    (dev labelled, test not), the dev pairs holding both labels, every image there."""
+    for option, notebook, path, labelled in (("--dev-pairs", "DEV_PAIRS", dev_pairs, True),
+                                              ("--test-pairs", "TEST_PAIRS", test_pairs, False)):
+        kind = "labelled pairs file ('a b label' per line)" if labelled else "unlabelled pairs file ('a b' per line)"
+        if path is None:
+            raise ValueError(f"verification on the face folders needs {option} (the {kind}; {notebook} in a notebook), "
+                             "as in the HW2P2 verification download")
+        try:
+            pairs = read_pairs(path, root=pairs_root)
+        except (ValueError, FileNotFoundError) as err:  # the option first; the file's name once
+            raise type(err)(f"{option} {path}: " + str(err).replace(f"{Path(path).expanduser()}, ", "", 1)) from None
+        if (pairs[0].label is not None) != labelled:
+            other = "--test-pairs" if labelled else "--dev-pairs"
+            raise ValueError(f"{option} {path} holds {'unlabelled' if labelled else 'labelled'} pairs, where {option} "
+                             f"takes the {kind}: are {option} and {other} swapped?")
+        if labelled and len({pair.label for pair in pairs}) < 2:
+            raise ValueError(f"{option} {path}: every pair is labelled {pairs[0].label}; its ROC AUC and EER need "
+                             "both same (1) and different (0) pairs")
 
 
 def _check_loss_and_tta(recipe: Recipe) -> None:

@@ -6,6 +6,7 @@ import errno
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -229,3 +230,107 @@ def test_a_second_train_on_a_used_optimizer_is_refused(tmp_path):
         optimizer, scheduler = steps.optimizer_and_schedule(plan, model, train_loader)  # built anew: trains again
         assert steps.train(plan, model, train_loader, test_loader, optimizer, scheduler, callbacks=[]).epochs == 1
         folder_lock.release(plan.out)
+
+
+@pytest.fixture()
+def faces_with_pairs(tmp_path):
+    from fake_data import make_pairs, write_face_folders, write_pairs
+
+    faces = write_face_folders(tmp_path / "faces", n_identities=3, n_train=2, n_dev=3, n_test=4)
+    dev = write_pairs(tmp_path / "faces" / "dev_pairs.txt", make_pairs(faces, "dev", n=6))
+    test = write_pairs(tmp_path / "faces" / "test_pairs.txt", [(a, b) for a, b, _ in make_pairs(faces, "test", n=4)],
+                       labelled=False)
+    return faces, dev, test
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no dev", re.escape("needs --dev-pairs (the labelled pairs file ('a b label' per line); DEV_PAIRS in a notebook)")),
+    ("swapped", "--dev-pairs .*test_pairs.txt holds unlabelled pairs, where --dev-pairs takes the labelled pairs "
+                "file .*: are --dev-pairs and --test-pairs swapped\\?"),
+    ("two columns in dev", "--dev-pairs .*dev_pairs.txt: line 3: 2 columns, expected 3"),
+    ("all same", "--dev-pairs .*: every pair is labelled 1; its ROC AUC and EER need both"),
+    ("spaces", "--test-pairs .*: line 5: 3 columns, expected 2 .*a file name with a space in it reads as two columns"),
+    ("missing image", "--dev-pairs .*: 1 of .* images are missing"),
+])
+def test_pairs_files_are_checked_in_the_plan_before_any_work(faces_with_pairs, tmp_path, case, message):
+    faces, dev, test = faces_with_pairs
+    lines = dev.read_text().splitlines()
+    kw = {"dev_pairs": str(dev), "test_pairs": str(test)}
+    if case == "no dev":
+        kw["dev_pairs"] = None
+    elif case == "swapped":
+        kw = {"dev_pairs": str(test), "test_pairs": str(dev)}
+    elif case == "two columns in dev":
+        dev.write_text("\n".join(lines[:2] + [" ".join(lines[2].split()[:2])]) + "\n")
+    elif case == "all same":
+        dev.write_text("\n".join(line for line in lines if line.endswith(" 1")) + "\n")
+    elif case == "spaces":
+        test.write_text(test.read_text() + "dev/id_000/my face.jpg dev/id_001/x.jpg\n")
+    elif case == "missing image":
+        dev.write_text(dev.read_text() + "dev/id_000/gone.jpg " + lines[0].split()[1] + " 1\n")
+    recipe = get_recipe_for_faces()
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        steps.plan_run(recipe, dataset="faces", data_dir=str(faces.root), device="cpu", out=tmp_path / "run", **kw)
+    assert not (tmp_path / "run").exists()  # refused before anything was made
+
+
+def get_recipe_for_faces():
+    from era_utils.recipes import get_recipe
+
+    return get_recipe("hw2p2").override(model="face_baseline", epochs=1, batch_size=4, lr=0.01)
+
+
+def test_a_pairs_file_in_the_other_unicode_form_finds_its_images(tmp_path):
+    import unicodedata
+
+    from era_utils.data import read_pairs
+
+    nfd = unicodedata.normalize("NFD", "José.jpg")
+    (tmp_path / nfd).write_bytes(b"")  # unzipped on a Mac: decomposed
+    (tmp_path / "b.jpg").write_bytes(b"")
+    (tmp_path / "pairs.txt").write_text(unicodedata.normalize("NFC", "José.jpg") + " b.jpg 1\n", encoding="utf-8")
+    pair = read_pairs(tmp_path / "pairs.txt")[0]
+    assert pair.a == tmp_path / nfd and pair.a.is_file() and pair.pair_id == unicodedata.normalize("NFC", "José.jpg b.jpg")
+
+
+def test_bad_face_files_are_skipped_or_named_with_how_to_find_the_others(faces_with_pairs, tmp_path, capsys):
+    from era_utils.data import FaceFolder
+
+    faces, dev, test = faces_with_pairs
+    train = faces.root / "train"
+    (train / "id_000" / "._a.jpg").write_bytes(b"\x00\x05\x16\x07 Mac OS X resource fork")  # AppleDouble
+    os.symlink("loop.jpg", train / "id_001" / "loop.jpg")  # a link to itself
+    with pytest.warns(UserWarning, match="loop.jpg skipped: it cannot be opened"):
+        folder = FaceFolder(faces.root, "train")
+    assert not any(p.name in ("._a.jpg", "loop.jpg") for p, _ in folder.samples)
+    (train / "id_002" / "empty.jpg").write_bytes(b"")
+    argv = ["run", "hw2p2", "--dataset", "faces", "--data-dir", str(faces.root), "--dev-pairs", str(dev),
+            "--test-pairs", str(test), "--epochs", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu",
+            "--loader", "workers", "--quiet", "--out", str(tmp_path / "run")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "cannot read image" in err and "empty.jpg" in err
+    assert "era-utils check-images FOLDER lists every such file" in err
+    assert cli.main(["check-images", str(faces.root)]) == 1
+    out = capsys.readouterr().out
+    assert "empty.jpg" in out and "loop.jpg" in out and "._a.jpg" not in out and "2 image(s) under" in out
+
+
+def test_an_error_from_a_dataloader_worker_is_shown_as_its_message():
+    wrapped = ValueError("Caught BadImageError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                         "call last):\n  File \"x.py\", line 1, in f\nBadImageError: cannot read image a.jpg: empty\n")
+    assert cli._message(wrapped) == "cannot read image a.jpg: empty"
+    assert cli._message(ValueError("plain")) == "plain"
+
+
+def test_a_decompression_bomb_is_named_not_a_traceback(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from era_utils.data import load_image
+    from era_utils.errors import BadImageError
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64x64 is then over twice the limit: PIL refuses it
+    with pytest.raises(BadImageError, match="huge.png: DecompressionBombError"):
+        load_image(tmp_path / "huge.png")
+    assert BadImageError in cli.USER_ERRORS
