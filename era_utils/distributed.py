@@ -10,6 +10,7 @@ Outside a process group every function here is the one-process identity.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import warnings
 from datetime import timedelta
@@ -98,11 +99,25 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
+def _die_with_launcher() -> None:
+    """Linux: have the kernel stop this process (SIGTERM) when the launcher that started it dies, however it
+    dies (kill -9 included): no rank may outlive it, holding memory and the run's folder."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:  # the launcher died before the line above: nobody is left to signal
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def init_from_env(device: torch.device) -> bool:
     """Join the process group torchrun describes in the environment (NCCL for CUDA, gloo otherwise);
     False when not launched by torchrun. On CUDA each process takes the GPU of its LOCAL_RANK."""
     if not launched():
         return False
+    _die_with_launcher()
     if not _active():
         if device.type == "cuda":
             gpu = local_device(device)

@@ -434,8 +434,14 @@ def _choose_loader(asked: str, path: FastPath, augment: Any, dataset: str) -> tu
 
 
 def _check_devices_for(processes: int, device: torch.device) -> None:
-    """Several processes need a GPU each (CUDA) or share the CPU; refuse what cannot work."""
-    if processes == 1 or device.type == "cpu":
+    """Several processes need a GPU each (CUDA) or a CPU core each; refuse what cannot work."""
+    if processes == 1:
+        return
+    if device.type == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if processes > cores:  # each holds the model, the data and its workers: 64 on 2 cores ran out of memory
+            raise ValueError(f"{processes} processes on a CPU with {cores} core(s) available: each process needs a "
+                             f"core of its own (and its own copy of the model and data); use --nproc {cores} or fewer")
         return
     if device.type != "cuda":
         raise ValueError(f"{processes} processes on {device}: several processes train on CUDA GPUs (one each) or on "

@@ -334,3 +334,51 @@ def test_a_decompression_bomb_is_named_not_a_traceback(tmp_path, monkeypatch):
     with pytest.raises(BadImageError, match="huge.png: DecompressionBombError"):
         load_image(tmp_path / "huge.png")
     assert BadImageError in cli.USER_ERRORS
+
+
+def test_more_processes_than_cores_are_refused_before_starting(tmp_path, capsys):
+    cores = len(os.sched_getaffinity(0))
+    n = 64 if cores < 64 else 2 * cores  # the tester's 64 on 2 cores ran the machine out of memory
+    assert cli.main(["run", "s10", "--quick", "--nproc", str(n), "--batch-size", str(n), "--device", "cpu",
+                     "--out", str(tmp_path / "run")]) == 2
+    assert f"{n} processes on a CPU with {cores} core(s) available: each process needs a core" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # an exited process nobody has reaped yet is gone too
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_killing_the_launcher_takes_its_processes_down(tmp_path):
+    import signal
+    import time
+
+    from test_distributed import _children, _command
+
+    out = tmp_path / "s10"
+    job = _command("s10", "--quick", "--epochs", "40", "--nproc", "2", "--device", "cpu", "--out", str(out),
+                   "--quiet", "--log", "csv")
+    try:
+        deadline = time.monotonic() + 300
+        while not ((out / "log.csv").is_file() and len((out / "log.csv").read_text().splitlines()) >= 2):
+            assert job.poll() is None, job.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "training never started"
+            time.sleep(0.2)
+        ranks = _children(job.pid)
+        assert len(ranks) == 2
+        os.kill(job.pid, signal.SIGKILL)  # the launcher, as an out-of-memory killer would
+        job.wait()
+        deadline = time.monotonic() + 60
+        while any(_alive(pid) for pid in ranks) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in ranks), "a process outlived its launcher"
+    finally:
+        for pid in _children(job.pid):
+            os.kill(pid, signal.SIGKILL)
+        if job.poll() is None:
+            job.kill()
