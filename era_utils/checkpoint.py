@@ -11,6 +11,8 @@ tensors, numbers, strings, lists and dicts, so `torch.load(weights_only=True)` r
 """
 from __future__ import annotations
 
+import functools
+
 import os
 import pickle
 import random
@@ -147,6 +149,7 @@ def save_checkpoint(
         "history": history,
         "rng": rng_state(loader),
         "torch_version": str(torch.__version__),
+        "kit": kit_version(),  # which era_utils wrote it: named when a resume finds other settings
         "extra": extra or {},
     }
     with atomic_write(path, "wb") as f:  # a session killed mid-save keeps the previous checkpoint
@@ -154,20 +157,52 @@ def save_checkpoint(
     return path
 
 
+@functools.lru_cache(maxsize=1)
+def kit_version() -> str:
+    """This kit as a checkpoint records it, e.g. "era_utils 0.1.0 (5bd508c)"."""
+    from era_utils import __version__
+    from era_utils.report import git_commit  # here: report imports what a checkpoint does not need
+
+    return f"era_utils {__version__} ({git_commit()})"
+
+
+@functools.lru_cache(maxsize=1)
+def _recipe_defaults() -> dict[str, Any]:
+    """Each Recipe field's default, as a run's settings hold it (plain JSON values)."""
+    import dataclasses
+    import json
+
+    from era_utils.files import json_safe
+    from era_utils.recipes import Recipe  # here: recipes imports the models' world, a checkpoint does not
+
+    return {f.name: json.loads(json.dumps(json_safe(f.default))) for f in dataclasses.fields(Recipe)
+            if f.default is not dataclasses.MISSING and isinstance(f.default, (int, float, str, bool, tuple, type(None)))}
+
+
 def check_settings(ckpt: dict[str, Any], settings: dict[str, Any] | None, path: str | os.PathLike) -> None:
     """Refuse to resume from `ckpt` with other settings than the run that wrote it (its
     extra["settings"]): every differing setting is listed. A checkpoint without settings (written by
-    `fit` without them) or no `settings` given: nothing to compare."""
+    `fit` without them) or no `settings` given: nothing to compare. A recipe setting the checkpoint does
+    not hold (a kit older than the setting) is fine while it is at its default, which is what that kit did."""
     stored = (ckpt.get("extra") or {}).get("settings")
     if stored is None or settings is None:
         return
+    defaults = _recipe_defaults()
     differ = [f"{key}: {stored.get(key, '(not set)')!r} in the checkpoint, {settings.get(key, '(not set)')!r} now"
-              for key in sorted(set(stored) | set(settings)) if stored.get(key) != settings.get(key)]
+              for key in sorted(set(stored) | set(settings)) if stored.get(key) != settings.get(key)
+              and not (key not in stored and key in defaults and settings.get(key) == defaults[key])]
     if differ:
-        raise ValueError(
-            f"{path} was written by a run with other settings, so this run cannot carry on from it: "
-            + "; ".join(differ) + ". Resume with the settings it was started with (drop or change the options "
-            "that differ), or start a new run in another folder (--out).")
+        written_by, this = ckpt.get("kit"), kit_version()
+        if written_by != this:  # another kit: a setting no option sets may be what changed
+            advice = (f"It was written by {written_by or 'an older era_utils'}, and this is {this}: where an option "
+                      "sets what differs, resume with the option as it was; where the recipe itself changed between "
+                      "the two, resume with the kit that wrote it (pip install 'git+REPOSITORY@COMMIT'), or start a "
+                      "new run in another folder (--out).")
+        else:
+            advice = ("Resume with the settings it was started with (the options that differ, as they were), or "
+                      "start a new run in another folder (--out).")
+        raise ValueError(f"{path} was written by a run with other settings, so this run cannot carry on from it: "
+                         + "; ".join(differ) + ". " + advice)
 
 
 def read_checkpoint(
@@ -189,9 +224,9 @@ def read_checkpoint(
         ckpt = torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
     except pickle.UnpicklingError as err:  # the weights-only unpickler met an object it does not admit
         raise ValueError(
-            f"checkpoint {path} holds objects beyond tensors and plain values, which "
-            f"torch.load(weights_only=True) refuses: {str(err).splitlines()[0]}. era_utils' own checkpoints "
-            "never do; if you trust where this file came from, read it with weights_only=False."
+            f"{path} is not a checkpoint era_utils wrote: it holds objects beyond tensors and plain values "
+            f"({str(err).splitlines()[0]}), which the kit's checkpoints never do, and loading those would run "
+            "code from the file. Resume from the run's own checkpoint.pt, or start a new run in another folder."
         ) from err
     except (RuntimeError, EOFError, OSError) as err:  # a torch.save cut short, or not a torch file at all
         raise ValueError(

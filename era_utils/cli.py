@@ -45,6 +45,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _non_negative_int(text)
+    if value >= 2**32:  # numpy's seeds are 32-bit
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {2**32 - 1}, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -108,10 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--amp", choices=AMP_MODES,
                      help="mixed precision (default: bf16 or fp16 on CUDA, bf16 on a CPU that runs it "
                      "natively, fp32 on other CPUs): auto (bf16/fp16 on CUDA, fp32 elsewhere), bf16, fp16, off")
-    run.add_argument("--workers", type=int, help="CPU worker processes: the workers loader's, or those reading "
+    run.add_argument("--workers", type=_non_negative_int, help="CPU worker processes: the workers loader's, or those reading "
                      "HW2P2's face files for the gpu loader (default 2; 0 with --quick)")
     run.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
-    run.add_argument("--seed", type=int, help="override the recipe's seed")
+    run.add_argument("--seed", type=_seed, help="override the recipe's seed (0 to 4294967295)")
     run.add_argument("--seeds", type=_positive_int, default=1,
                      help="run N seeds (SEED, SEED+1, ...), each in OUT/seed_S; OUT/report.md gives their mean and spread")
     run.add_argument("--out", help="output folder (default: runs/RECIPE)")

@@ -327,6 +327,17 @@ def _unwrapped(model: nn.Module) -> nn.Module:
         model = inner
 
 
+def _check_float32(model: nn.Module) -> None:
+    """The kit feeds float32 images (autocast lowers the precision inside): a float64 or float16 model would
+    fail in torch with a dtype error that names neither the model nor the fix."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if dtypes - {torch.float32}:
+        found = ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))
+        raise ValueError(f"this {type(model).__name__}'s parameters are {found}, and fit trains float32 models on "
+                         "float32 images: call model.float() (build_model makes float32 models); for lower precision "
+                         "use amp='bf16' or 'fp16', which autocasts inside the float32 model")
+
+
 def _accepts_return_embedding(model: nn.Module) -> bool:
     try:
         return "return_embedding" in inspect.signature(_unwrapped(model).forward).parameters
@@ -522,6 +533,7 @@ def fit(
         raise ValueError(f"epochs must be a positive int, got {epochs!r}.")
     device = get_device(device)
     _check_optimizer_holds(model, optimizer)
+    _check_float32(model)
     _check_scheduler(scheduler, optimizer, epochs, train_loader)
     criterion = nn.CrossEntropyLoss() if criterion is None else criterion
     amp_dtype, scaler = resolve_amp(device, amp)

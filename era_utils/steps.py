@@ -161,8 +161,9 @@ class RunPlan:
     def settings(self) -> dict[str, Any]:
         """What a resumed run must share with the run that wrote the checkpoint: the recipe's numbers,
         the data drawn and how it is loaded, the precision. Plain JSON values, kept in the checkpoint."""
-        # tta changes only the verification after training: a resumed run may ask for another
-        recipe = {k: v for k, v in asdict(self.recipe).items() if k not in ("title", "notes", "preview", "quick", "tta")}
+        # tta and cam_method change only the analysis after training: a resumed run may ask for others
+        recipe = {k: v for k, v in asdict(self.recipe).items()
+                  if k not in ("title", "notes", "preview", "quick", "tta", "cam_method")}
         plan = {"dataset": self.dataset, "subset": self.subset, "test_subset": self.test_subset,
                 "loader": self.loader, "num_workers": self.num_workers if self.loader == "workers" else None,
                 "precision": self.fast.amp}
@@ -314,6 +315,8 @@ def plan_run(
     if size != "full" and sizing is None:
         raise ValueError(f"recipe {base.name!r} has no {size} size; run it in full or give the sizes yourself")
     chosen = base.sized(size)
+    _check_whole("seed", seed, "--seed", high=2**32 - 1)  # numpy's seeds are 32-bit
+    _check_whole("num_workers", num_workers, "--workers, NUM_WORKERS in a notebook")
     changes = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "loss": loss, "tta": tta}
     if lr is not None:
         changes.update(lr=lr, use_lr_finder=False)
@@ -378,6 +381,15 @@ def plan_run(
         sync_batchnorm=sync_batchnorm,
         loader_why=loader_why,
     )
+
+
+def _check_whole(name: str, value: Any, where: str, high: Optional[int] = None) -> None:
+    """`value` is None or a whole number from 0 (to `high`), or a ValueError naming the setting and its option."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0 or (high is not None and value > high):
+        bound = f"from 0 to {high}" if high is not None else "0 or more"
+        raise ValueError(f"{name} ({where}) must be a whole number {bound}, got {value!r}")
 
 
 def _check_pairs_files(dev_pairs: Optional[str], test_pairs: Optional[str], pairs_root: Optional[str]) -> None:

@@ -382,3 +382,60 @@ def test_killing_the_launcher_takes_its_processes_down(tmp_path):
             os.kill(pid, signal.SIGKILL)
         if job.poll() is None:
             job.kill()
+
+
+def test_resume_messages_name_the_kit_and_accept_settings_newer_than_the_checkpoint(tmp_path):
+    from era_utils.checkpoint import check_settings, kit_version
+
+    plan = steps.plan_run("hw2p2", size="quick", verbose=False)
+    now = plan.settings()
+    older = {k: v for k, v in now.items() if k not in ("loss", "margin", "margin_scale", "center_weight", "cam_method")}
+    check_settings({"extra": {"settings": older}, "kit": "era_utils 0.1.0 (71b77f9)"}, now, "c.pt")  # resumes
+    arcface = steps.plan_run("hw2p2", size="quick", loss="arcface", verbose=False).settings()
+    with pytest.raises(ValueError, match=r"loss: '\(not set\)' in the checkpoint, 'arcface' now.*written by era_utils "
+                                         r"0.1.0 \(71b77f9\), and this is era_utils"):
+        check_settings({"extra": {"settings": older}, "kit": "era_utils 0.1.0 (71b77f9)"}, arcface, "c.pt")
+    with pytest.raises(ValueError, match="the options that differ, as they were"):
+        check_settings({"extra": {"settings": now}, "kit": kit_version()}, arcface, "c.pt")
+
+
+def test_a_file_that_is_no_kit_checkpoint_is_not_read_with_more_trust(tmp_path):
+    import torch
+
+    from era_utils.checkpoint import read_checkpoint
+
+    torch.save({"format": object()}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="is not a checkpoint era_utils wrote") as err:
+        read_checkpoint(tmp_path / "other.pt")
+    assert "weights_only=False" not in str(err.value)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workers", "-1"], "argument --workers: expected a whole number, 0 or more, got -1"),
+    (["--seed", "-1"], "argument --seed: expected a whole number, 0 or more, got -1"),
+    (["--seed", str(2**32)], f"argument --seed: expected a seed from 0 to {2**32 - 1}"),
+])
+def test_bad_numbers_name_their_option(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "s10", "--quick", *argv])
+    err = capsys.readouterr().err
+    assert message in err and "recipe 's10'" not in err
+
+
+def test_bad_numbers_from_python_name_the_setting_and_its_option():
+    with pytest.raises(ValueError, match=r"num_workers \(--workers, NUM_WORKERS in a notebook\) must be a whole number"):
+        steps.plan_run("s10", size="quick", num_workers=-1)
+    with pytest.raises(ValueError, match=r"seed \(--seed\) must be a whole number from 0 to"):
+        steps.plan_run("s10", size="quick", seed=-1)
+
+
+def test_a_float64_model_is_refused_with_the_fix():
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from era_utils.engine import fit
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)).double()
+    data = DataLoader(TensorDataset(torch.randn(8, 1, 2, 2), torch.randint(0, 2, (8,))), batch_size=4)
+    with pytest.raises(ValueError, match=r"parameters are float64.*model.float\(\)"):
+        fit(model, data, None, torch.optim.SGD(model.parameters(), lr=0.1), 1, device="cpu", verbose=False)
