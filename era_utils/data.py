@@ -32,7 +32,6 @@ from era_utils.errors import BadImageError
 from era_utils.transforms import apply_transform, epoch_item
 
 __all__ = [
-    "BadImageError",
     "find_bad_images",
     "CIFAR10_CLASSES",
     "CIFAR10_MEAN",

@@ -19,8 +19,7 @@ from typing import IO, Any, Iterator
 
 from era_utils.errors import NoSpaceError
 
-__all__ = ["TEMP_SUFFIX", "NoSpaceError", "atomic_write", "json_safe", "remove_leftover_temp_files", "write_json",
-           "write_text"]
+__all__ = ["TEMP_SUFFIX", "atomic_write", "json_safe", "remove_leftover_temp_files", "write_json", "write_text"]
 
 # Temporary files are ".<name>.<random>.era_utils.tmp" beside their target: a name no other program
 # writes, so cleaning up after a killed run removes the kit's own files only, never a user's ".*.tmp".

@@ -7,6 +7,7 @@ range test (its LRs reach the others), writes every file and analyses the traine
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -22,6 +23,7 @@ from matplotlib.figure import Figure
 from era_utils import __version__, distributed, folder_lock, plots
 from era_utils.analysis import Predictions, confusion_matrix, most_confused, per_class_accuracy, predict
 from era_utils.callbacks import Callback, call_hooks
+from era_utils.checkpoint import read_checkpoint
 from era_utils.engine import History
 from era_utils.files import write_json, write_text
 from era_utils.gradcam import CAM_NAMES, default_target_layer_name, gradcam
@@ -32,8 +34,8 @@ from era_utils.lr_finder import LRFinderResult
 from era_utils.report import assignment_checks, git_commit, render_report, render_seeds_report
 from era_utils.speed import precision_name
 from era_utils.steps import (Data, RunPlan, Verification, build_loaders, build_model,
-                             kaggle_predictions, load_data, optimizer_and_schedule, range_test, resumable_epochs,
-                             start, train, verify)
+                             kaggle_predictions, load_data, optimizer_and_schedule, range_test, start, train,
+                             verify)
 from era_utils.summary import summary
 from era_utils.utils import device_name
 
@@ -76,18 +78,23 @@ class RunFolder:
         return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _releases_its_folder(run: Callable[..., Any]) -> Callable[..., Any]:
+    """`run(plan, ...)`, then the plan's folder released (start() took it), however the run ends."""
+    @functools.wraps(run)
+    def wrapper(plan: RunPlan, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return run(plan, *args, **kwargs)
+        finally:
+            folder_lock.release(plan.out)
+    return wrapper
+
+
+@_releases_its_folder
 def run_recipe(plan: RunPlan, command: Optional[str] = None) -> Optional[dict]:
     """Run the plan's assignment end to end; its figures, history.json, metrics.json and report.md go
     to plan.out. The steps are those a notebook runs, one cell each; the test set is passed over once
     after training (`predict`), and every analysis reads that one pass. Returns the metrics (None on
     the processes other than rank 0, which only train)."""
-    try:
-        return _run_recipe(plan, command)
-    finally:
-        folder_lock.release(plan.out)  # start() took it: the folder is free for the next run
-
-
-def _run_recipe(plan: RunPlan, command: Optional[str]) -> Optional[dict]:
     run = _Run(plan, RunFolder(plan.out), command, time.perf_counter())
     folder, recipe, say = run.folder, plan.recipe, (print if plan.verbose else _silent)
     start(plan)  # seeds; says so when a full-length recipe is about to run on a CPU; joins torchrun's group
@@ -114,7 +121,7 @@ def _run_recipe(plan: RunPlan, command: Optional[str]) -> Optional[dict]:
     optimizer, scheduler = optimizer_and_schedule(plan, model, train_loader, run.lrs)
     del whole_train  # several processes: its copy of the data (or its workers) is not needed again
 
-    run.resumed_after = resumable_epochs(plan)
+    run.resumed_after = _checkpoint_epochs(plan)
     train_start = time.perf_counter()
     history = run.history = train(plan, model, train_loader, test_loader, optimizer, scheduler,
                                   callbacks=folder.loggers)
@@ -148,6 +155,13 @@ def _run_recipe(plan: RunPlan, command: Optional[str]) -> Optional[dict]:
     for logger in folder.loggers:
         getattr(logger, "close", _silent)()  # TensorBoard: the last figures reach the event file
     return metrics
+
+
+def _checkpoint_epochs(plan: RunPlan) -> int:
+    """Epochs the checkpoint in the plan's folder holds when the run resumes from it; 0 otherwise."""
+    if not (plan.resume and plan.checkpoints and plan.checkpoint_path.is_file()):
+        return 0
+    return int(read_checkpoint(plan.checkpoint_path, mmap=True)["epoch"])
 
 
 def _train_beside_rank_0(plan: RunPlan, model: torch.nn.Module, train_loader: Any, test_loader: Any) -> None:

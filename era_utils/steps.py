@@ -79,7 +79,6 @@ __all__ = [
     "optimizer_and_schedule",
     "plan_run",
     "range_test",
-    "resumable_epochs",
     "start",
     "train",
     "verify",
@@ -87,6 +86,8 @@ __all__ = [
 
 RUN_DATASETS = (*DATASETS, "faces")  # "faces": HW2P2's Kaggle folders, train/ dev/ test/
 FACE_SIZE = 224  # HW2P2's images are 224x224 RGB
+NO_FACES = ("HW2P2's face data needs data_dir (--data-dir): the unzipped Kaggle folder with train/<identity>/*.jpg, "
+            "dev/<identity>/*.jpg and test/*.jpg. Without it, --dataset fashion_mnist stands in.")
 # Checkpoints at most once a minute: a GPU epoch of S10 can take under a second, and a 78 MB
 # checkpoint every epoch would double it.
 CHECKPOINT_INTERVAL_S = 60.0
@@ -251,13 +252,6 @@ def _check_writable(out: Path) -> None:
         raise PermissionError(f"cannot write in the output folder {out} ({err.strerror or err}): {fix}") from err
 
 
-def resumable_epochs(plan: RunPlan) -> int:
-    """Epochs the checkpoint in the plan's folder holds when the run resumes from it; 0 otherwise."""
-    if not (plan.resume and plan.checkpoints and plan.checkpoint_path.is_file()):
-        return 0
-    return int(read_checkpoint(plan.checkpoint_path, mmap=True)["epoch"])
-
-
 def plan_run(
     recipe: Union[str, Recipe],
     *,
@@ -339,6 +333,8 @@ def plan_run(
         raise ValueError(f"recipe {chosen.name!r} trains on 32x32 images; the face folders are HW2P2's (recipe 'hw2p2')")
     if loader not in LOADERS:
         raise ValueError(f"loader must be one of {LOADERS}, got {loader!r}")
+    if dataset == "faces" and data_dir is None:
+        raise FileNotFoundError(NO_FACES)
     if dataset == "faces" and chosen.verification:  # read now: a bad pairs file must not wait for the training
         _check_pairs_files(dev_pairs, test_pairs, pairs_root)
     dev = distributed.local_device(get_device(device))
@@ -542,9 +538,7 @@ def load_data(plan: RunPlan) -> Data:
     split's mean/std, or HW2P2's face folders from `data_dir` (train/, dev/, test/) at 224x224."""
     if plan.dataset == "faces":
         if plan.data_dir is None:
-            raise FileNotFoundError(
-                "HW2P2's face data needs data_dir (--data-dir): the unzipped Kaggle folder with train/<identity>/*.jpg, "
-                "dev/<identity>/*.jpg and test/*.jpg. Without it, --dataset fashion_mnist stands in.")
+            raise FileNotFoundError(NO_FACES)
         root = Path(plan.data_dir)  # the files only: the loaders decide how they are read (build_loaders)
         kaggle_test = FaceFolder(root, "test") if (root / "test").is_dir() else None
         return Data("faces", FaceFolder(root, "train"), FaceFolder(root, "dev"), HW2P2_MEAN, HW2P2_STD,
