@@ -35,24 +35,21 @@ PATH_PLACEHOLDERS = {"--data-dir": "DATA", "--out": "OUT", "--dev-pairs": "DEV_P
                      "--pairs-root": "PAIRS_ROOT"}
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _whole_number(low: int, words: str) -> Any:
+    """An argparse type: a whole number from `low`, else an error saying what was expected (`words`)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {words}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {words}, got {value}")
+        return value
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {value}")
-    return value
+_positive_int = _whole_number(1, "a positive integer")
+_non_negative_int = _whole_number(0, "a whole number, 0 or more")
 
 
 def _seed(text: str) -> int:

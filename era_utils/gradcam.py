@@ -38,8 +38,8 @@ __all__ = [
 ]
 
 # "gradcam++" (Chattopadhay et al. 2018) weighs a feature map by its positive gradients only. On the face
-# ResNets plain GradCAM's mean gradients often come out negative over a whole map, which its ReLU turns
-# into a blank heat map (tests/test_gradcam.py: a face_resnet34 on a synthetic pattern task).
+# ResNets plain GradCAM's weighted maps often come out negative everywhere, which its ReLU turns into a
+# blank heat map (tests/test_gradcam.py: a face_resnet34 on a synthetic pattern task).
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
 CAM_NAMES = {"gradcam": "GradCAM", "gradcam++": "GradCAM++"}  # as figures and reports name them
 MIN_CAM_SIZE = 7  # px: the smallest feature map (short side) worth showing; 7x7 = ResNet-50 at 224

@@ -294,16 +294,23 @@ def _local_rank(pid: int) -> str | None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the processes through /proc (Linux)")
-def test_killing_one_process_stops_the_run_with_a_message(tmp_path):
-    out = tmp_path / "s10"
+def training_in_two_processes(out: Path) -> subprocess.Popen:
+    """`era-utils run s10 --quick --epochs 40 --nproc 2 --device cpu`, returned once its first epoch is logged."""
     job = _command("s10", "--quick", "--epochs", "40", "--nproc", "2", "--device", "cpu", "--out", str(out),
                    "--quiet", "--log", "csv")
+    deadline = time.monotonic() + 300
+    while not ((out / "log.csv").is_file() and len((out / "log.csv").read_text().splitlines()) >= 2):
+        if job.poll() is not None or time.monotonic() > deadline:
+            job.kill()
+            raise AssertionError("training never started: " + job.communicate()[1][-3000:])
+        time.sleep(0.2)
+    return job
+
+
+def test_killing_one_process_stops_the_run_with_a_message(tmp_path):
+    out = tmp_path / "s10"
+    job = training_in_two_processes(out)
     try:
-        deadline = time.monotonic() + 300
-        while not ((out / "log.csv").is_file() and len((out / "log.csv").read_text().splitlines()) >= 2):
-            assert job.poll() is None, job.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "training never started"
-            time.sleep(0.2)
         victim = next(pid for pid in _children(job.pid) if _local_rank(pid) == "1")
         os.kill(victim, signal.SIGKILL)  # in the middle of training: rank 0 waits on it in a collective
         _, stderr = job.communicate(timeout=120)  # no hang: the launcher stops the other process

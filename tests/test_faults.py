@@ -358,17 +358,10 @@ def test_killing_the_launcher_takes_its_processes_down(tmp_path):
     import signal
     import time
 
-    from test_distributed import _children, _command
+    from test_distributed import _children, training_in_two_processes
 
-    out = tmp_path / "s10"
-    job = _command("s10", "--quick", "--epochs", "40", "--nproc", "2", "--device", "cpu", "--out", str(out),
-                   "--quiet", "--log", "csv")
+    job = training_in_two_processes(tmp_path / "s10")
     try:
-        deadline = time.monotonic() + 300
-        while not ((out / "log.csv").is_file() and len((out / "log.csv").read_text().splitlines()) >= 2):
-            assert job.poll() is None, job.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "training never started"
-            time.sleep(0.2)
         ranks = _children(job.pid)
         assert len(ranks) == 2
         os.kill(job.pid, signal.SIGKILL)  # the launcher, as an out-of-memory killer would
