@@ -280,13 +280,14 @@ class DistinctFormatter(Formatter):
         return labels
 
 
-def plot_history(history: Any, title: str = "Training history", *, augmented: bool = False) -> Figure:
+def plot_history(history: Any, title: str = "Training history", *, augmented: bool | str = False) -> Figure:
     """Loss and accuracy per epoch, train and test, from a `History` (or a dict with its keys:
     train_loss, train_acc, test_loss, test_acc; accuracy in %). Empty test lists are skipped.
 
     A run of one or two epochs has its values written beside its points (two dots are not a
-    curve). `augmented`: the training images were augmented, so where the test accuracy ends
-    above the training accuracy a note says why that is expected.
+    curve). `augmented`: the training images were augmented (a string: how, e.g. the recipe's
+    `augment.describe()`), so where the test accuracy ends above the training accuracy a note says why
+    that is expected.
     """
     fig = Figure(figsize=(11, 4.3), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
@@ -322,9 +323,10 @@ def plot_history(history: Any, title: str = "Training history", *, augmented: bo
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     train_acc, test_acc = _series(history, "train_acc"), _series(history, "test_acc")
     if augmented and train_acc and test_acc and test_acc[-1] > train_acc[-1]:
+        how = f" ({augmented})" if isinstance(augmented, str) else ""
         fig.text(0.5, -0.02, "Test accuracy above training accuracy is expected here: the training accuracy "
-                 "is measured on augmented images (crops, CutOut), while the weights change, and the test "
-                 "images are not augmented.", ha="center", va="top", fontsize=9, wrap=True)
+                 f"is measured on augmented images{how}, while the weights change, and the test images are not "
+                 "augmented.", ha="center", va="top", fontsize=9, wrap=True)
     fig.suptitle(title, fontsize=13)
     return fig
 

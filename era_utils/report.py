@@ -21,7 +21,7 @@ from era_utils.models import create_model
 from era_utils.recipes import RECIPES, Recipe
 from era_utils.transforms import FaceAugmentSpec
 
-__all__ = ["Check", "assignment_checks", "git_commit", "render_report", "render_seeds_report"]
+__all__ = ["Check", "assignment_checks", "git_commit", "render_report", "render_seeds_report", "report_title"]
 
 PASS, FAIL, NOT_CHECKED = "pass", "fail", "not checked"
 # The assignments' published parameter counts (ASSIGNMENTS.md): 10 classes, RGB input.
@@ -272,11 +272,23 @@ def _verification_evidence(verification: dict) -> str:
     return f"{text}: {verification['pairs']}"
 
 
+def _data_check(run: _Run) -> Check:
+    """The assignment's dataset: pass on it; a stand-in leaves the assignment's results unchecked."""
+    want = DATASET_NAMES.get(run.assignment.dataset, run.assignment.dataset)
+    if run.on_assignment_data:
+        return Check(f"trained and tested on {want}", run.metrics["dataset_title"], PASS)
+    return Check(f"trained and tested on {want}", f"{run.metrics['dataset_title']} stands in: what this run shows about "
+                 f"the assignment's {want} results is not checked", NOT_CHECKED)
+
+
 def _common_checks(run: _Run, already: list[Check]) -> list[Check]:
     lrs, epochs = run.history.get("lrs", []), len(run.history.get("train_loss", []))
     summary = [] if any("summary.txt" in c.evidence for c in already) else [
         run.figure("model summary (torchinfo)", "summary.txt")]
+    # The data, where no other check names it: HW2P2's first check does, and a target check names its dataset.
+    data = [] if run.assignment.dataset == "faces" or run.assignment.target_accuracy is not None else [_data_check(run)]
     return [
+        *data,
         *summary,
         Check("reproducible seeding", f"seed {run.recipe.seed}", PASS),
         Check("device auto-detection (cuda, mps, cpu)", f"{run.metrics['device']}: {run.metrics['device_name']}", PASS),
@@ -327,12 +339,19 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
+def report_title(m: dict) -> str:
+    """The recipe's title, and the data the run used when it is not the assignment's (a stand-in)."""
+    assignment = RECIPES.get(m["recipe"])
+    stand_in = assignment is not None and m.get("dataset", assignment.dataset) != assignment.dataset
+    return m["title"] + (f" (run on {m['dataset_title']})" if stand_in else "")
+
+
 def render_report(metrics: dict) -> str:
     """report.md of one run, from its metrics.json: the result, the checklist, the run, the figures."""
     m = metrics
     size = m.get("size", "full")
     counts = sum(c["status"] == PASS for c in m["checks"]), sum(c["status"] == FAIL for c in m["checks"])
-    lines = [f"# {m['title']}", ""]
+    lines = [f"# {report_title(m)}", ""]
     what = {"full": "A full-size run", "preview": "A preview", "quick": "CI's quick smoke run"}[size]
     processes = f" in {m['world_size']} processes" if m.get("world_size", 1) > 1 else ""
     lines += [f"**Test accuracy {m['final_test_acc']:.2f}%** (best epoch {m['best_test_acc']:.2f}%) after "

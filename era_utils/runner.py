@@ -129,7 +129,7 @@ def run_recipe(plan: RunPlan, command: Optional[str] = None) -> Optional[dict]:
     run.train_seconds = time.perf_counter() - train_start + sum(history.epoch_times[:run.resumed_after])
     folder.json("history.json", history.to_dict())
     folder.figure("curves.png", plots.plot_history(history, title=f"{recipe.title.split(':')[0]} on {data.title}",
-                                                   augmented=True))
+                                                   augmented=_augmentation(recipe)))
     folder.figure("lr_schedule.png", plots.plot_lr(history, steps_per_epoch=len(train_loader)))
 
     preds = run.preds = predict(model, whole_test, amp=plan.fast.amp)  # the one pass over the test set
@@ -155,6 +155,20 @@ def run_recipe(plan: RunPlan, command: Optional[str] = None) -> Optional[dict]:
     for logger in folder.loggers:
         getattr(logger, "close", _silent)()  # TensorBoard: the last figures reach the event file
     return metrics
+
+
+def _without_float_noise(obj: Any) -> Any:
+    """`obj` with every float written to 10 significant digits: 86.62, not 86.61999999999999."""
+    if isinstance(obj, dict):
+        return {k: _without_float_noise(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_without_float_noise(v) for v in obj]
+    return float(f"{obj:.10g}") if isinstance(obj, float) else obj
+
+
+def _augmentation(recipe: Any) -> str | bool:
+    """How the recipe augments its training images, in words, for the curves' note; False: it does not."""
+    return False if recipe.augment.is_identity else recipe.augment.describe()
 
 
 def _checkpoint_epochs(plan: RunPlan) -> int:
@@ -213,7 +227,8 @@ class _Run:
             self.folder.files += [name for name in ("lr_finder.png", "lr_finder.json")
                                   if (plan.out / name).is_file() and name not in self.folder.files]
         distributed.broadcast_object(self.lrs)  # the other processes wait for these to build their schedule
-        self.folder.json("run_state.json", {"max_lr": self.lrs[0], "min_lr": self.lrs[1], "lr_finder": self.lr_finder})
+        # Not a result (not listed among the run's files): what a resumed run needs from this one.
+        write_json(plan.out / "run_state.json", {"max_lr": self.lrs[0], "min_lr": self.lrs[1], "lr_finder": self.lr_finder})
 
     def _lr_finder_summary(self) -> Optional[dict]:
         """metrics.json's lr_finder block: the range test's suggestion, rules and range (None: no test)."""
@@ -229,6 +244,7 @@ class _Run:
         checks = assignment_checks(self.plan.recipe, self.model, self.history.to_dict(), metrics, self.folder.files)
         metrics["checks"] = [asdict(check) for check in checks]
         metrics["files"] = self.folder.files + ["metrics.json", "report.md"]
+        metrics = _without_float_noise(metrics)
         self.folder.json("metrics.json", metrics)
         self.folder.text("report.md", render_report(metrics))
         say(f"  done: test accuracy {metrics['final_test_acc']:.2f}% (best {metrics['best_test_acc']:.2f}%), "

@@ -432,3 +432,49 @@ def test_a_float64_model_is_refused_with_the_fix():
     data = DataLoader(TensorDataset(torch.randn(8, 1, 2, 2), torch.randint(0, 2, (8,))), batch_size=4)
     with pytest.raises(ValueError, match=r"parameters are float64.*model.float\(\)"):
         fit(model, data, None, torch.optim.SGD(model.parameters(), lr=0.1), 1, device="cpu", verbose=False)
+
+
+def test_captions_and_numbers_come_from_the_run(tmp_path, monkeypatch):
+    """The curves' note names the recipe's own augmentation (HW2P2: flip, rotation, ..., not S10's crops and
+    CutOut), and metrics.json holds no float noise (86.61999999999999)."""
+    from fake_data import write_fashion_mnist
+
+    from era_utils import plots, runner
+    from era_utils.recipes import get_recipe
+
+    notes = []
+    real = plots.plot_history
+    monkeypatch.setattr(plots, "plot_history", lambda *a, **k: notes.append(k.get("augmented")) or real(*a, **k))
+    root = write_fashion_mnist(tmp_path / "data", n_train=120, n_test=60)
+    recipe = get_recipe("hw2p2").override(model="face_baseline", epochs=1, batch_size=16, lr=0.01)
+    metrics = runner.run_recipe(steps.plan_run(recipe, dataset="fashion_mnist", data_dir=str(root), device="cpu",
+                                               amp="off", num_workers=0, out=tmp_path / "run", verbose=False,
+                                               verification_pairs=20))
+    assert notes == [recipe.augment.describe()] and "rotation" in notes[0] and "CutOut" not in notes[0]
+    text = (tmp_path / "run" / "metrics.json").read_text()
+    floats: list[str] = []
+    json.loads(text, parse_float=lambda raw: floats.append(raw) or float(raw))  # every float as written
+    noisy = [raw for raw in floats if len(raw.lstrip("-").split("e")[0].replace(".", "").lstrip("0")) > 10]
+    assert floats and not noisy, noisy
+    assert metrics["final_test_acc"] == float(f"{metrics['final_test_acc']:.10g}")
+
+
+def test_a_run_on_a_stand_in_says_so_in_its_title_and_checks():
+    from era_utils.models import create_model
+    from era_utils.recipes import get_recipe
+    from era_utils.report import assignment_checks, report_title
+
+    recipe = get_recipe("s7")  # no target of its own: nothing else said CIFAR-10 went unchecked
+    metrics = {"size": "full", "dataset": "fashion_mnist", "dataset_title": "Fashion-MNIST", "params": 11_172_810,
+               "input_channels": 1, "misclassified_shown": 10, "gradcam_layer": "layer3", "device": "cpu",
+               "device_name": "cpu", "final_test_acc": 93.7}
+    checks = assignment_checks(recipe, create_model("resnet18", in_channels=1), {"train_loss": [1.0], "lrs": [0.1]},
+                               metrics, ["curves.png"])
+    data = next(c for c in checks if c.requirement == "trained and tested on CIFAR-10")
+    assert data.status == "not checked" and "Fashion-MNIST stands in" in data.evidence
+    assert report_title({"recipe": "s7", "title": recipe.title, "dataset": "fashion_mnist",
+                         "dataset_title": "Fashion-MNIST"}) == "S7: ResNet18 on CIFAR-10 with GradCAM (run on Fashion-MNIST)"
+    assert report_title({"recipe": "s7", "title": recipe.title, "dataset": "cifar10", "dataset_title": "CIFAR-10"}
+                        ) == recipe.title
+    hw2p2 = get_recipe("hw2p2").title
+    assert report_title({"recipe": "hw2p2", "title": hw2p2, "dataset": "faces", "dataset_title": "HW2P2 faces"}) == hw2p2
