@@ -121,7 +121,10 @@ class Recipe:
         """The recipe's numbers in words, one (what, value) row each: for notebooks and reports."""
         from era_utils.lr_finder import RULES  # here: the command's start-up need not load matplotlib
         opt = f"{self.optimizer.upper() if self.optimizer == 'sgd' else 'Adam'}"
-        if self.optimizer == "sgd":
+        if self.schedule == "one_cycle":  # torch's OneCycleLR cycles momentum (Adam's beta1) against the LR
+            opt += (", momentum" if self.optimizer == "sgd" else ", beta1") + " cycled by One Cycle from 0.95 to 0.85 " \
+                   "and back, against the LR" + (" (Nesterov)" if self.nesterov else "")
+        elif self.optimizer == "sgd":
             opt += f", momentum {self.momentum:g}" + (" (Nesterov)" if self.nesterov else "")
         opt += f", weight decay {self.weight_decay:g}" if self.weight_decay else ""
         base = RECIPES.get(self.name, self)  # the assignment's own length, before any override

@@ -34,7 +34,9 @@ from era_utils.analysis import TTA_MODES, Predictions, predict
 from era_utils.callbacks import Callback
 from era_utils.checkpoint import check_settings, read_checkpoint
 from era_utils.data import (
+    CIFAR10_CLASSES,
     DATASETS,
+    FASHION_MNIST_CLASSES,
     HW2P2_MEAN,
     HW2P2_STD,
     FaceFolder,
@@ -148,6 +150,13 @@ class RunPlan:
     def describe(self) -> list[tuple[str, str]]:
         """This run's settings in words, one (what, value) row each, after the recipe's own rows."""
         images = "all" if self.subset is None else f"{self.subset:,} (stratified)"
+        classes = {"fashion_mnist": FASHION_MNIST_CLASSES, "cifar10": CIFAR10_CLASSES}.get(self.dataset)
+        if self.recipe.verification and classes:  # the stand-in: some classes are verified on, not trained on
+            held = sorted(set(self.recipe.held_out_classes))
+            kept = 1 - len(held) / len(classes)
+            images += (f"; {', '.join(classes[c] for c in held)} held out for verification, so the classifier "
+                       f"trains on the other {len(classes) - len(held)} classes' "
+                       + (f"{round(self.subset * kept):,}" if self.subset else f"{kept:.0%}"))
         rows = [("dataset", self.dataset + (f" from {self.data_dir}" if self.data_dir else "")),
                 ("training images", images), ("device", f"{self.device} ({self.fast.describe()})"),
                 ("loader", self.loader_text), ("output folder", str(self.out) + (" (resuming)" if self.resume else ""))]
@@ -155,7 +164,7 @@ class RunPlan:
             rows.append(("processes", f"{self.processes} (DistributedDataParallel), batch {self.batch_per_process} each"
                          + (", SyncBatchNorm" if self.sync_batchnorm else "")))
         if self.sizing is not None:
-            rows.append((f"{self.size} run", f"{self.sizing.subset:,} training images, {self.recipe.epochs} "
+            rows.append((f"{self.size} run", f"{self.sizing.subset:,} images drawn for training, {self.recipe.epochs} "
                          f"epoch(s)" + (f"; {self.sizing.why}" if self.sizing.why else "; the recipe otherwise as it is")))
         return self.recipe.describe() + rows
 

@@ -478,3 +478,15 @@ def test_a_run_on_a_stand_in_says_so_in_its_title_and_checks():
                         ) == recipe.title
     hw2p2 = get_recipe("hw2p2").title
     assert report_title({"recipe": "hw2p2", "title": hw2p2, "dataset": "faces", "dataset_title": "HW2P2 faces"}) == hw2p2
+
+
+def test_the_plan_table_says_what_trains():
+    """HW2P2's stand-in trains on the 7 classes kept, not all 8,000 images drawn; One Cycle cycles SGD's
+    momentum (Adam's beta1), so the recipe's 0.9 is not what the optimizer shows."""
+    hw2p2 = dict(steps.plan_run("hw2p2", size="preview", verbose=False).describe())
+    assert "Trouser, Shirt, Bag held out for verification" in hw2p2["training images"]
+    assert "the other 7 classes' 5,600" in hw2p2["training images"]
+    s7 = dict(steps.plan_run("s7", size="preview", verbose=False).describe())["optimizer"]
+    assert "momentum cycled by One Cycle from 0.95 to 0.85" in s7 and "momentum 0.9" not in s7
+    assert "beta1 cycled" in dict(steps.plan_run("s10", size="preview", verbose=False).describe())["optimizer"]
+    assert "momentum 0.9" in hw2p2["optimizer"]  # cosine restarts leave SGD's momentum as the recipe sets it
