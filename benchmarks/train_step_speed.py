@@ -5,8 +5,9 @@ Times `era_utils.engine.train_one_epoch` (the loop `fit` runs) on synthetic CIFA
 configuration, after a few warm-up steps (torch.compile compiles during warm-up):
 
     eager    fp32, NCHW, no compile, a DataLoader over CPU tensors (pinned on CUDA), torch defaults
+    cl       fp32 with channels_last (model and inputs): the CPU path without native bf16
     amp      + autocast: bf16 where the GPU has it, else fp16 + GradScaler; bf16 on the CPU
-    amp+cl   + channels_last (model and inputs)
+    amp+cl   autocast + channels_last (model and inputs)
     fast     + torch.compile, cudnn.benchmark, and on CUDA the GPU-resident loader
              (era_utils.gpu_loader.GPULoader: uint8 on the device, normalised there)
 
@@ -60,6 +61,7 @@ class Config:
 
 CONFIGS = {
     "eager": Config("eager", amp=False, channels_last=False, compile=False, device_loader=False),
+    "cl": Config("cl", amp=False, channels_last=True, compile=False, device_loader=False),
     "amp": Config("amp", amp=True, channels_last=False, compile=False, device_loader=False),
     "amp+cl": Config("amp+cl", amp=True, channels_last=True, compile=False, device_loader=False),
     "fast": Config("fast", amp=True, channels_last=True, compile=True, device_loader=True,
@@ -180,8 +182,8 @@ def notes(device: torch.device, args: argparse.Namespace) -> str:
                         "noise, e.g. the load of a shared machine changing between rows."
                         if args.no_compile else "."))
         lines.append("- 'amp' on the CPU is bf16 autocast; it pays off on CPUs with native bf16 "
-                     "(avx512_bf16 / AMX) and can be slower elsewhere. fit(amp='auto') leaves it off "
-                     "on the CPU.")
+                     "(avx512_bf16 / AMX) and can be slower elsewhere. The kit's fast path uses it only "
+                     "where the CPU's flags list native bf16, else fp32 ('cl' is that path).")
     if args.steps < 20:
         lines.append(f"- Only {args.steps} timed steps per row: a smoke-level measurement; expect "
                      "+-20% between runs, more on a shared machine.")

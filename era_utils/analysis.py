@@ -33,6 +33,7 @@ __all__ = [
     "MAX_KEPT_CLASSES",
     "TTA_MODES",
     "Example",
+    "PredictionCollector",
     "Predictions",
     "confusion_matrix",
     "denormalize",
@@ -247,39 +248,57 @@ def predict(
     device = model_device(model) if device is None else torch.device(device)
     model.to(device)
     amp_dtype, _ = resolve_amp(device, amp)
-    chunks: dict[str, list[torch.Tensor]] = {k: [] for k in ("labels", "preds", "confidence", "losses",
-                                                             "probs", "embeddings", "inputs")}
-    num_classes = 0
+    collector = PredictionCollector(embeddings=embeddings)
+    if keep_inputs == "auto":
+        keep_inputs = not can_fetch_inputs(loader)
+    source = _Recording(loader, collector.inputs) if keep_inputs else loader
+    inference_pass(model, source, collector, device, amp_dtype=amp_dtype, embeddings=embeddings, flip=tta == "flip",
+                   labelled=False, desc="predict", verbose=verbose)
+    return collector.predictions(loader, mean, std)
 
-    def keep(step: int, logits: torch.Tensor, labels: torch.Tensor, embedding: torch.Tensor | None) -> None:
-        nonlocal num_classes
+
+class PredictionCollector:
+    """What `predict` keeps of each batch of a pass, called as the pass's `on_batch(step, logits, labels,
+    embedding)`; `fit(last_test_pass=...)` takes one, so the last epoch's test pass is also the analysis'."""
+
+    def __init__(self, embeddings: bool = False) -> None:
+        self.embeddings = embeddings
+        self.chunks: dict[str, list[torch.Tensor]] = {k: [] for k in ("labels", "preds", "confidence", "losses",
+                                                                       "probs", "embeddings")}
+        self.inputs: list[torch.Tensor] = []  # filled by _Recording where the loader cannot give images back
+        self.num_classes = 0
+
+    @property
+    def filled(self) -> bool:
+        """Has a pass gone through it?"""
+        return bool(self.chunks["labels"])
+
+    def __call__(self, step: int, logits: torch.Tensor, labels: torch.Tensor, embedding: torch.Tensor | None) -> None:
         logits = logits.float()  # (B, K)
-        num_classes = logits.shape[1]
+        self.num_classes = logits.shape[1]
         probs = logits.softmax(dim=1)
         confidence, preds = probs.max(dim=1)
         losses = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
         losses = torch.where(labels >= 0, losses, torch.full_like(losses, float("nan")))
         for name, value in (("labels", labels), ("preds", preds), ("confidence", confidence),
                             ("losses", losses)):
-            chunks[name].append(value.cpu())
+            self.chunks[name].append(value.cpu())
         if logits.shape[1] <= MAX_KEPT_CLASSES:
-            chunks["probs"].append(probs.cpu())
-        if embedding is not None:
-            chunks["embeddings"].append(embedding.float().cpu())
+            self.chunks["probs"].append(probs.cpu())
+        if self.embeddings and embedding is not None:
+            self.chunks["embeddings"].append(embedding.float().cpu())
 
-    if keep_inputs == "auto":
-        keep_inputs = not can_fetch_inputs(loader)
-    source = _Recording(loader, chunks["inputs"]) if keep_inputs else loader
-    inference_pass(model, source, keep, device, amp_dtype=amp_dtype, embeddings=embeddings, flip=tta == "flip",
-                   labelled=False, desc="predict", verbose=verbose)
-    # clone(): tensors made in inference mode cannot enter autograd later (GradCAM).
-    out = {k: torch.cat(v).clone() if v else None for k, v in chunks.items()}
-    m, s = loader_stats(loader, mean, std)
-    return Predictions(
-        labels=out["labels"], preds=out["preds"], confidence=out["confidence"], losses=out["losses"],
-        indices=torch.arange(len(out["labels"])), num_classes=num_classes, probs=out["probs"],
-        embeddings=out["embeddings"], inputs=out["inputs"], mean=m, std=s, loader=loader,
-    )
+    def predictions(self, loader: Iterable, mean: Sequence[float] | None = None,
+                    std: Sequence[float] | None = None) -> "Predictions":
+        """The pass's Predictions; `loader` is the one it went over (galleries fetch their images from it)."""
+        # clone(): tensors made in inference mode cannot enter autograd later (GradCAM).
+        out = {k: torch.cat(v).clone() if v else None for k, v in {**self.chunks, "inputs": self.inputs}.items()}
+        m, s = loader_stats(loader, mean, std)
+        return Predictions(
+            labels=out["labels"], preds=out["preds"], confidence=out["confidence"], losses=out["losses"],
+            indices=torch.arange(len(out["labels"])), num_classes=self.num_classes, probs=out["probs"],
+            embeddings=out["embeddings"], inputs=out["inputs"], mean=m, std=s, loader=loader,
+        )
 
 
 class _Recording:

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "or of --seeds runs")
     compare.add_argument("--out", help="also write comparison.md, comparison.json and comparison.png there")
     compare.add_argument("--title", default="Runs side by side", help="the figure's and comparison.md's title")
+    compare.add_argument("--links-from", metavar="DIR", help="link each run's name to its report.md, relative to DIR "
+                         "(the folder of the Markdown file the table goes in)")
     check = sub.add_parser("check-images", help="list every image under a folder that cannot be read (run it on "
                            "HW2P2's face folders before a long training)")
     check.add_argument("folder", help="the folder to scan, subfolders included")
@@ -242,7 +244,7 @@ def _compare(args: argparse.Namespace) -> int:
     except USER_ERRORS as err:
         print(f"era-utils: error: {err}", file=sys.stderr)
         return 2
-    print(comparison_table(rows))
+    print(comparison_table(rows, links_from=args.links_from))
     if args.out:
         runs = ["RUN_DIR" if _machine_path(run) else run for run in args.runs]  # no machine's folders recorded
         argv = ["compare", *runs, "--out", args.out] + (["--title", args.title] if args.title != "Runs side by side"

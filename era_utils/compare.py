@@ -100,18 +100,37 @@ def _spread(values: list[float], digits: int, unit: str = "") -> str:
             f"({v.min():.{digits}f}-{v.max():.{digits}f})")
 
 
-def comparison_table(rows: Sequence[RunRow]) -> str:
-    """A markdown table of the runs: mean ± standard deviation (min-max) over each run's seeds."""
+def _checklist(row: RunRow) -> str:
+    """What the runs' reports checked: "14 pass, 0 fail, 3 not checked" (each seed's, where they differ)."""
+    counts = []
+    for m in row.metrics:
+        statuses = [c.get("status") for c in m.get("checks", [])]
+        counts.append(f"{statuses.count('pass')} pass, {statuses.count('fail')} fail, "
+                      f"{len(statuses) - statuses.count('pass') - statuses.count('fail')} not checked")
+    return "-" if not counts else counts[0] if len(set(counts)) == 1 else "; ".join(counts)
+
+
+def _name(row: RunRow, links_from: Optional[Path]) -> str:
+    """The run's name, linking its report.md relative to `links_from` (None: no link)."""
+    report = row.path / "report.md"
+    if links_from is None or not report.is_file():
+        return row.name
+    return f"[{row.name}]({Path(os.path.relpath(report.resolve(), Path(links_from).resolve())).as_posix()})"
+
+
+def comparison_table(rows: Sequence[RunRow], links_from: str | os.PathLike | None = None) -> str:
+    """A markdown table of the runs: mean ± standard deviation (min-max) over each run's seeds, what their
+    reports checked, and when they ran. `links_from`: each run's name links its report.md from that folder."""
     verified = any(row.values("verification.auc") for row in rows)
     flip = any(row.values("verification.without_flip.auc") for row in rows)
-    head = ["run", "recipe", "data (train images)", "size, epochs", "loss", "seeds", "test accuracy %"]
+    head = ["run", "recipe", "data (train / test images)", "size, epochs", "loss", "seeds", "test accuracy %"]
     if verified:
         head += ["AUC" + (" (flip)" if flip else ""), "EER" + (" (flip)" if flip else "")]
         head += ["AUC without flip", "EER without flip"] if flip else []
-    head += ["whole run", "device, precision", "commit"]
+    head += ["whole run", "device, precision", "checklist", "commit", "date"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [row.name, row.first("recipe", "?"), f"{row.first('dataset_title', '?')} ({row.first('train_images', 0):,})",
+        cells = [_name(row, Path(links_from) if links_from is not None else None), row.first("recipe", "?"), f"{row.first('dataset_title', '?')} ({row.first('train_images', 0):,} / {row.first('test_images', 0):,})",
                  f"{row.first('size', '?')}, {row.first('epochs', '?')}", row.loss, ", ".join(map(str, row.seeds)),
                  _spread(row.values("final_test_acc"), 2)]
         if verified:
@@ -121,8 +140,9 @@ def comparison_table(rows: Sequence[RunRow]) -> str:
                           _spread(row.values("verification.without_flip.eer"), 3)]
         seconds = row.values("wall_seconds")
         cells += [f"{np.mean(seconds) / 60:.1f} min" + (" each" if len(seconds) > 1 else "") if seconds else "-",
-                  f"{row.first('device_name', '?')}, {row.first('precision', '?')}",
-                  ", ".join(sorted({str(m.get('commit')) for m in row.metrics}))]
+                  f"{row.first('device_name', '?')}, {row.first('precision', '?')}", _checklist(row),
+                  ", ".join(sorted({str(m.get('commit')) for m in row.metrics})),
+                  ", ".join(sorted({str(m.get('date', '?'))[:10] for m in row.metrics}))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -3,7 +3,7 @@ loop that runs a model over a loader for inference (`inference_pass`).
 
 Built for speed on a GPU without changing what is computed:
 - mixed precision (bf16 where the GPU has it, else fp16 with a GradScaler; off on the CPU),
-  channels_last on CUDA, optional torch.compile (all decided by `era_utils.speed`);
+  channels_last (CUDA, CPU), optional torch.compile (all decided by `era_utils.speed`);
 - no host-device sync per batch: loss sum, correct count, label range and "first NaN step" are
   accumulated as device tensors and read every `sync_every` steps (progress bar, NaN check) and
   once at the end of the epoch;
@@ -419,10 +419,12 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     verbose: bool = False,
+    also: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor | None], None] | None = None,
 ) -> tuple[float, float]:
     """(mean loss, accuracy %) over `loader`, under model.eval() and torch.inference_mode().
 
     Every submodule's train/eval flag is put back afterwards. criterion=None: cross-entropy.
+    `also(step, logits, labels, embedding)` sees every batch too (`analysis.PredictionCollector`).
     """
     device = model_device(model) if device is None else torch.device(device)
     criterion = nn.CrossEntropyLoss() if criterion is None else criterion
@@ -433,6 +435,8 @@ def evaluate(
         with autocast(device, amp_dtype):
             loss = loss_or_label_error(criterion, logits, labels, logits.shape[1], where, embedding)
         run.update(loss, logits, labels)
+        if also is not None:
+            also(step, logits, labels, embedding)
 
     inference_pass(model, loader, add, device, amp_dtype=amp_dtype, channels_last=channels_last,
                    embeddings=uses_embeddings(criterion), desc="evaluation", verbose=verbose)
@@ -499,13 +503,14 @@ def fit(
     sync_batchnorm: bool = False,
     verbose: bool = True,
     sync_every: int = DEFAULT_SYNC_EVERY,
+    last_test_pass: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor | None], None] | None = None,
 ) -> History:
     """Train for `epochs` epochs, evaluating on `test_loader` (None: no test metrics) after each.
 
     - `scheduler`: stepped per batch after optimizer.step() (build One Cycle with
       steps_per_epoch=len(train_loader)); ReduceLROnPlateau is refused.
     - `amp`: "auto" (bf16/fp16 on CUDA, off elsewhere) | "bf16" | "fp16" | "off".
-    - `channels_last`: "auto" = on for CUDA; converts the model and the inputs.
+    - `channels_last`: "auto" = on for CUDA and the CPU (faster on both); converts the model and the inputs.
     - `compile`: "auto" = torch.compile on CUDA (when Triton is installed), True, False, or a
       torch.compile mode ("max-autotune"). Only the training pass is compiled: evaluation runs
       the same weights eagerly (a compiled eval graph would cost more compile time than it saves
@@ -525,6 +530,8 @@ def fit(
       as DistributedDataParallel (`sync_batchnorm`: its BatchNorm layers as SyncBatchNorm), each rank
       on the shard of data its loaders give it; losses and accuracies are summed over the ranks, so
       the History is the global one; only rank 0 writes the checkpoint and calls `callbacks`.
+    - `last_test_pass(step, logits, labels, embedding)` sees every batch of the last epoch's test pass
+      (`analysis.PredictionCollector`: the analysis reads that pass instead of making another).
     - `history.epoch_times` is each epoch's wall time, `history.train_times` its training pass.
     Prints progress bars and one summary line per epoch unless verbose=False. The model's
     train/eval flags are put back at the end.
@@ -539,7 +546,7 @@ def fit(
     amp_dtype, scaler = resolve_amp(device, amp)
     use_compile = resolve_compile(device, compile)
     if channels_last == "auto":
-        use_cl = device.type == "cuda"
+        use_cl = device.type in ("cuda", "cpu")
     elif isinstance(channels_last, bool):
         use_cl = channels_last
     else:
@@ -608,8 +615,8 @@ def fit(
                 history.lrs.extend(lrs)
                 if test_loader is not None:
                     test_loss, test_acc = evaluate(model, test_loader, criterion, device,
-                                                   amp_dtype=amp_dtype, channels_last=use_cl,
-                                                   verbose=verbose)
+                                                   amp_dtype=amp_dtype, channels_last=use_cl, verbose=verbose,
+                                                   also=last_test_pass if epoch == epochs - 1 else None)
                     history.test_loss.append(test_loss)
                     history.test_acc.append(test_acc)
                     if not math.isfinite(test_loss) and math.isfinite(loss):

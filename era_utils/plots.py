@@ -371,12 +371,13 @@ def plot_lr(
 
 
 def _mark_lr(ax: Axes, lrs: np.ndarray, curve: np.ndarray, lr: float, colour: str, style: str, label: str) -> None:
-    """A vertical line at `lr` and a dot where it meets the curve."""
+    """A vertical line at `lr` and a dot where it meets the curve: on the line, the curve read between
+    the two sampled LRs around it (log scale), not at the nearest sample."""
     ax.axvline(lr, color=colour, linestyle=style, linewidth=1.5, label=label)
-    if lrs.size and curve.size:
-        k = int(np.argmin(np.abs(np.log(lrs[: curve.size]) - np.log(lr))))
-        if np.isfinite(curve[k]):
-            ax.plot([lrs[k]], [curve[k]], "o", color=colour, markersize=7)
+    xs, ys = np.log(lrs[: curve.size]), curve[: lrs.size]
+    finite = np.isfinite(xs) & np.isfinite(ys)
+    if finite.sum() and xs[finite][0] <= np.log(lr) <= xs[finite][-1]:  # the range test's LRs only grow
+        ax.plot([lr], [float(np.interp(np.log(lr), xs[finite], ys[finite]))], "o", color=colour, markersize=7)
 
 
 def plot_lr_finder(

@@ -24,6 +24,12 @@ Schedule = Literal["one_cycle", "cosine_restarts", "constant"]
 
 
 SIZES = ("full", "preview", "quick")
+DATASET_TITLES = {"cifar10": "CIFAR-10", "fashion_mnist": "Fashion-MNIST", "faces": "HW2P2's faces"}  # figures, reports
+
+
+def dataset_title(name: str) -> str:
+    """A dataset as figures and reports name it, e.g. "Fashion-MNIST" for "fashion_mnist"."""
+    return DATASET_TITLES.get(name, name)
 
 
 @dataclass(frozen=True)
@@ -149,7 +155,8 @@ class Recipe:
             rows.append(("verification", "cosine similarity of L2-normalised embeddings"
                          + (", each averaged with its mirror image's (flip)" if self.tta == "flip" else "")))
         if self.target_accuracy is not None:
-            rows.append(("target", f"{self.target_accuracy:g}% test accuracy"))
+            rows.append(("target", f"{self.target_accuracy:g}% test accuracy on {dataset_title(self.dataset)}, "
+                                   "the assignment's, for its full recipe"))
         if self.max_params is not None:
             rows.append(("parameter limit", f"under {self.max_params:,}"))
         return rows

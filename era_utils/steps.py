@@ -23,7 +23,7 @@ import warnings
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ from era_utils.loaders import (LOADERS, Loader, dataset_loader, eval_loader, loa
 from era_utils.loggers import logger_names, make_loggers
 from era_utils.lr_finder import LRFinderResult, find_lr
 from era_utils.models import create_model
-from era_utils.recipes import Recipe, RunSize, get_recipe
+from era_utils.recipes import Recipe, RunSize, dataset_title, get_recipe
 from era_utils.speed import FastPath, fast_path
 from era_utils.transforms import FaceAugmentSpec, hw2p2_test_transform, hw2p2_train_transform
 from era_utils.utils import get_device, set_seed
@@ -538,8 +538,7 @@ class Data:
     @property
     def title(self) -> str:
         """The dataset as a figure title names it, e.g. "Fashion-MNIST"."""
-        return {"cifar10": "CIFAR-10", "fashion_mnist": "Fashion-MNIST", "faces": "HW2P2 faces"}.get(
-            self.name, self.name)
+        return dataset_title(self.name)
 
 
 def load_data(plan: RunPlan) -> Data:
@@ -633,9 +632,10 @@ def _face_eval_loader(plan: RunPlan, data: Data, images: Any) -> Loader:
 
 def build_model(plan: RunPlan, data: Data) -> nn.Module:
     """The recipe's model for this data (one output per class, its input channels) with the classifier its
-    loss trains (`Recipe.with_head`), on the device."""
+    loss trains (`Recipe.with_head`), on the device, in the plan's memory layout (the range test runs in it too)."""
     model = create_model(plan.recipe.model, num_classes=len(data.classes), in_channels=data.channels)
-    return plan.recipe.with_head(model).to(plan.device)
+    model = plan.recipe.with_head(model).to(plan.device)
+    return model.to(memory_format=torch.channels_last) if plan.fast.channels_last else model
 
 
 # ----------------------------------------------------------------------------- training
@@ -669,12 +669,13 @@ def optimizer_and_schedule(plan: RunPlan, model: nn.Module, train_loader: Any,
 
 
 def train(plan: RunPlan, model: nn.Module, train_loader: Any, test_loader: Any,
-          optimizer: torch.optim.Optimizer, scheduler: Any, callbacks: Optional[Sequence[Callback]] = None
-          ) -> History:
+          optimizer: torch.optim.Optimizer, scheduler: Any, callbacks: Optional[Sequence[Callback]] = None,
+          last_test_pass: Optional[Callable] = None) -> History:
     """`fit` for the recipe's epochs with its loss, the plan's precision, layout and compile, a
     checkpoint in the plan's folder (at most once a minute, and after the last epoch) and, with
     the plan's `resume`, carrying on from it. `callbacks` as fit takes them; None: the plan's
-    loggers (`log`, e.g. "csv,tensorboard"), writing in the plan's folder."""
+    loggers (`log`, e.g. "csv,tensorboard"), writing in the plan's folder. `last_test_pass` as fit
+    takes it (an `analysis.PredictionCollector`)."""
     _check_fresh(optimizer, scheduler)
     if callbacks is None:  # loggers write once, from rank 0
         callbacks = make_loggers(plan.log, plan.out, config=plan.settings()) if distributed.is_main() else []
@@ -684,7 +685,7 @@ def train(plan: RunPlan, model: nn.Module, train_loader: Any, test_loader: Any,
                checkpoint_path=plan.checkpoint_path if plan.checkpoints else None,
                checkpoint_interval=CHECKPOINT_INTERVAL_S,
                resume=plan.resume, settings=plan.settings(), callbacks=callbacks, sync_batchnorm=plan.sync_batchnorm,
-               verbose=plan.verbose)
+               verbose=plan.verbose, last_test_pass=last_test_pass)
 
 
 def _check_fresh(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:

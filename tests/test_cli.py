@@ -101,15 +101,14 @@ def test_s10_run_writes_every_file_and_resumes(tmp_path, capsys):
     assert "## The assignment, checked" in report and "| LRMIN = FIND, LRMAX = FIND (LR range test) |" in report
     assert metrics["min_lr"] < metrics["max_lr"] and {c["status"] for c in metrics["checks"]} <= {
         "pass", "fail", "not checked"}
-    # The README's results table is made from the runs' own files, each row linking its report.
-    import importlib.util
+    # The README's results table is era-utils compare's, made from the runs' own files, each row linking its report.
+    from era_utils.compare import comparison_table, read_run
 
-    spec = importlib.util.spec_from_file_location("results_table", ROOT / "scripts" / "results_table.py")
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
-    row = table.row(out, tmp_path)
-    assert row.startswith("| [s10](s10/report.md) | full | custom_resnet | Fashion-MNIST (256 / 128) | 2 |")
-    assert f"**{metrics['final_test_acc']:.2f}%**" in row
+    row = comparison_table([read_run(out)], links_from=tmp_path).splitlines()[2]
+    assert row.startswith("| [s10](s10/report.md) | s10 | Fashion-MNIST (256 / 128) | full, 2 | cross_entropy | 1 | ")
+    checked = [c["status"] for c in metrics["checks"]]
+    assert f"| {metrics['final_test_acc']:.2f} |" in row and (
+        f"| {checked.count('pass')} pass, {checked.count('fail')} fail, " in row) and f"| {metrics['date'][:10]} |" in row
     assert metrics["recipe"] == "s10" and metrics["dataset"] == "fashion_mnist"
     assert metrics["epochs"] == 2 and metrics["train_images"] == 256 and metrics["test_images"] == 128
     assert metrics["loader"] == "gpu" and metrics["device"] == "cpu"

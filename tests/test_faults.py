@@ -477,7 +477,7 @@ def test_a_run_on_a_stand_in_says_so_in_its_title_and_checks():
     assert report_title({"recipe": "s7", "title": recipe.title, "dataset": "cifar10", "dataset_title": "CIFAR-10"}
                         ) == recipe.title
     hw2p2 = get_recipe("hw2p2").title
-    assert report_title({"recipe": "hw2p2", "title": hw2p2, "dataset": "faces", "dataset_title": "HW2P2 faces"}) == hw2p2
+    assert report_title({"recipe": "hw2p2", "title": hw2p2, "dataset": "faces", "dataset_title": "HW2P2's faces"}) == hw2p2
 
 
 def test_the_plan_table_says_what_trains():

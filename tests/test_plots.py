@@ -195,6 +195,14 @@ def test_plot_lr_finder_marks_the_suggestion():
     assert any("max LR 3.00e-03: a tenth" in t for t in legend) and any("min LR 1.00e-05: where" in t for t in legend)
     assert any(t.startswith("loss minimum at LR") for t in legend)
     assert ax.get_ylim()[1] < 5  # the final blow-up does not flatten the useful part
+    # each dot sits on its LR's line, on the curve between the samples around it (was: at the nearest sample)
+    dots = {line.get_color(): line.get_xydata()[0] for line in ax.get_lines() if line.get_marker() == "o"}
+    smoothed = losses * 0.99
+    for colour, lr in (("tab:red", 3e-3), ("tab:green", 1e-5)):
+        x, y = dots[colour]
+        k = np.searchsorted(lrs, lr)
+        assert x == pytest.approx(lr) and min(smoothed[k - 1:k + 1]) <= y <= max(smoothed[k - 1:k + 1])
+        assert y == pytest.approx(np.interp(np.log(lr), np.log(lrs), smoothed))
     # drawing into a given axes (LRFinderResult.plot(ax=...)) returns that axes' figure
     outer = Figure()
     own = outer.subplots()

@@ -199,3 +199,17 @@ def test_committed_results_name_no_folder_of_the_machine_that_made_them():
     for path in files:
         hit = machine.search(path.read_text())
         assert hit is None, f"{path.relative_to(results.parent)} names a machine's folder: {hit.group(0)}..."
+
+
+def test_the_notebooks_target_line_says_whose_target_it_is():
+    """S7-lite's notebook printed 87 under 83.74% on Fashion-MNIST: the line names CIFAR-10 and checks as the report."""
+    from era_utils.report import target_check
+
+    lite = get_recipe("s7_lite")
+    preview = target_check(lite.override(epochs=4), 83.74, "fashion_mnist", "preview")
+    assert "CIFAR-10" in str(preview) and "Fashion-MNIST" in str(preview) and preview.status == "not checked"
+    assert target_check(lite, 83.74, "fashion_mnist", "full").status == "not checked"  # a stand-in, full length
+    full = target_check(lite, 88.1, "cifar10", "full", best=88.4)
+    assert full.status == "pass" and "88.10%" in full.evidence
+    assert target_check(lite, 80.0, "cifar10", "full").status == "fail"
+    assert target_check(get_recipe("hw2p2"), 80.0, "faces", "full") is None  # no classification target
