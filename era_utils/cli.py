@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="era-utils",
         description="Run an assignment recipe end to end (data, LR range test, training, figures).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,run,compare,check-images}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,run,compare,check-images,recheck}")
     sub.add_parser("list", help="list the recipes and the models")
     compare = sub.add_parser("compare", help="runs side by side: a table of what each run measured (mean and spread "
                              "over its seeds) and their curves on one figure")
@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-images", help="list every image under a folder that cannot be read (run it on "
                            "HW2P2's face folders before a long training)")
     check.add_argument("folder", help="the folder to scan, subfolders included")
+    recheck = sub.add_parser("recheck", help="check finished runs against their assignments again with this kit, from "
+                             "their own files (metrics.json, history.json), and rewrite their report.md")
+    recheck.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders era-utils run wrote (--out)")
     run = sub.add_parser("run", help="run a recipe and write its figures and metrics to --out")
     run.add_argument("recipe", choices=list(RECIPES), help="the assignment recipe")
     run.add_argument("--dataset", choices=DATASETS,
@@ -222,6 +225,21 @@ def _message(err: BaseException) -> str:
     return text
 
 
+def _recheck(folders: Sequence[str]) -> int:
+    from era_utils.report import check_again
+
+    for folder in folders:
+        try:
+            m = check_again(folder)
+        except USER_ERRORS as err:
+            print(f"era-utils: error: {err}", file=sys.stderr)
+            return 2
+        statuses = [c["status"] for c in m["checks"]]
+        print(f"{folder}: {statuses.count('pass')} pass, {statuses.count('fail')} fail, "
+              f"{len(statuses) - statuses.count('pass') - statuses.count('fail')} not checked; report.md rewritten")
+    return 0
+
+
 def _check_images(folder: str) -> int:
     from era_utils.data import find_bad_images
 
@@ -264,6 +282,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _compare(args)
     if args.command == "check-images":
         return _check_images(args.folder)
+    if args.command == "recheck":
+        return _recheck(args.runs)
 
     from era_utils import distributed
     from era_utils.runner import run_recipe, run_seeds

@@ -8,20 +8,25 @@ GitHub shows beside the figures. A requirement a run cannot settle (the 24-epoch
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from torch import nn
 
+from era_utils.files import write_json, write_text
 from era_utils.models import create_model
-from era_utils.recipes import RECIPES, Recipe, dataset_title
+from era_utils.recipes import RECIPES, Recipe, dataset_title, get_recipe
 from era_utils.transforms import FaceAugmentSpec
 
-__all__ = ["Check", "assignment_checks", "git_commit", "render_report", "render_seeds_report", "report_title",
+__all__ = ["Check", "assignment_checks", "check_again", "git_commit", "render_report", "render_seeds_report", "report_title",
            "target_check"]
 
 PASS, FAIL, NOT_CHECKED = "pass", "fail", "not checked"
@@ -322,6 +327,45 @@ def assignment_checks(recipe: Recipe, model: nn.Module, history: dict, metrics: 
     return checks + _common_checks(run, checks)
 
 
+def _recipe_from_settings(name: str, settings: dict[str, Any]) -> Recipe:
+    """The recipe a run recorded (metrics.json's recipe_settings) as this kit's Recipe: the named recipe with the
+    recorded values of the fields it still has (a field the kit added since keeps its default)."""
+    base, changes = get_recipe(name), {}
+    for field in dataclasses.fields(base):
+        if field.name not in settings or field.name in ("quick", "preview"):  # the sizes: not what a run did
+            continue
+        now, value = getattr(base, field.name), settings[field.name]
+        if dataclasses.is_dataclass(now) and isinstance(value, dict):
+            value = type(now)(**value)
+        elif isinstance(now, tuple) and isinstance(value, list):
+            value = tuple(value)
+        changes[field.name] = value
+    return base.override(**changes)
+
+
+def check_again(folder: str | os.PathLike) -> dict:
+    """Check a finished run against its assignment again, with this kit's checks, from the run's own files
+    (metrics.json, history.json, the files there): for a run an earlier kit reported. Rewrites metrics.json's
+    checks and files and report.md, recording which kit checked it and when; the run's numbers stay as they were."""
+    folder = Path(folder)
+    path = folder / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} holds no metrics.json: give the folder an `era-utils run` wrote (its --out)")
+    m = json.loads(path.read_text())
+    recipe = _recipe_from_settings(m["recipe"], m["recipe_settings"])
+    # The checks count parameters and read layers: the architecture, not the weights, which results/ does not keep.
+    model = recipe.with_head(create_model(m["model"], num_classes=m["num_classes"], in_channels=m["input_channels"]))
+    history = json.loads((folder / "history.json").read_text()) if (folder / "history.json").is_file() else {}
+    files = [name for name in m["files"] if (folder / name).is_file() and name not in ("metrics.json", "report.md")]
+    m["checks"] = [asdict(check) for check in assignment_checks(recipe, model, history, m, files)]
+    m["files"] = files + ["metrics.json", "report.md"]
+    m["checked_again"] = {"by": f"era_utils {git_commit()}",
+                          "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    write_json(path, m)
+    write_text(folder / "report.md", render_report(m))
+    return m
+
+
 def git_commit(folder: Path | None = None) -> str:
     """The kit's git commit ("abc1234", "+ uncommitted changes" when the package's files differ from it), or
     why it is not known."""
@@ -389,7 +433,11 @@ def render_report(metrics: dict) -> str:
               f"| time | training {_minutes(m['train_seconds'])}, whole run {_minutes(seconds)} |",
               f"| command | `{m['command'] or 'era_utils.runner.run_recipe (no command line)'}` |",
               f"| versions | era_utils {m['era_utils']}, torch {m['torch']}, python {m['python']} |",
-              f"| commit | {m['commit']} |", f"| date | {m['date']} |", "", "## Figures", ""]
+              f"| commit | {m['commit']} |", f"| date | {m['date']} |",
+              *([f"| checked again | by {m['checked_again']['by']} on {m['checked_again']['date']}, from the run's own "
+                 f"files (`era-utils recheck`): the checklist is that kit's, the numbers the run's |"]
+                if m.get("checked_again") else []),
+              "", "## Figures", ""]
     shown = set(m["files"])
     for name, caption in FIGURES:
         if name == "gradcam.png" and m.get("gradcam_layer"):  # the method and layer the run drew them with

@@ -213,3 +213,29 @@ def test_the_notebooks_target_line_says_whose_target_it_is():
     assert full.status == "pass" and "88.10%" in full.evidence
     assert target_check(lite, 80.0, "cifar10", "full").status == "fail"
     assert target_check(get_recipe("hw2p2"), 80.0, "faces", "full") is None  # no classification target
+
+
+def test_recheck_checks_a_finished_run_again_from_its_own_files(tmp_path, capsys):
+    """results/s7_full_fmnist was checked by an earlier kit (no 'trained and tested on CIFAR-10' line, run_state.json
+    listed): era-utils recheck gives it this kit's checklist from its files, numbers untouched, and says so."""
+    from era_utils import steps
+    from era_utils.cli import main
+    from era_utils.runner import run_recipe
+
+    out = tmp_path / "run"
+    plan = steps.plan_run("s7", dataset="fashion_mnist", subset=128, test_subset=64, epochs=1, batch_size=32,
+                          device="cpu", out=out, verbose=False)
+    now = run_recipe(plan)
+    (out / "checkpoint.pt").unlink()  # results/ keeps no weights
+    earlier = dict(now, checks=[c for c in now["checks"] if not c["requirement"].startswith("trained and tested")],
+                   files=now["files"] + ["run_state.json"])
+    (out / "metrics.json").write_text(json.dumps(earlier))
+    (out / "run_state.json").unlink()
+    assert main(["recheck", str(out)]) == 0
+    assert "report.md rewritten" in capsys.readouterr().out
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["checks"] == now["checks"]  # the data check is back: "not checked" on Fashion-MNIST
+    assert "run_state.json" not in again["files"] and again["final_test_acc"] == now["final_test_acc"]
+    report = (out / "report.md").read_text()
+    assert "| checked again | by era_utils" in report and "trained and tested on CIFAR-10" in report
+    assert main(["recheck", str(tmp_path / "nothing")]) == 2
