@@ -129,8 +129,10 @@ def comparison_table(rows: Sequence[RunRow], links_from: str | os.PathLike | Non
         head += ["AUC without flip", "EER without flip"] if flip else []
     head += ["whole run", "device, precision", "checklist", "commit", "date"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    links = Path(links_from) if links_from is not None else None
     for row in rows:
-        cells = [_name(row, Path(links_from) if links_from is not None else None), row.first("recipe", "?"), f"{row.first('dataset_title', '?')} ({row.first('train_images', 0):,} / {row.first('test_images', 0):,})",
+        images = f"{row.first('train_images', 0):,} / {row.first('test_images', 0):,}"
+        cells = [_name(row, links), row.first("recipe", "?"), f"{row.first('dataset_title', '?')} ({images})",
                  f"{row.first('size', '?')}, {row.first('epochs', '?')}", row.loss, ", ".join(map(str, row.seeds)),
                  _spread(row.values("final_test_acc"), 2)]
         if verified:

@@ -3,7 +3,7 @@ loop that runs a model over a loader for inference (`inference_pass`).
 
 Built for speed on a GPU without changing what is computed:
 - mixed precision (bf16 where the GPU has it, else fp16 with a GradScaler; off on the CPU),
-  channels_last (CUDA, CPU), optional torch.compile (all decided by `era_utils.speed`);
+  channels_last on CUDA, optional torch.compile (all decided by `era_utils.speed`);
 - no host-device sync per batch: loss sum, correct count, label range and "first NaN step" are
   accumulated as device tensors and read every `sync_every` steps (progress bar, NaN check) and
   once at the end of the epoch;
@@ -510,7 +510,7 @@ def fit(
     - `scheduler`: stepped per batch after optimizer.step() (build One Cycle with
       steps_per_epoch=len(train_loader)); ReduceLROnPlateau is refused.
     - `amp`: "auto" (bf16/fp16 on CUDA, off elsewhere) | "bf16" | "fp16" | "off".
-    - `channels_last`: "auto" = on for CUDA and the CPU (faster on both); converts the model and the inputs.
+    - `channels_last`: "auto" = on for CUDA; converts the model and the inputs.
     - `compile`: "auto" = torch.compile on CUDA (when Triton is installed), True, False, or a
       torch.compile mode ("max-autotune"). Only the training pass is compiled: evaluation runs
       the same weights eagerly (a compiled eval graph would cost more compile time than it saves
@@ -546,7 +546,7 @@ def fit(
     amp_dtype, scaler = resolve_amp(device, amp)
     use_compile = resolve_compile(device, compile)
     if channels_last == "auto":
-        use_cl = device.type in ("cuda", "cpu")
+        use_cl = device.type == "cuda"
     elif isinstance(channels_last, bool):
         use_cl = channels_last
     else:

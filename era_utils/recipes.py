@@ -1,4 +1,4 @@
-"""The assignments as typed recipes: each carries the numbers from ASSIGNMENTS.md (and the seeds).
+"""The assignments as typed recipes: each carries the numbers from docs/assignments.md (and the seeds).
 
 `era-utils run NAME` and the notebooks read these at run time; any field can be overridden for one
 run (`get_recipe("s10").override(epochs=1)`). A recipe is also the one place that turns its

@@ -1,4 +1,4 @@
-"""A run checked against its assignment: one line per requirement of ASSIGNMENTS.md, with its evidence
+"""A run checked against its assignment: one line per requirement of docs/assignments.md, with its evidence
 and pass / fail / not checked by this run, then what the run was and its figures, as report.md.
 
 `assignment_checks` reads the run (plan, model, History, metrics, files written) and returns the
@@ -30,7 +30,7 @@ __all__ = ["Check", "assignment_checks", "check_again", "git_commit", "render_re
            "target_check"]
 
 PASS, FAIL, NOT_CHECKED = "pass", "fail", "not checked"
-# The assignments' published parameter counts (ASSIGNMENTS.md): 10 classes, RGB input.
+# The assignments' published parameter counts (docs/assignments.md): 10 classes, RGB input.
 PUBLISHED_PARAMS = {"resnet18": 11_173_962, "custom_resnet": 6_573_120}
 
 
@@ -55,7 +55,7 @@ def _yes(ok: bool) -> str:
 
 
 @dataclass
-class _Run:
+class _CheckedRun:
     """What the checks read: the assignment's recipe, this run's, and what the run measured."""
 
     assignment: Recipe  # the recipe as the assignment gives it
@@ -92,7 +92,7 @@ class _Run:
                      _yes(name in self.files))
 
 
-def _architecture_checks(run: _Run) -> list[Check]:
+def _architecture_checks(run: _CheckedRun) -> list[Check]:
     published = PUBLISHED_PARAMS.get(run.assignment.model)
     if published is None:
         return []
@@ -103,7 +103,7 @@ def _architecture_checks(run: _Run) -> list[Check]:
                                                f"input)" if this != rgb else ""), _yes(rgb == published))]
 
 
-def _target_check(run: _Run) -> list[Check]:
+def _target_check(run: _CheckedRun) -> list[Check]:
     target = run.assignment.target_accuracy
     if target is None:
         return []
@@ -121,11 +121,11 @@ def target_check(recipe: Recipe, accuracy: float, dataset: str, size: str, best:
     a stand-in dataset or at preview size "not checked", naming whose target it is. None: the assignment sets none."""
     metrics = {"final_test_acc": accuracy, "best_test_acc": accuracy if best is None else best, "dataset": dataset,
                "dataset_title": dataset_title(dataset), "size": size}
-    checks = _target_check(_Run(RECIPES.get(recipe.name, recipe), recipe, metrics, {}, nn.Identity(), set()))
+    checks = _target_check(_CheckedRun(RECIPES.get(recipe.name, recipe), recipe, metrics, {}, nn.Identity(), set()))
     return checks[0] if checks else None
 
 
-def _schedule_checks(run: _Run) -> list[Check]:
+def _schedule_checks(run: _CheckedRun) -> list[Check]:
     lrs = run.history.get("lrs", [])
     epochs = len(run.history.get("train_loss", []))
     if not lrs or not epochs:
@@ -161,7 +161,7 @@ def _schedule_checks(run: _Run) -> list[Check]:
     return checks
 
 
-def _s7_checks(run: _Run) -> list[Check]:
+def _s7_checks(run: _CheckedRun) -> list[Check]:
     spec = run.recipe.augment
     return [
         *_architecture_checks(run),
@@ -188,7 +188,7 @@ def _layers(model: nn.Module) -> dict[str, bool]:
     }
 
 
-def _s7_lite_checks(run: _Run) -> list[Check]:
+def _s7_lite_checks(run: _CheckedRun) -> list[Check]:
     layers = _layers(run.model)
     limit, params = run.assignment.max_params, run.metrics["params"]
     found = [name for name, present in layers.items() if present and name != "max-pool"]
@@ -203,7 +203,7 @@ def _s7_lite_checks(run: _Run) -> list[Check]:
     ]
 
 
-def _s10_checks(run: _Run) -> list[Check]:
+def _s10_checks(run: _CheckedRun) -> list[Check]:
     spec, finder = run.recipe.augment, run.metrics.get("lr_finder")
     lr_evidence = (f"max LR {finder['suggestion']:.3g} ({finder['method']}), min LR {finder['min_lr']:.3g} "
                    f"({finder['min_method']}), from {finder['num_iter']} batches" if finder else "no range test")
@@ -228,7 +228,7 @@ def _s10_checks(run: _Run) -> list[Check]:
     ]
 
 
-def _hw2p2_checks(run: _Run) -> list[Check]:
+def _hw2p2_checks(run: _CheckedRun) -> list[Check]:
     m, spec = run.metrics, run.recipe.augment
     faces = m["dataset"] == "faces"
     verification = m.get("verification") or {}
@@ -271,7 +271,7 @@ def _resume_check(m: dict) -> Check:
     return Check(what, "no checkpoint kept", FAIL)
 
 
-def _loss_check(run: _Run) -> Check:
+def _loss_check(run: _CheckedRun) -> Check:
     """HW2P2's loss: the seed's cross-entropy with label smoothing, or the margin loss this run chose."""
     if run.recipe.loss == "cross_entropy":
         return run.same_as_assignment("cross-entropy with label smoothing", "label_smoothing")
@@ -289,7 +289,7 @@ def _verification_evidence(verification: dict) -> str:
     return f"{text}: {verification['pairs']}"
 
 
-def _data_check(run: _Run) -> Check:
+def _data_check(run: _CheckedRun) -> Check:
     """The assignment's dataset: pass on it; a stand-in leaves the assignment's results unchecked."""
     want = dataset_title(run.assignment.dataset)
     if run.on_assignment_data:
@@ -298,7 +298,7 @@ def _data_check(run: _Run) -> Check:
                  f"the assignment's {want} results is not checked", NOT_CHECKED)
 
 
-def _common_checks(run: _Run, already: list[Check]) -> list[Check]:
+def _common_checks(run: _CheckedRun, already: list[Check]) -> list[Check]:
     lrs, epochs = run.history.get("lrs", []), len(run.history.get("train_loss", []))
     summary = [] if any("summary.txt" in c.evidence for c in already) else [
         run.figure("model summary (torchinfo)", "summary.txt")]
@@ -314,15 +314,15 @@ def _common_checks(run: _Run, already: list[Check]) -> list[Check]:
     ]
 
 
-CHECKS: dict[str, Callable[[_Run], list[Check]]] = {
+CHECKS: dict[str, Callable[[_CheckedRun], list[Check]]] = {
     "s7": _s7_checks, "s7_lite": _s7_lite_checks, "s10": _s10_checks, "hw2p2": _hw2p2_checks,
 }
 
 
 def assignment_checks(recipe: Recipe, model: nn.Module, history: dict, metrics: dict, files: list[str]) -> list[Check]:
-    """One Check per requirement of the recipe's assignment (ASSIGNMENTS.md), then the kit-wide ones."""
+    """One Check per requirement of the recipe's assignment (docs/assignments.md), then the kit-wide ones."""
     assignment = RECIPES.get(recipe.name, recipe)
-    run = _Run(assignment, recipe, metrics, history, model, set(files))
+    run = _CheckedRun(assignment, recipe, metrics, history, model, set(files))
     checks = CHECKS.get(recipe.name, lambda _: [])(run)
     return checks + _common_checks(run, checks)
 

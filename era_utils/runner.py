@@ -21,7 +21,8 @@ import torch
 from matplotlib.figure import Figure
 
 from era_utils import __version__, distributed, folder_lock, plots
-from era_utils.analysis import PredictionCollector, Predictions, confusion_matrix, most_confused, per_class_accuracy, predict
+from era_utils.analysis import (PredictionCollector, Predictions, confusion_matrix, most_confused, per_class_accuracy,
+                                predict)
 from era_utils.callbacks import Callback, call_hooks
 from era_utils.checkpoint import read_checkpoint
 from era_utils.engine import History

@@ -112,7 +112,7 @@ class FastPath:
     device: torch.device
     enabled: bool  # False: the classic path
     amp: str  # the mode fit and the LR range test train in ("auto" | "bf16" | "fp16" | "off")
-    channels_last: bool  # model and batches in NHWC: CUDA's tensor cores read it without copies; faster on CPUs too
+    channels_last: bool  # model and batches in NHWC (CUDA): tensor cores read it without copies
     compile: bool | str  # torch.compile of the training pass
     fused: bool | None  # optimizer kernels: None = fused when the parameters are on CUDA, False = torch's default
     drop_last: bool | str  # the training loader's short last batch: "auto" = dropped on CUDA (one compiled shape)
@@ -144,9 +144,9 @@ def fast_path(device: str | torch.device, enabled: bool = True, amp: str | None 
     """The fast path for `device` (or, with enabled=False, the classic one); `amp` overrides the precision.
 
     Fast: data on the device; autocast: bf16/fp16 on CUDA ("auto"), bf16 on a CPU that runs it
-    natively (`cpu_has_native_bf16`), fp32 on other CPUs and MPS; channels_last on CUDA and on the
-    CPU (on a 2-core AMD EPYC custom_resnet trained 1.14x faster in it in fp32, 1.23x in bf16, resnet18
-    1.11x in fp32 and as fast in bf16: benchmarks/train_step_speed_cpu.md); and on CUDA torch.compile (with Triton), fused optimizer kernels, the short last batch dropped and cuDNN
+    natively (`cpu_has_native_bf16`), fp32 on other CPUs and MPS; and on CUDA channels_last (not on the
+    CPU: on a 2-core AMD EPYC it sped up a bare training step, benchmarks/train_step_speed_cpu.md, but not
+    an epoch of the S10 preview through fit, training or test pass, fp32 or bf16), torch.compile (with Triton), fused optimizer kernels, the short last batch dropped and cuDNN
     autotuning. Classic: per-image augmentation on CPU workers, fp32 unless `amp` says otherwise,
     eager, torch's default kernels.
     """
@@ -160,7 +160,7 @@ def fast_path(device: str | torch.device, enabled: bool = True, amp: str | None 
         device=device,
         enabled=enabled,
         amp=amp,
-        channels_last=enabled and device.type in ("cuda", "cpu"),
+        channels_last=cuda,
         compile=resolve_compile(device, "auto") if enabled else False,
         fused=None if enabled else False,
         drop_last="auto" if enabled else False,

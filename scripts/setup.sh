@@ -18,5 +18,5 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
-# The pair must import together (DESIGN.md: the on-disk CPU torch has no torchvision partner).
+# The pair must import together (the CPU torch some machines have on disk has no matching torchvision).
 .venv/bin/python -c "import torch, torchvision, pytorch_grad_cam, albumentations, torch_lr_finder, torchinfo; print('torch', torch.__version__, '| torchvision', torchvision.__version__)"
