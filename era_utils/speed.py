@@ -144,9 +144,10 @@ def fast_path(device: str | torch.device, enabled: bool = True, amp: str | None 
     """The fast path for `device` (or, with enabled=False, the classic one); `amp` overrides the precision.
 
     Fast: data on the device; autocast: bf16/fp16 on CUDA ("auto"), bf16 on a CPU that runs it
-    natively (`cpu_has_native_bf16`), fp32 on other CPUs and MPS; and on CUDA channels_last (not on the
-    CPU: on a 2-core AMD EPYC it sped up a bare training step, benchmarks/train_step_speed_cpu.md, but not
-    an epoch of the S10 preview through fit, training or test pass, fp32 or bf16), torch.compile (with Triton), fused optimizer kernels, the short last batch dropped and cuDNN
+    natively (`cpu_has_native_bf16`), fp32 on other CPUs and MPS; and on CUDA channels_last (not on
+    the CPU: on a 2-core AMD EPYC it sped up a bare training step, benchmarks/train_step_speed_cpu.md,
+    but not an epoch of the S10 preview through fit, training or test pass, fp32 or bf16),
+    torch.compile (with Triton), fused optimizer kernels, the short last batch dropped and cuDNN
     autotuning. Classic: per-image augmentation on CPU workers, fp32 unless `amp` says otherwise,
     eager, torch's default kernels.
     """
