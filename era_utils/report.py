@@ -395,6 +395,16 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
+PARTS = {"setup": "setup", "range_test": "LR range test", "training": "training", "analysis": "analysis and figures"}
+
+
+def _parts(m: dict) -> str:
+    """Where the run's time went, e.g. " (setup 6 s, LR range test 28 s, training 5.8 min, analysis and figures 14 s)";
+    empty for runs made before the kit recorded it."""
+    parts = m.get("seconds") or {}
+    return " (" + ", ".join(f"{PARTS.get(k, k)} {_minutes(v)}" for k, v in parts.items()) + ")" if parts else ""
+
+
 def report_title(m: dict) -> str:
     """The recipe's title, and the data the run used when it is not the assignment's (a stand-in)."""
     assignment = RECIPES.get(m["recipe"])
@@ -430,7 +440,7 @@ def render_report(metrics: dict) -> str:
               f"| device | {m['device_name']}; {m['precision']}, loader `{m['loader']}` |",
               *([f"| processes | {m['world_size']}, DistributedDataParallel: batch {m['batch_size_per_process']} each, "
                  f"metrics over all of them |"] if m.get("world_size", 1) > 1 else []),
-              f"| time | training {_minutes(m['train_seconds'])}, whole run {_minutes(seconds)} |",
+              f"| time | training {_minutes(m['train_seconds'])}, whole run {_minutes(seconds)}{_parts(m)} |",
               f"| command | `{m['command'] or 'era_utils.runner.run_recipe (no command line)'}` |",
               f"| versions | era_utils {m['era_utils']}, torch {m['torch']}, python {m['python']} |",
               f"| commit | {m['commit']} |", f"| date | {m['date']} |",

@@ -11,7 +11,7 @@ import functools
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -127,8 +127,7 @@ def run_recipe(plan: RunPlan, command: Optional[str] = None) -> Optional[dict]:
     last_pass = PredictionCollector()  # the last epoch's test pass, kept: the analysis reads it
     history = run.history = train(plan, model, train_loader, test_loader, optimizer, scheduler,
                                   callbacks=folder.loggers, last_test_pass=last_pass)
-    # the whole run's training: this process's, and the epochs before a resume (their recorded times)
-    run.train_seconds = time.perf_counter() - train_start + sum(history.epoch_times[:run.resumed_after])
+    run.trained(train_start)
     folder.json("history.json", history.to_dict())
     folder.figure("curves.png", plots.plot_history(history, title=f"{recipe.title.split(':')[0]} on {data.title}",
                                                    augmented=_augmentation(recipe)))
@@ -214,7 +213,8 @@ class _Run:
     resumed_after: int = 0  # epochs the checkpoint a resumed run carried on from held
     lrs: tuple[float, Optional[float]] = (0.0, None)  # the max and min LR trained with
     history: Optional[History] = None
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # the whole run's training: this process's, and the epochs before a resume
+    seconds: dict[str, float] = field(default_factory=dict)  # what this process spent its time on, by part
     preds: Optional[Predictions] = None
     cm: Any = None
     misclassified_shown: int = 0
@@ -225,12 +225,15 @@ class _Run:
         """The max and min LR to train with: the range test's (rank 0 runs it), the recipe's or, resuming
         from a checkpoint, those the run started with (run_state.json, with its range test's result and
         figure); sent to the other processes too. Without a checkpoint a resumed run starts over."""
-        plan = self.plan
+        plan, begun = self.plan, time.perf_counter()
+        self.seconds["setup"] = begun - self.started  # data, loaders, model, the first figures, the summary
         state = self.folder.read_json("run_state.json") if plan.resume and plan.checkpoint_path.is_file() else None
         if plan.resume and state is None and self.folder.read_json("run_state.json") and plan.verbose:
             print(f"  no checkpoint in {plan.out} yet (it is written after the first epoch): the run starts over, "
                   "the range test included, as an unbroken run would")
         self.lr_test = None if state else range_test(plan, self.model, train_loader)
+        if self.lr_test is not None:
+            self.seconds["range_test"] = time.perf_counter() - begun
         self.lrs = ((state["max_lr"], state.get("min_lr")) if state else
                     (self.lr_test.suggestion, self.lr_test.min_lr) if self.lr_test else (plan.recipe.lr, None))
         self.lr_finder = state.get("lr_finder") if state else self._lr_finder_summary()
@@ -240,6 +243,11 @@ class _Run:
         distributed.broadcast_object(self.lrs)  # the other processes wait for these to build their schedule
         # Not a result (not listed among the run's files): what a resumed run needs from this one.
         write_json(plan.out / "run_state.json", {"max_lr": self.lrs[0], "min_lr": self.lrs[1], "lr_finder": self.lr_finder})
+
+    def trained(self, train_start: float) -> None:
+        """Training has ended: its time, with the epochs before a resume (their recorded times)."""
+        self.seconds["training"] = time.perf_counter() - train_start
+        self.train_seconds = self.seconds["training"] + sum(self.history.epoch_times[:self.resumed_after])
 
     def _lr_finder_summary(self) -> Optional[dict]:
         """metrics.json's lr_finder block: the range test's suggestion, rules and range (None: no test)."""
@@ -266,6 +274,7 @@ class _Run:
         """metrics.json: what the run was (recipe, data, device, path, versions) and what it measured."""
         plan, data, history, recipe = self.plan, self.data, self.history, self.plan.recipe
         per_class = per_class_accuracy(self.preds, num_classes=len(data.classes))
+        wall = time.perf_counter() - self.started
         return {
             "recipe": recipe.name,
             "title": recipe.title,
@@ -312,7 +321,10 @@ class _Run:
             "device_name": device_name(plan.device),
             "train_seconds": round(self.train_seconds, 1),  # fit's wall time: training, evaluation, checkpoints
             "train_pass_seconds": round(sum(history.train_times), 1),  # the training passes alone
-            "wall_seconds": round(time.perf_counter() - self.started, 1),
+            "wall_seconds": round(wall, 1),
+            # where this process's time went (a resumed run: its own part); analysis: predictions, figures, files
+            "seconds": {**{k: round(v, 1) for k, v in self.seconds.items()},
+                        "analysis": round(wall - sum(self.seconds.values()), 1)},
             "era_utils": __version__,
             "torch": torch.__version__,
             "python": sys.version.split()[0],

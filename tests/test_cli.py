@@ -116,6 +116,11 @@ def test_s10_run_writes_every_file_and_resumes(tmp_path, capsys):
     assert "--subset 256" in metrics["command"]
     assert 0 <= metrics["final_test_acc"] <= 100
     assert 0 < metrics["train_pass_seconds"] <= metrics["train_seconds"]
+    # where the time went: the parts add up to the whole run, and the report shows them
+    assert list(metrics["seconds"]) == ["setup", "range_test", "training", "analysis"]
+    assert sum(metrics["seconds"].values()) == pytest.approx(metrics["wall_seconds"], abs=0.3)
+    assert metrics["seconds"]["training"] == pytest.approx(metrics["train_seconds"], abs=0.1)
+    assert f"LR range test {metrics['seconds']['range_test']:.0f} s" in report
     history = json.loads((out / "history.json").read_text())
     assert len(history["test_acc"]) == 2 and len(history["lrs"]) == 2 * 4  # 256 / 64 steps per epoch
     # One Cycle's peak is the run's highest LR and equals the LR finder's suggestion.
