@@ -26,8 +26,8 @@ from era_utils.models import create_model
 from era_utils.recipes import RECIPES, Recipe, dataset_title, get_recipe
 from era_utils.transforms import FaceAugmentSpec
 
-__all__ = ["Check", "assignment_checks", "check_again", "git_commit", "render_report", "render_seeds_report", "report_title",
-           "target_check"]
+__all__ = ["Check", "assignment_checks", "check_again", "git_commit", "render_report", "render_seeds_report",
+           "report_title", "target_check"]
 
 PASS, FAIL, NOT_CHECKED = "pass", "fail", "not checked"
 # The assignments' published parameter counts (docs/assignments.md): 10 classes, RGB input.

@@ -93,8 +93,8 @@ def _releases_its_folder(run: Callable[..., Any]) -> Callable[..., Any]:
 @_releases_its_folder
 def run_recipe(plan: RunPlan, command: Optional[str] = None) -> Optional[dict]:
     """Run the plan's assignment end to end; its figures, history.json, metrics.json and report.md go
-    to plan.out. The steps are those a notebook runs, one cell each; the test set is passed over once
-    after training (`predict`), and every analysis reads that one pass. Returns the metrics (None on
+    to plan.out. The steps are those a notebook runs, one cell each; the last epoch's test pass is kept
+    (`analysis.PredictionCollector`), and every analysis reads that one pass. Returns the metrics (None on
     the processes other than rank 0, which only train)."""
     run = _Run(plan, RunFolder(plan.out), command, time.perf_counter())
     folder, recipe, say = run.folder, plan.recipe, (print if plan.verbose else _silent)
