@@ -28,9 +28,9 @@ from era_utils.utils import get_device, set_seed  # noqa: E402
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "analysis", "batches", "checkpoint", "data", "engine", "face_augment", "face_loader", "files", "gpu_loader",
-    "gradcam", "kaggle", "loaders", "lr_finder", "models", "plots", "recipes", "runner", "schedules", "speed",
-    "steps", "transforms", "utils", "verification",
+    "analysis", "batches", "checkpoint", "choices", "compare", "data", "engine", "face_augment", "face_loader",
+    "face_losses", "files", "gpu_loader", "gradcam", "kaggle", "loaders", "lr_finder", "models", "plots", "recipes",
+    "report", "runner", "schedules", "speed", "steps", "transforms", "utils", "verification",
 )
 
 __all__ = ["get_device", "set_seed", "summary", "__version__", *_SUBMODULES]

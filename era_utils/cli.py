@@ -10,6 +10,7 @@ import sys
 from typing import Any, Optional, Sequence
 
 from era_utils.callbacks import CallbackError
+from era_utils.choices import LOADERS, LOSSES, RUN_DATASETS
 from era_utils.errors import BadImageError, NoSpaceError
 from era_utils.recipes import RECIPES
 from era_utils.speed import AMP_MODES
@@ -18,9 +19,6 @@ from era_utils.speed import AMP_MODES
 # Anything else is a bug in the kit and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
                ImportError, CallbackError, NoSpaceError, BadImageError)
-DATASETS = ("cifar10", "fashion_mnist", "faces")  # era_utils.steps.RUN_DATASETS, without importing torch
-LOADERS = ("auto", "gpu", "workers")  # era_utils.loaders.LOADERS
-LOSSES = ("cross_entropy", "arcface", "cosface", "center")  # era_utils.face_losses.LOSSES
 # plan_run's settings that `era-utils run` takes: the option for each (a value), and the switches
 OPTIONS = {"dataset": "--dataset", "data_dir": "--data-dir", "subset": "--subset", "test_subset": "--test-subset",
            "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed", "loss": "--loss",
@@ -92,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     recheck.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders era-utils run wrote (--out)")
     run = sub.add_parser("run", help="run a recipe and write its figures and metrics to --out")
     run.add_argument("recipe", choices=list(RECIPES), help="the assignment recipe")
-    run.add_argument("--dataset", choices=DATASETS,
+    run.add_argument("--dataset", choices=RUN_DATASETS,
                      help="dataset (default: the recipe's: cifar10; faces for hw2p2, from --data-dir)")
     run.add_argument("--data-dir", help="folder with the dataset (default: ./data for CIFAR-10; "
                      "Debian's /usr/share/datasets/fashion-mnist for Fashion-MNIST; HW2P2's unzipped "

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from era_utils.choices import RUN_DATASETS
 from era_utils.errors import BadImageError
 from era_utils.transforms import apply_transform, epoch_item
 
@@ -92,7 +93,7 @@ HW2P2_STD = (0.3073, 0.2697, 0.2587)
 # Where Debian/Ubuntu's `apt-get install dataset-fashion-mnist` puts the IDX .gz files.
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
-DATASETS = ("cifar10", "fashion_mnist")
+DATASETS = tuple(name for name in RUN_DATASETS if name != "faces")  # those held as arrays: cifar10, fashion_mnist
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 

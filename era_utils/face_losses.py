@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from era_utils.choices import LOSSES
+
 __all__ = ["LOSSES", "MARGIN_DEFAULTS", "CenterHead", "CenterLoss", "MarginHead", "MarginLoss", "attach_head",
            "check_loss", "l2_normalise", "loss_description", "make_loss", "uses_embeddings"]
 
-LOSSES = ("cross_entropy", "arcface", "cosface", "center")
 # (scale s, margin m in radians or cosine units) from the papers: ArcFace s=64, m=0.5; CosFace s=64, m=0.35.
 MARGIN_DEFAULTS = {"arcface": (64.0, 0.5), "cosface": (64.0, 0.35)}
 CENTER_WEIGHT = 0.003  # lambda: Wen et al.'s choice for faces

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from era_utils.data import ImageArrays, load_dataset
 from era_utils import distributed
+from era_utils.choices import LOADERS
 from era_utils.face_loader import FaceLoader
 from era_utils.gpu_loader import GPULoader
 from era_utils.transforms import (
@@ -55,7 +56,6 @@ __all__ = [
     "worker_loader",
 ]
 
-LOADERS = ("auto", "gpu", "workers")
 # Between two ranks' augmentation seeds: above any worker count, since a worker adds its id to the seed.
 RANK_SEED_STRIDE = 7919
 Loader = Union[GPULoader, FaceLoader, DataLoader]

@@ -33,9 +33,9 @@ from era_utils import distributed, folder_lock
 from era_utils.analysis import TTA_MODES, Predictions, predict
 from era_utils.callbacks import Callback
 from era_utils.checkpoint import check_settings, read_checkpoint
+from era_utils.choices import RUN_DATASETS
 from era_utils.data import (
     CIFAR10_CLASSES,
-    DATASETS,
     FASHION_MNIST_CLASSES,
     HW2P2_MEAN,
     HW2P2_STD,
@@ -86,7 +86,6 @@ __all__ = [
     "verify",
 ]
 
-RUN_DATASETS = (*DATASETS, "faces")  # "faces": HW2P2's Kaggle folders, train/ dev/ test/
 FACE_SIZE = 224  # HW2P2's images are 224x224 RGB
 NO_FACES = ("HW2P2's face data needs data_dir (--data-dir): the unzipped Kaggle folder with train/<identity>/*.jpg, "
             "dev/<identity>/*.jpg and test/*.jpg. Without it, --dataset fashion_mnist stands in.")
