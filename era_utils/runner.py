@@ -21,15 +21,14 @@ import torch
 from matplotlib.figure import Figure
 
 from era_utils import __version__, distributed, folder_lock, plots
-from era_utils.analysis import (PredictionCollector, Predictions, confusion_matrix, most_confused, per_class_accuracy,
-                                predict)
+from era_utils.analysis import Predictions, confusion_matrix, most_confused, per_class_accuracy, predict
 from era_utils.callbacks import Callback, call_hooks
 from era_utils.checkpoint import read_checkpoint
 from era_utils.engine import History
 from era_utils.files import write_json, write_text
 from era_utils.gradcam import CAM_NAMES, default_target_layer_name, gradcam
 from era_utils.kaggle import write_classification_csv, write_verification_csv
-from era_utils.loaders import augment_examples, can_fetch_inputs
+from era_utils.loaders import augment_examples
 from era_utils.loggers import make_loggers
 from era_utils.lr_finder import LRFinderResult
 from era_utils.report import assignment_checks, git_commit, render_report, render_seeds_report
@@ -93,8 +92,8 @@ def _releases_its_folder(run: Callable[..., Any]) -> Callable[..., Any]:
 @_releases_its_folder
 def run_recipe(plan: RunPlan, command: Optional[str] = None) -> Optional[dict]:
     """Run the plan's assignment end to end; its figures, history.json, metrics.json and report.md go
-    to plan.out. The steps are those a notebook runs, one cell each; the last epoch's test pass is kept
-    (`analysis.PredictionCollector`), and every analysis reads that one pass. Returns the metrics (None on
+    to plan.out. The steps are those a notebook runs, one cell each; the test set is passed over once
+    after training (`predict`), and every analysis reads that one pass. Returns the metrics (None on
     the processes other than rank 0, which only train)."""
     run = _Run(plan, RunFolder(plan.out), command, time.perf_counter())
     folder, recipe, say = run.folder, plan.recipe, (print if plan.verbose else _silent)
@@ -124,16 +123,15 @@ def run_recipe(plan: RunPlan, command: Optional[str] = None) -> Optional[dict]:
 
     run.resumed_after = _checkpoint_epochs(plan)
     train_start = time.perf_counter()
-    last_pass = PredictionCollector()  # the last epoch's test pass, kept: the analysis reads it
     history = run.history = train(plan, model, train_loader, test_loader, optimizer, scheduler,
-                                  callbacks=folder.loggers, last_test_pass=last_pass)
+                                  callbacks=folder.loggers)
     run.trained(train_start)
     folder.json("history.json", history.to_dict())
     folder.figure("curves.png", plots.plot_history(history, title=f"{recipe.title.split(':')[0]} on {data.title}",
                                                    augmented=_augmentation(recipe)))
     folder.figure("lr_schedule.png", plots.plot_lr(history, steps_per_epoch=len(train_loader)))
 
-    preds = run.preds = _test_pass(plan, model, whole_test, last_pass)  # the one every analysis reads
+    preds = run.preds = predict(model, whole_test, amp=plan.fast.amp)  # the one pass every analysis reads
     wrong = preds.misclassified(10)
     folder.figure("misclassified.png", plots.plot_misclassified(wrong, data.classes))
     folder.figure("top_losses.png", plots.plot_top_losses(preds.top_losses(10), data.classes))
@@ -156,15 +154,6 @@ def run_recipe(plan: RunPlan, command: Optional[str] = None) -> Optional[dict]:
     for logger in folder.loggers:
         getattr(logger, "close", _silent)()  # TensorBoard: the last figures reach the event file
     return metrics
-
-
-def _test_pass(plan: RunPlan, model: Any, whole_test: Any, last_pass: PredictionCollector) -> Predictions:
-    """The predictions on the whole test set: training's last test pass where it was that (one process, a loader
-    that gives its images back; a preview's pass takes 10-20 s on a CPU), else a pass of its own (several
-    processes each saw a shard, or a resumed run had no epoch left to train)."""
-    if plan.processes == 1 and last_pass.filled and can_fetch_inputs(whole_test):  # one process: whole_test trained
-        return last_pass.predictions(whole_test)
-    return predict(model, whole_test, amp=plan.fast.amp)
 
 
 def _without_float_noise(obj: Any) -> Any:
