@@ -259,7 +259,7 @@ def predict(
 
 class PredictionCollector:
     """What `predict` keeps of each batch of a pass, called as the pass's `on_batch(step, logits, labels,
-    embedding)`; `fit(last_test_pass=...)` takes one, so the last epoch's test pass is also the analysis'."""
+    embedding)`, and the Predictions made of it."""
 
     def __init__(self, embeddings: bool = False) -> None:
         self.embeddings = embeddings
@@ -267,11 +267,6 @@ class PredictionCollector:
                                                                        "probs", "embeddings")}
         self.inputs: list[torch.Tensor] = []  # filled by _Recording where the loader cannot give images back
         self.num_classes = 0
-
-    @property
-    def filled(self) -> bool:
-        """Has a pass gone through it?"""
-        return bool(self.chunks["labels"])
 
     def __call__(self, step: int, logits: torch.Tensor, labels: torch.Tensor, embedding: torch.Tensor | None) -> None:
         logits = logits.float()  # (B, K)

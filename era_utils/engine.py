@@ -419,12 +419,10 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     verbose: bool = False,
-    also: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor | None], None] | None = None,
 ) -> tuple[float, float]:
     """(mean loss, accuracy %) over `loader`, under model.eval() and torch.inference_mode().
 
     Every submodule's train/eval flag is put back afterwards. criterion=None: cross-entropy.
-    `also(step, logits, labels, embedding)` sees every batch too (`analysis.PredictionCollector`).
     """
     device = model_device(model) if device is None else torch.device(device)
     criterion = nn.CrossEntropyLoss() if criterion is None else criterion
@@ -435,8 +433,6 @@ def evaluate(
         with autocast(device, amp_dtype):
             loss = loss_or_label_error(criterion, logits, labels, logits.shape[1], where, embedding)
         run.update(loss, logits, labels)
-        if also is not None:
-            also(step, logits, labels, embedding)
 
     inference_pass(model, loader, add, device, amp_dtype=amp_dtype, channels_last=channels_last,
                    embeddings=uses_embeddings(criterion), desc="evaluation", verbose=verbose)
@@ -503,7 +499,6 @@ def fit(
     sync_batchnorm: bool = False,
     verbose: bool = True,
     sync_every: int = DEFAULT_SYNC_EVERY,
-    last_test_pass: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor | None], None] | None = None,
 ) -> History:
     """Train for `epochs` epochs, evaluating on `test_loader` (None: no test metrics) after each.
 
@@ -530,8 +525,6 @@ def fit(
       as DistributedDataParallel (`sync_batchnorm`: its BatchNorm layers as SyncBatchNorm), each rank
       on the shard of data its loaders give it; losses and accuracies are summed over the ranks, so
       the History is the global one; only rank 0 writes the checkpoint and calls `callbacks`.
-    - `last_test_pass(step, logits, labels, embedding)` sees every batch of the last epoch's test pass
-      (`analysis.PredictionCollector`: the analysis reads that pass instead of making another).
     - `history.epoch_times` is each epoch's wall time, `history.train_times` its training pass.
     Prints progress bars and one summary line per epoch unless verbose=False. The model's
     train/eval flags are put back at the end.
@@ -615,8 +608,8 @@ def fit(
                 history.lrs.extend(lrs)
                 if test_loader is not None:
                     test_loss, test_acc = evaluate(model, test_loader, criterion, device,
-                                                   amp_dtype=amp_dtype, channels_last=use_cl, verbose=verbose,
-                                                   also=last_test_pass if epoch == epochs - 1 else None)
+                                                   amp_dtype=amp_dtype, channels_last=use_cl,
+                                                   verbose=verbose)
                     history.test_loss.append(test_loss)
                     history.test_acc.append(test_acc)
                     if not math.isfinite(test_loss) and math.isfinite(loss):

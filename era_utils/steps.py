@@ -23,7 +23,7 @@ import warnings
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -668,13 +668,12 @@ def optimizer_and_schedule(plan: RunPlan, model: nn.Module, train_loader: Any,
 
 
 def train(plan: RunPlan, model: nn.Module, train_loader: Any, test_loader: Any,
-          optimizer: torch.optim.Optimizer, scheduler: Any, callbacks: Optional[Sequence[Callback]] = None,
-          last_test_pass: Optional[Callable] = None) -> History:
+          optimizer: torch.optim.Optimizer, scheduler: Any, callbacks: Optional[Sequence[Callback]] = None
+          ) -> History:
     """`fit` for the recipe's epochs with its loss, the plan's precision, layout and compile, a
     checkpoint in the plan's folder (at most once a minute, and after the last epoch) and, with
     the plan's `resume`, carrying on from it. `callbacks` as fit takes them; None: the plan's
-    loggers (`log`, e.g. "csv,tensorboard"), writing in the plan's folder. `last_test_pass` as fit
-    takes it (an `analysis.PredictionCollector`)."""
+    loggers (`log`, e.g. "csv,tensorboard"), writing in the plan's folder."""
     _check_fresh(optimizer, scheduler)
     if callbacks is None:  # loggers write once, from rank 0
         callbacks = make_loggers(plan.log, plan.out, config=plan.settings()) if distributed.is_main() else []
@@ -684,7 +683,7 @@ def train(plan: RunPlan, model: nn.Module, train_loader: Any, test_loader: Any,
                checkpoint_path=plan.checkpoint_path if plan.checkpoints else None,
                checkpoint_interval=CHECKPOINT_INTERVAL_S,
                resume=plan.resume, settings=plan.settings(), callbacks=callbacks, sync_batchnorm=plan.sync_batchnorm,
-               verbose=plan.verbose, last_test_pass=last_test_pass)
+               verbose=plan.verbose)
 
 
 def _check_fresh(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
