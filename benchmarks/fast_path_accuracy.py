@@ -35,23 +35,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from era_utils.settings import run_command as era_utils_run  # noqa: E402
+
 PATHS = ("classic", "fast")
 
 
 def run_command(args: argparse.Namespace, path: str, seed: int, out: Path) -> list[str]:
-    """The `era-utils run` argument list for one (path, seed)."""
-    cmd = ["run", args.recipe, "--dataset", args.dataset, "--epochs", str(args.epochs), "--lr", repr(args.lr),
-           "--seed", str(seed), "--out", str(out), "--quiet"]
-    if args.data_dir:
-        cmd += ["--data-dir", args.data_dir]
-    if args.subset:
-        cmd += ["--subset", str(args.subset)]
-    if args.test_subset:
-        cmd += ["--test-subset", str(args.test_subset)]
-    if args.device:
-        cmd += ["--device", args.device]
-    cmd += ["--classic", "--workers", str(args.classic_workers)] if path == "classic" else ["--amp", args.fast_amp]
-    return cmd
+    """The `era-utils run` argument list for one (path, seed), made by the kit's own `run_command`."""
+    settings = dict(dataset=args.dataset, epochs=args.epochs, lr=args.lr, seed=seed, out=str(out), verbose=False,
+                    data_dir=args.data_dir, subset=args.subset, test_subset=args.test_subset, device=args.device)
+    settings |= dict(fast=False, num_workers=args.classic_workers) if path == "classic" else dict(amp=args.fast_amp)
+    return era_utils_run(args.recipe, **settings)[1:]
 
 
 def summarise(runs: list[dict]) -> dict:

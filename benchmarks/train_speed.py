@@ -73,6 +73,7 @@ from era_utils.data import CIFAR10_MEAN, CIFAR10_STD, ImageArrays  # noqa: E402
 from era_utils.engine import evaluate  # noqa: E402
 from era_utils.gpu_loader import GPULoader  # noqa: E402
 from era_utils.models import create_model  # noqa: E402
+from era_utils.plan import plan_run  # noqa: E402
 from era_utils.recipes import get_recipe  # noqa: E402
 from era_utils.speed import precision_name  # noqa: E402
 from era_utils.utils import device_name, get_device  # noqa: E402
@@ -320,9 +321,8 @@ def run_path(model_name: str, path: str, images: np.ndarray, labels: np.ndarray,
     fast = path == "fast"
     total = warmup_epochs + epochs
     recipe = get_recipe(MODEL_RECIPES[model_name]).override(epochs=total, seed=seed)
-    plan = steps.plan_run(recipe, device=str(device), fast=fast, amp=amp if fast else None,
-                          compile=compile if fast else False, num_workers=num_workers, verbose=False,
-                          checkpoints=False)
+    plan = plan_run(recipe, device=str(device), fast=fast, amp=amp if fast else None,
+                    compile=compile if fast else False, num_workers=num_workers, verbose=False, checkpoints=False)
     # drop_last: what `era-utils run` does on CUDA (one batch shape, one compiled graph); here on
     # every device unless --keep-last, and only when the data holds a full batch (tiny smoke runs).
     drop = fast and drop_last and len(images) >= recipe.batch_size

@@ -4,7 +4,8 @@ Every step of an assignment is one call: data, augmentation, model, LR range tes
 training, curves, misclassified gallery, GradCAM, face verification and Kaggle CSVs.
 
     from era_utils import get_device, set_seed, summary
-    from era_utils.steps import plan_run, load_data, build_loaders, build_model, train
+    from era_utils.plan import plan_run
+    from era_utils.steps import load_data, build_loaders, build_model, train
     from era_utils import analysis, plots
 
 Every other public name has one home, its module (`era_utils.engine.fit`,
@@ -29,8 +30,8 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "analysis", "batches", "checkpoint", "choices", "compare", "data", "engine", "face_augment", "face_loader",
-    "face_losses", "files", "gpu_loader", "gradcam", "kaggle", "loaders", "lr_finder", "models", "plots", "recipes",
-    "report", "runner", "schedules", "speed", "steps", "transforms", "utils", "verification",
+    "face_losses", "files", "gpu_loader", "gradcam", "kaggle", "loaders", "lr_finder", "models", "plan", "plots",
+    "recipes", "report", "runner", "schedules", "settings", "speed", "steps", "transforms", "utils", "verification",
 )
 
 __all__ = ["get_device", "set_seed", "summary", "__version__", *_SUBMODULES]

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from era_utils.choices import TTA_MODES
 from era_utils.engine import inference_pass
 from era_utils.loaders import can_fetch_inputs, inputs_at
 from era_utils.speed import resolve_amp
@@ -46,7 +47,6 @@ __all__ = [
 # Full probability rows are kept up to this many classes: HW2P2's 35,000 dev images x 7000
 # identities would be ~1 GB of float32. Above it only each prediction's own probability is kept.
 MAX_KEPT_CLASSES = 100
-TTA_MODES = ("none", "flip")  # test-time augmentation of embeddings (verification)
 
 
 # --------------------------------------------------------------------------- display helpers

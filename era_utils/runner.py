@@ -33,7 +33,8 @@ from era_utils.loggers import make_loggers
 from era_utils.lr_finder import LRFinderResult
 from era_utils.report import assignment_checks, git_commit, render_report, render_seeds_report
 from era_utils.speed import precision_name
-from era_utils.steps import (Data, RunPlan, Verification, build_loaders, build_model,
+from era_utils.plan import RunPlan
+from era_utils.steps import (Data, Verification, build_loaders, build_model,
                              kaggle_predictions, load_data, optimizer_and_schedule, range_test, start, train,
                              verify)
 from era_utils.summary import summary
@@ -105,7 +106,7 @@ def run_recipe(plan: RunPlan, command: Optional[str] = None) -> Optional[dict]:
         return _train_beside_rank_0(plan, model, train_loader, test_loader)
     # Rank 0 (the only process, usually): the range test and the analysis see the whole data.
     whole_train, whole_test = build_loaders(plan, data, whole=True) if plan.processes > 1 else (train_loader, test_loader)
-    folder.loggers = make_loggers(plan.log, plan.out, config=plan.settings())  # --log: after start() checked out
+    folder.loggers = make_loggers(plan.asked.log, plan.out, config=plan.checkpoint_settings())  # --log: after start() checked out
     say(plan.log_lines(data))
     images, labels = data.samples(10)
     folder.figure("samples.png", plots.plot_samples(images, labels, data.classes,
@@ -172,7 +173,7 @@ def _augmentation(recipe: Any) -> str | bool:
 
 def _checkpoint_epochs(plan: RunPlan) -> int:
     """Epochs the checkpoint in the plan's folder holds when the run resumes from it; 0 otherwise."""
-    if not (plan.resume and plan.checkpoints and plan.checkpoint_path.is_file()):
+    if not (plan.asked.resume and plan.asked.checkpoints and plan.checkpoint_path.is_file()):
         return 0
     return int(read_checkpoint(plan.checkpoint_path, mmap=True)["epoch"])
 
@@ -216,8 +217,8 @@ class _Run:
         figure); sent to the other processes too. Without a checkpoint a resumed run starts over."""
         plan, begun = self.plan, time.perf_counter()
         self.seconds["setup"] = begun - self.started  # data, loaders, model, the first figures, the summary
-        state = self.folder.read_json("run_state.json") if plan.resume and plan.checkpoint_path.is_file() else None
-        if plan.resume and state is None and self.folder.read_json("run_state.json") and plan.verbose:
+        state = self.folder.read_json("run_state.json") if plan.asked.resume and plan.checkpoint_path.is_file() else None
+        if plan.asked.resume and state is None and self.folder.read_json("run_state.json") and plan.verbose:
             print(f"  no checkpoint in {plan.out} yet (it is written after the first epoch): the run starts over, "
                   "the range test included, as an unbroken run would")
         self.lr_test = None if state else range_test(plan, self.model, train_loader)
@@ -283,7 +284,7 @@ class _Run:
             "batch_size": recipe.batch_size,
             "world_size": plan.processes,  # processes that trained together (DDP); the batch is split over them
             "batch_size_per_process": plan.batch_per_process,
-            "sync_batchnorm": plan.sync_batchnorm,
+            "sync_batchnorm": plan.asked.sync_batchnorm,
             "max_lr": self.lrs[0],
             "min_lr": self.lrs[1],
             "lr_finder": self.lr_finder,
@@ -298,7 +299,7 @@ class _Run:
             "gradcam_layer": self.gradcam_layer,
             "gradcam_method": CAM_NAMES[recipe.cam_method] if self.gradcam_layer else None,
             "verification": None if self.verification is None else _verification_metrics(self.verification),
-            "checkpoint": plan.checkpoints and plan.checkpoint_path.is_file(),
+            "checkpoint": plan.asked.checkpoints and plan.checkpoint_path.is_file(),
             "resumed_after_epochs": self.resumed_after or None,  # --resume carried on from a checkpoint of N epochs
             "loader": plan.loader,
             "fast": plan.fast.enabled,

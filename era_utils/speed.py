@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from era_utils.choices import AMP_MODES
+
 __all__ = [
     "AMP_MODES",
     "FastPath",
@@ -26,8 +28,6 @@ __all__ = [
     "resolve_amp",
     "resolve_compile",
 ]
-
-AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 def cpu_has_native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:

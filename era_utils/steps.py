@@ -1,6 +1,7 @@
 """The steps of an assignment run, one public function each, in the order a run calls them:
 
-    plan = plan_run("s10", dataset="fashion_mnist", subset=5000)     # settings, device, fast path
+    plan = plan_run("s10", dataset="fashion_mnist", subset=5000)     # era_utils.plan: settings, device, fast path
+    start(plan)                                                       # seeds; claims the output folder
     data = load_data(plan)                                            # arrays (or face folders)
     train_loader, test_loader = build_loaders(plan, data)
     model = build_model(plan, data)
@@ -16,12 +17,8 @@ never copied: a step asks the plan's recipe (`Recipe.configure_optimizers`, `cri
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import warnings
-from dataclasses import asdict, dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -29,14 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from era_utils import distributed, folder_lock
-from era_utils.analysis import TTA_MODES, Predictions, predict
+from era_utils import distributed
+from era_utils.analysis import Predictions, predict
 from era_utils.callbacks import Callback
-from era_utils.checkpoint import check_settings, read_checkpoint
 from era_utils.choices import RUN_DATASETS
 from era_utils.data import (
-    CIFAR10_CLASSES,
-    FASHION_MNIST_CLASSES,
     HW2P2_MEAN,
     HW2P2_STD,
     FaceFolder,
@@ -47,18 +41,17 @@ from era_utils.data import (
 )
 from era_utils.engine import History, fit
 from era_utils.face_loader import FaceLoader
-from era_utils.face_losses import check_loss, l2_normalise
-from era_utils.files import json_safe, remove_leftover_temp_files
+from era_utils.face_losses import l2_normalise
 from era_utils.kaggle import ids_for_pairs
-from era_utils.loaders import (LOADERS, Loader, dataset_loader, eval_loader, load_splits, make_loaders,
+from era_utils.loaders import (Loader, dataset_loader, eval_loader, load_splits, make_loaders,
                                resolve_drop_last)
-from era_utils.loggers import logger_names, make_loggers
+from era_utils.loggers import make_loggers
 from era_utils.lr_finder import LRFinderResult, find_lr
 from era_utils.models import create_model
-from era_utils.recipes import Recipe, RunSize, dataset_title, get_recipe
-from era_utils.speed import FastPath, fast_path
-from era_utils.transforms import FaceAugmentSpec, hw2p2_test_transform, hw2p2_train_transform
-from era_utils.utils import get_device, set_seed
+from era_utils.plan import NO_FACES, RunPlan, claim_out, plan_run
+from era_utils.recipes import dataset_title
+from era_utils.transforms import hw2p2_test_transform, hw2p2_train_transform
+from era_utils.utils import set_seed
 from era_utils.verification import (
     VerificationMetrics,
     class_pair_capacity,
@@ -72,14 +65,12 @@ from era_utils.verification import (
 __all__ = [
     "RUN_DATASETS",
     "Data",
-    "RunPlan",
     "Verification",
     "build_loaders",
     "build_model",
     "kaggle_predictions",
     "load_data",
     "optimizer_and_schedule",
-    "plan_run",
     "range_test",
     "start",
     "train",
@@ -87,8 +78,6 @@ __all__ = [
 ]
 
 FACE_SIZE = 224  # HW2P2's images are 224x224 RGB
-NO_FACES = ("HW2P2's face data needs data_dir (--data-dir): the unzipped Kaggle folder with train/<identity>/*.jpg, "
-            "dev/<identity>/*.jpg and test/*.jpg. Without it, --dataset fashion_mnist stands in.")
 # Checkpoints at most once a minute: a GPU epoch of S10 can take under a second, and a 78 MB
 # checkpoint every epoch would double it.
 CHECKPOINT_INTERVAL_S = 60.0
@@ -97,106 +86,7 @@ CHECKPOINT_INTERVAL_S = 60.0
 LONG_ON_A_CPU = 200_000
 
 
-# ----------------------------------------------------------------------------- the plan
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """Everything a run was asked to do, resolved once: the recipe (with this run's overrides), the
-    data, the device and how it is used (`fast`), where files go. Every step reads it."""
-
-    recipe: Recipe
-    dataset: str  # "cifar10" | "fashion_mnist" | "faces"
-    data_dir: Optional[str]
-    download: bool
-    subset: Optional[int]  # training images (stratified subset); None: all
-    test_subset: Optional[int]
-    device: torch.device
-    fast: FastPath
-    loader: str  # "gpu" | "workers"
-    num_workers: int
-    out: Path
-    resume: bool
-    verbose: bool
-    size: str  # "full" (the assignment), "preview" (minutes on a CPU, learns) or "quick" (CI's smoke run)
-    sizing: Optional[RunSize]  # the recipe's numbers for that size (None: full)
-    checkpoints: bool  # `train` keeps a checkpoint in `out` (off for speed measurements)
-    verification_pairs: int  # HW2P2 stand-in: pairs drawn from the test images
-    dev_pairs: Optional[str] = None  # HW2P2 faces: the labelled pairs file ("a b label")
-    test_pairs: Optional[str] = None  # HW2P2 faces: the unlabelled pairs file ("a b")
-    pairs_root: Optional[str] = None  # the folder the pairs files' paths are relative to
-    scratch_out: bool = False  # `out` is a temporary folder the kit chose (a quick run's): reused freely
-    log: Optional[str] = None  # loggers for `era-utils run --log` ("csv,tensorboard"), written under `out`
-    processes: int = 1  # processes training together (torchrun, --nproc); the recipe's batch is split over them
-    sync_batchnorm: bool = False  # with several processes: BatchNorm statistics over all of them (CUDA only)
-    loader_why: str = ""  # why `loader`, in words, for the log and the notebook's plan table
-
-    @property
-    def batch_per_process(self) -> int:
-        """Images each process takes per step: the recipe's batch split over the processes."""
-        return self.recipe.batch_size // self.processes
-
-    @property
-    def checkpoint_path(self) -> Path:
-        """Where `train` keeps its checkpoint (and `resume` reads it)."""
-        return self.out / "checkpoint.pt"
-
-    @property
-    def loader_text(self) -> str:
-        """The loader and why it was chosen, e.g. "workers (HW2P2's augmentation per image ...)"."""
-        return self.loader + (f" ({self.loader_why})" if self.loader_why else "")
-
-    def describe(self) -> list[tuple[str, str]]:
-        """This run's settings in words, one (what, value) row each, after the recipe's own rows."""
-        images = "all" if self.subset is None else f"{self.subset:,} (stratified)"
-        classes = {"fashion_mnist": FASHION_MNIST_CLASSES, "cifar10": CIFAR10_CLASSES}.get(self.dataset)
-        if self.recipe.verification and classes:  # the stand-in: some classes are verified on, not trained on
-            held = sorted(set(self.recipe.held_out_classes))
-            kept = 1 - len(held) / len(classes)
-            images += (f"; {', '.join(classes[c] for c in held)} held out for verification, so the classifier "
-                       f"trains on the other {len(classes) - len(held)} classes' "
-                       + (f"{round(self.subset * kept):,}" if self.subset else f"{kept:.0%}"))
-        rows = [("dataset", self.dataset + (f" from {self.data_dir}" if self.data_dir else "")),
-                ("training images", images), ("device", f"{self.device} ({self.fast.describe()})"),
-                ("loader", self.loader_text), ("output folder", str(self.out) + (" (resuming)" if self.resume else ""))]
-        if self.processes > 1:
-            rows.append(("processes", f"{self.processes} (DistributedDataParallel), batch {self.batch_per_process} each"
-                         + (", SyncBatchNorm" if self.sync_batchnorm else "")))
-        if self.sizing is not None:
-            rows.append((f"{self.size} run", f"{self.sizing.subset:,} images drawn for training, {self.recipe.epochs} "
-                         f"epoch(s)" + (f"; {self.sizing.why}" if self.sizing.why else "; the recipe otherwise as it is")))
-        return self.recipe.describe() + rows
-
-    def settings(self) -> dict[str, Any]:
-        """What a resumed run must share with the run that wrote the checkpoint: the recipe's numbers,
-        the data drawn and how it is loaded, the precision. Plain JSON values, kept in the checkpoint."""
-        # tta and cam_method change only the analysis after training: a resumed run may ask for others
-        recipe = {k: v for k, v in asdict(self.recipe).items()
-                  if k not in ("title", "notes", "preview", "quick", "tta", "cam_method")}
-        plan = {"dataset": self.dataset, "subset": self.subset, "test_subset": self.test_subset,
-                "loader": self.loader, "num_workers": self.num_workers if self.loader == "workers" else None,
-                "precision": self.fast.amp}
-        return json.loads(json.dumps(json_safe({**recipe, **plan})))  # tuples as lists: as read back
-
-    @property
-    def quick(self) -> bool:
-        """CI's smoke run: too short to learn, so nothing it shows is a result."""
-        return self.size == "quick"
-
-    def log_lines(self, data: "Data") -> str:
-        """A few lines for a headless run's log: the recipe, the data as loaded, the device and path."""
-        return "\n".join([
-            self.recipe.title + ("" if self.size == "full" else f" ({self.size} run)"),
-            f"  data: {data.title}, {len(data.train)} train / {len(data.test)} test images, {data.channels} "
-            f"channel(s), mean {tuple(round(m, 4) for m in data.mean)}, std {tuple(round(s, 4) for s in data.std)}",
-            f"  loader: {self.loader_text}; device: {self.device}; {self.fast.describe()}"
-            + (f"; {self.processes} processes, batch {self.batch_per_process} each" if self.processes > 1 else ""),
-        ])
-
-    def _repr_markdown_(self) -> str:
-        """The plan as a table in notebooks: the recipe's numbers and this run's settings."""
-        rows = "\n".join(f"| {what} | {value} |" for what, value in self.describe())
-        return f"**{self.recipe.title}**\n\n| | |\n|---|---|\n{rows}\n"
+# ----------------------------------------------------------------------------- the run
 
 
 def start(plan: RunPlan) -> None:
@@ -215,280 +105,9 @@ def start(plan: RunPlan) -> None:
             "runtime to a GPU (Runtime > Change runtime type > T4 GPU); to see every step in minutes on "
             f"this CPU, run the preview instead (SIZE = \"preview\" in a notebook, era-utils run "
             f"{plan.recipe.name} --preview).", UserWarning, stacklevel=2)
-    _claim_out(plan)
+    claim_out(plan)
     set_seed(plan.recipe.seed)
     plan.fast.apply()
-
-
-def _claim_out(plan: RunPlan) -> None:
-    """Make `plan.out` ready for this run without losing an earlier one: a folder this run can write
-    in and holds (`folder_lock`: a second run into it is refused while this one lives), temporary
-    files a killed save left removed, and a checkpoint there refused unless the run resumes from it."""
-    _check_writable(plan.out)
-    if distributed.is_main():  # rank 0 writes the folder: it holds it, and only then clears what a killed run left
-        stale = folder_lock.hold(plan.out)
-        if stale and plan.verbose:
-            print(f"{plan.out}: the run that held it ({stale.get('pid', '?')} on {stale.get('host', '?')}, started "
-                  f"{stale.get('started', '?')}) ended without releasing it (killed?); this run takes it over")
-        for leftover in remove_leftover_temp_files(plan.out):
-            if plan.verbose:
-                print(f"removed {leftover}: half a file that a killed run was saving")
-    ckpt = plan.checkpoint_path
-    if plan.checkpoints and plan.resume and ckpt.is_file():  # before the data and the LR test, not after
-        check_settings(read_checkpoint(ckpt, mmap=True), plan.settings(), ckpt)  # fit reads the weights
-    if plan.checkpoints and not plan.resume and not plan.scratch_out and ckpt.is_file():
-        saved = datetime.fromtimestamp(ckpt.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
-        raise ValueError(
-            f"{plan.out} already holds an earlier run's checkpoint ({ckpt.name}, saved {saved}); this run "
-            f"would replace it, so nothing was changed. To carry on from it, add --resume (RESUME = True in a "
-            f"notebook). To start over on purpose, delete {ckpt} or give another folder with --out (OUT in a "
-            f"notebook).")
-
-
-def _check_writable(out: Path) -> None:
-    """Create `out` and make sure files can be written there, or say why not and what to do."""
-    fix = "give --out (OUT in a notebook) a folder you can write to"
-    blocking = next((p for p in [out, *out.parents] if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        where = "is" if blocking == out else f"lies under {blocking}, which is"
-        raise NotADirectoryError(f"output folder {out} {where} a file, not a folder: {fix}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as err:
-        raise PermissionError(f"cannot write in the output folder {out} ({err.strerror or err}): {fix}") from err
-
-
-def plan_run(
-    recipe: Union[str, Recipe],
-    *,
-    size: str = "full",
-    dataset: Optional[str] = None,
-    data_dir: Optional[str] = None,
-    download: bool = False,
-    subset: Optional[int] = None,
-    test_subset: Optional[int] = None,
-    epochs: Optional[int] = None,
-    batch_size: Optional[int] = None,
-    lr: Optional[float] = None,
-    seed: Optional[int] = None,
-    loss: Optional[str] = None,
-    tta: Optional[str] = None,
-    device: Optional[str] = None,
-    loader: str = "auto",
-    fast: bool = True,
-    amp: Optional[str] = None,
-    compile: Optional[Union[bool, str]] = None,
-    num_workers: Optional[int] = None,
-    out: Union[str, os.PathLike, None] = None,
-    resume: bool = False,
-    verbose: bool = True,
-    checkpoints: bool = True,
-    verification_pairs: Optional[int] = None,
-    dev_pairs: Optional[str] = None,
-    test_pairs: Optional[str] = None,
-    pairs_root: Optional[str] = None,
-    log: Optional[str] = None,
-    processes: Optional[int] = None,
-    sync_batchnorm: bool = False,
-) -> RunPlan:
-    """Resolve a run's settings: the recipe `recipe` (a name or a Recipe) with these overrides.
-
-    `size`: "full" (the recipe as the assignment gives it), "preview" (the recipe's preview: Fashion-MNIST,
-    minutes on a 2-core CPU, and the model clearly learns) or "quick" (CI's smoke run: a few hundred
-    images, one epoch, the CPU); anything given explicitly still wins. `lr` replaces the recipe's LR and turns
-    the LR range test off. `loss`: the training loss ("cross_entropy", "arcface", "cosface", "center";
-    default the recipe's), `tta`: "flip" averages each verification embedding with its mirror image's
-    (default the recipe's, "none"). `loader`: "gpu" | "workers" | "auto" (the fast path's choice; per-image
-    augmentation such as HW2P2's always runs on workers). `fast=False` is the classic path; `amp`
-    and `compile` override the precision and torch.compile; `checkpoints=False` keeps none (speed
-    measurements); `num_workers` (default 2, a quick run 0)
-    are the workers loader's processes. `out` (default runs/RECIPE; a quick run's
-    under the temporary folder) holds the checkpoint and whatever the caller saves. `processes`: how
-    many train together under torch.distributed (default: torchrun's WORLD_SIZE, 1 without it); the
-    recipe's batch is the global one, split evenly over them. Under torchrun a CUDA device is the
-    process's own GPU (LOCAL_RANK), and only rank 0 prints progress. `sync_batchnorm`: several
-    processes on GPUs compute BatchNorm's statistics over all of their images (SyncBatchNorm).
-    """
-    base = get_recipe(recipe) if isinstance(recipe, str) else recipe
-    logger_names(log)  # refuse an unknown logger now, not after the training
-    sizing = base.size(size)
-    if size != "full" and sizing is None:
-        raise ValueError(f"recipe {base.name!r} has no {size} size; run it in full or give the sizes yourself")
-    chosen = base.sized(size)
-    _check_whole("seed", seed, "--seed", high=2**32 - 1)  # numpy's seeds are 32-bit
-    _check_whole("num_workers", num_workers, "--workers, NUM_WORKERS in a notebook")
-    changes = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "loss": loss, "tta": tta}
-    if lr is not None:
-        changes.update(lr=lr, use_lr_finder=False)
-    chosen = chosen.override(**{k: v for k, v in changes.items() if v is not None})
-    _check_loss_and_tta(chosen)
-    if sizing is not None:
-        dataset = dataset or sizing.dataset
-        subset = subset if subset is not None else sizing.subset
-        test_subset = test_subset if test_subset is not None else sizing.test_subset
-        device = device or sizing.device
-        verification_pairs = verification_pairs or sizing.verification_pairs
-    quick = size == "quick"
-    processes = _processes(processes, chosen.batch_size)
-    if num_workers is None:  # Colab's 2 cores; a quick run's one epoch is mostly worker start-up
-        num_workers = 0 if quick else 2
-    dataset = dataset or chosen.dataset
-    if dataset not in RUN_DATASETS:
-        raise ValueError(f"dataset must be one of {RUN_DATASETS}, got {dataset!r}")
-    if dataset == "faces" and not isinstance(chosen.augment, FaceAugmentSpec):
-        raise ValueError(f"recipe {chosen.name!r} trains on 32x32 images; the face folders are HW2P2's (recipe 'hw2p2')")
-    if loader not in LOADERS:
-        raise ValueError(f"loader must be one of {LOADERS}, got {loader!r}")
-    if dataset == "faces" and data_dir is None:
-        raise FileNotFoundError(NO_FACES)
-    if dataset == "faces" and chosen.verification:  # read now: a bad pairs file must not wait for the training
-        _check_pairs_files(dev_pairs, test_pairs, pairs_root)
-    dev = distributed.local_device(get_device(device))
-    _check_devices_for(processes, dev)
-    if sync_batchnorm and (processes == 1 or dev.type != "cuda"):
-        raise ValueError("sync_batchnorm shares BatchNorm's statistics between processes on CUDA GPUs (torch's "
-                         "SyncBatchNorm has no CPU kernel): use it with --nproc N on GPUs, or leave it out"
-                         + (f" (this run: {processes} process, {dev})" if processes == 1 else f" (this run: {dev})"))
-    path = fast_path(dev, enabled=fast, amp=amp)
-    if compile is not None:
-        path = replace(path, compile=compile)
-    if loader == "gpu" and not fast:
-        raise ValueError("loader 'gpu' does not fit this run: the classic path augments per image on CPU workers; "
-                         "use loader 'workers' (or 'auto')")
-    resolved_loader, loader_why = _choose_loader(loader, path, chosen.augment, dataset)
-    return RunPlan(
-        recipe=chosen,
-        dataset=dataset,
-        data_dir=data_dir,
-        download=download,
-        subset=subset,
-        test_subset=test_subset,
-        device=dev,
-        fast=path,
-        loader=resolved_loader,
-        num_workers=num_workers,
-        out=Path(out) if out is not None else _default_out(chosen.name, quick),
-        resume=resume,
-        verbose=verbose and distributed.launch_rank() == 0,
-        size=size,
-        sizing=sizing,
-        checkpoints=checkpoints,
-        verification_pairs=verification_pairs or 4000,
-        dev_pairs=dev_pairs,
-        test_pairs=test_pairs,
-        pairs_root=pairs_root,
-        scratch_out=quick and out is None,
-        log=log,
-        processes=processes,
-        sync_batchnorm=sync_batchnorm,
-        loader_why=loader_why,
-    )
-
-
-def _check_whole(name: str, value: Any, where: str, high: Optional[int] = None) -> None:
-    """`value` is None or a whole number from 0 (to `high`), or a ValueError naming the setting and its option."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0 or (high is not None and value > high):
-        bound = f"from 0 to {high}" if high is not None else "0 or more"
-        raise ValueError(f"{name} ({where}) must be a whole number {bound}, got {value!r}")
-
-
-def _check_pairs_files(dev_pairs: Optional[str], test_pairs: Optional[str], pairs_root: Optional[str]) -> None:
-    """HW2P2's pairs files, read and checked before any work: both given, each the kind its option takes
-    (dev labelled, test not), the dev pairs holding both labels, every image there."""
-    for option, notebook, path, labelled in (("--dev-pairs", "DEV_PAIRS", dev_pairs, True),
-                                              ("--test-pairs", "TEST_PAIRS", test_pairs, False)):
-        kind = "labelled pairs file ('a b label' per line)" if labelled else "unlabelled pairs file ('a b' per line)"
-        if path is None:
-            raise ValueError(f"verification on the face folders needs {option} (the {kind}; {notebook} in a notebook), "
-                             "as in the HW2P2 verification download")
-        try:
-            pairs = read_pairs(path, root=pairs_root)
-        except (ValueError, FileNotFoundError) as err:  # the option first; the file's name once
-            raise type(err)(f"{option} {path}: " + str(err).replace(f"{Path(path).expanduser()}, ", "", 1)) from None
-        if (pairs[0].label is not None) != labelled:
-            other = "--test-pairs" if labelled else "--dev-pairs"
-            raise ValueError(f"{option} {path} holds {'unlabelled' if labelled else 'labelled'} pairs, where {option} "
-                             f"takes the {kind}: are {option} and {other} swapped?")
-        if labelled and len({pair.label for pair in pairs}) < 2:
-            raise ValueError(f"{option} {path}: every pair is labelled {pairs[0].label}; its ROC AUC and EER need "
-                             "both same (1) and different (0) pairs")
-
-
-def _check_loss_and_tta(recipe: Recipe) -> None:
-    """Refuse a loss or a test-time augmentation the run cannot use, before any work."""
-    check_loss(recipe.loss)
-    if recipe.tta not in TTA_MODES:
-        raise ValueError(f"tta must be one of {TTA_MODES} (flip: average each verification embedding with its mirror "
-                         f"image's), got {recipe.tta!r}")
-    if recipe.tta != "none" and not recipe.verification:
-        raise ValueError(f"tta {recipe.tta!r} changes the verification embeddings, and recipe {recipe.name!r} verifies "
-                         "no pairs (only hw2p2 does): leave --tta out")
-    if recipe.use_lr_finder and recipe.loss != "cross_entropy":
-        raise ValueError(f"recipe {recipe.name!r} picks its LR with a range test on cross-entropy, which does not "
-                         f"tell the LR for loss {recipe.loss!r}: give the LR with --lr (lr= in Python)")
-
-
-def _choose_loader(asked: str, path: FastPath, augment: Any, dataset: str) -> tuple[str, str]:
-    """("gpu" | "workers", why) for a run: what was asked, else the faster path for this device."""
-    faces = isinstance(augment, FaceAugmentSpec)
-    on_device = ("JPEGs decoded and augmented in batches on the device, CPU workers only read the files"
-                 if dataset == "faces" else "the images on the device, augmented in batches there")
-    if asked != "auto":
-        return asked, "as asked" + (f": {on_device}" if asked == "gpu" else ": per image on CPU workers")
-    if not path.enabled:
-        return "workers", "the classic path: per image on CPU workers"
-    if faces and path.device.type == "cpu":
-        # Measured (benchmarks/face_loader_speed_cpu.md): HW2P2's rotation and jitter, batched in torch
-        # on two cores, are slower than torchvision on two workers image by image.
-        return "workers", ("HW2P2's augmentation per image on CPU workers: on a CPU that is faster than "
-                           "batched (benchmarks/face_loader_speed_cpu.md); on a GPU it runs there")
-    return path.loader, on_device if path.loader == "gpu" else "per image on CPU workers"
-
-
-def _check_devices_for(processes: int, device: torch.device) -> None:
-    """Several processes need a GPU each (CUDA) or a CPU core each; refuse what cannot work."""
-    if processes == 1:
-        return
-    if device.type == "cpu":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        if processes > cores:  # each holds the model, the data and its workers: 64 on 2 cores ran out of memory
-            raise ValueError(f"{processes} processes on a CPU with {cores} core(s) available: each process needs a "
-                             f"core of its own (and its own copy of the model and data); use --nproc {cores} or fewer")
-        return
-    if device.type != "cuda":
-        raise ValueError(f"{processes} processes on {device}: several processes train on CUDA GPUs (one each) or on "
-                         "the CPU (--device cpu)")
-    count = torch.cuda.device_count()
-    if processes > count:
-        raise ValueError(f"{processes} processes take one GPU each, but torch sees {count} here: use --nproc {count}"
-                         + (" (Kaggle: Settings > Accelerator > GPU T4 x2)" if count == 1 else ""))
-
-
-def _processes(asked: Optional[int], batch_size: int) -> int:
-    """The processes a run trains in (torchrun's WORLD_SIZE unless `asked`), checked against the batch."""
-    launched = distributed.launch_world_size()
-    if asked is None:
-        asked = launched
-    if distributed.launched() and asked != launched:
-        raise ValueError(f"{asked} processes asked for (--nproc), but torchrun started {launched}: give the same "
-                         "number to both, or leave --nproc out under torchrun")
-    if not (isinstance(asked, int) and asked >= 1):
-        raise ValueError(f"processes must be a whole number of at least 1, got {asked!r}")
-    if batch_size % asked:
-        raise ValueError(f"batch size {batch_size} does not split evenly over {asked} processes (each takes an equal "
-                         f"share of every step): give --batch-size a multiple of {asked}")
-    return asked
-
-
-def _default_out(name: str, quick: bool) -> Path:
-    """runs/NAME; a quick smoke run writes under the temporary folder instead (CI, notebooks in CI)."""
-    if quick:
-        return Path(tempfile.gettempdir()) / "era_utils_quick" / name
-    return Path("runs") / name
 
 
 # ----------------------------------------------------------------------------- data
@@ -544,17 +163,17 @@ def load_data(plan: RunPlan) -> Data:
     """The plan's dataset: train and test arrays (a stratified subset if asked) with the training
     split's mean/std, or HW2P2's face folders from `data_dir` (train/, dev/, test/) at 224x224."""
     if plan.dataset == "faces":
-        if plan.data_dir is None:
+        if plan.asked.data_dir is None:
             raise FileNotFoundError(NO_FACES)
-        root = Path(plan.data_dir)  # the files only: the loaders decide how they are read (build_loaders)
+        root = Path(plan.asked.data_dir)  # the files only: the loaders decide how they are read (build_loaders)
         kaggle_test = FaceFolder(root, "test") if (root / "test").is_dir() else None
         return Data("faces", FaceFolder(root, "train"), FaceFolder(root, "dev"), HW2P2_MEAN, HW2P2_STD,
                     kaggle_test=kaggle_test)
-    train, test = load_splits(plan.dataset, root=plan.data_dir, download=plan.download, subset=plan.subset,
+    train, test = load_splits(plan.dataset, root=plan.asked.data_dir, download=plan.asked.download, subset=plan.subset,
                               test_subset=plan.test_subset, seed=plan.recipe.seed)
     # Fashion-MNIST stays 1-channel (the models take in_channels=1); CIFAR-10 is RGB.
     mean, std = dataset_stats(plan.dataset, size=train.images.shape[1], channels=train.images.shape[-1],
-                              root=plan.data_dir)
+                              root=plan.asked.data_dir)
     if not plan.recipe.verification:
         return Data(plan.dataset, train, test, mean, std)
     # Verification on a classification set: some classes play identities the model never saw.
@@ -676,13 +295,13 @@ def train(plan: RunPlan, model: nn.Module, train_loader: Any, test_loader: Any,
     loggers (`log`, e.g. "csv,tensorboard"), writing in the plan's folder."""
     _check_fresh(optimizer, scheduler)
     if callbacks is None:  # loggers write once, from rank 0
-        callbacks = make_loggers(plan.log, plan.out, config=plan.settings()) if distributed.is_main() else []
+        callbacks = make_loggers(plan.asked.log, plan.out, config=plan.checkpoint_settings()) if distributed.is_main() else []
     return fit(model, train_loader, test_loader, optimizer, plan.recipe.epochs,
                criterion=plan.recipe.criterion(model), scheduler=scheduler, device=plan.device,
                amp=plan.fast.amp, channels_last=plan.fast.channels_last, compile=plan.fast.compile,
-               checkpoint_path=plan.checkpoint_path if plan.checkpoints else None,
+               checkpoint_path=plan.checkpoint_path if plan.asked.checkpoints else None,
                checkpoint_interval=CHECKPOINT_INTERVAL_S,
-               resume=plan.resume, settings=plan.settings(), callbacks=callbacks, sync_batchnorm=plan.sync_batchnorm,
+               resume=plan.asked.resume, settings=plan.checkpoint_settings(), callbacks=callbacks, sync_batchnorm=plan.asked.sync_batchnorm,
                verbose=plan.verbose)
 
 
@@ -724,7 +343,7 @@ def verify(plan: RunPlan, data: Data, model: nn.Module) -> Verification:
     tta = plan.recipe.tta
     kw = dict(device=plan.device, amp=plan.fast.amp)
     if isinstance(data.train, FaceFolder):
-        if not (plan.dev_pairs and plan.test_pairs):
+        if not (plan.asked.dev_pairs and plan.asked.test_pairs):
             raise ValueError("verification on the face folders needs the pairs files: dev_pairs (a b label) "
                              "and test_pairs (a b), as in the HW2P2 verification download")
         if plan.loader == "gpu":  # the pairs' images decoded on the device, as training read its own
@@ -733,13 +352,13 @@ def verify(plan: RunPlan, data: Data, model: nn.Module) -> Verification:
             kw.update(transform=_face_eval_transform(data), batch_size=plan.recipe.batch_size,
                       num_workers=plan.num_workers)
         kw.update(progress=plan.verbose)
-        dev = read_pairs(plan.dev_pairs, root=plan.pairs_root)
+        dev = read_pairs(plan.asked.dev_pairs, root=plan.asked.pairs_root)
         metrics = verify_pairs(model, dev, tta=tta, **kw)
         plain = verify_pairs(model, dev, **kw) if tta == "flip" else None
-        test = read_pairs(plan.test_pairs, root=plan.pairs_root, labelled=False)
+        test = read_pairs(plan.asked.test_pairs, root=plan.asked.pairs_root, labelled=False)
         scores = score_pairs(model, test, tta=tta, **kw)
-        return Verification(metrics, f"{plan.dev_pairs} (labelled), {plan.test_pairs} (scored)",
-                            ids_for_pairs(test, root=plan.pairs_root), scores, "Verification ROC (dev pairs)", tta, plain)
+        return Verification(metrics, f"{plan.asked.dev_pairs} (labelled), {plan.asked.test_pairs} (scored)",
+                            ids_for_pairs(test, root=plan.asked.pairs_root), scores, "Verification ROC (dev pairs)", tta, plain)
     if data.held_out is None:
         raise ValueError("no held-out classes to verify on: the recipe's verification is off")
     # Unlabelled for the classifier (it has no output for these classes); the true labels make the pairs.

@@ -100,8 +100,9 @@ from era_utils.analysis import predict
 from era_utils.cli import run_in_processes
 from era_utils.kaggle import download_competition, write_classification_csv, write_verification_csv
 from era_utils.loaders import augment_examples
-from era_utils.steps import (build_loaders, build_model, kaggle_predictions, load_data, optimizer_and_schedule,
-                             plan_run, start, train, verify)
+from era_utils.plan import plan_run
+from era_utils.steps import (build_loaders, build_model, kaggle_predictions, load_data, optimizer_and_schedule, start,
+                             train, verify)
 
 # %% [markdown]
 # Optional, in Colab: keep `OUT` (the checkpoint, history and CSVs) on Google Drive. A Colab runtime

@@ -82,7 +82,8 @@ LOG = "csv,tensorboard"  # loggers: csv (OUT/log.csv), tensorboard (OUT/tensorbo
 from era_utils import plots, summary
 from era_utils.analysis import confusion_matrix, most_confused, per_class_accuracy, predict
 from era_utils.loaders import augment_examples
-from era_utils.steps import (build_loaders, build_model, load_data, optimizer_and_schedule, plan_run, range_test,
+from era_utils.plan import plan_run
+from era_utils.steps import (build_loaders, build_model, load_data, optimizer_and_schedule, range_test,
                              start, train)
 
 # %% [markdown]

@@ -82,7 +82,8 @@ from era_utils import plots, summary
 from era_utils.analysis import confusion_matrix, most_confused, per_class_accuracy, predict
 from era_utils.gradcam import default_target_layer_name, gradcam
 from era_utils.loaders import augment_examples
-from era_utils.steps import build_loaders, build_model, load_data, optimizer_and_schedule, plan_run, start, train
+from era_utils.plan import plan_run
+from era_utils.steps import build_loaders, build_model, load_data, optimizer_and_schedule, start, train
 
 # %% [markdown]
 # ## The run

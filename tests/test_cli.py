@@ -181,7 +181,7 @@ def test_run_command_is_the_command_line_of_plan_run_settings():
     assert argv[:2] == ["era-utils", "run"]
     args = build_parser().parse_args(argv[1:])  # what era-utils makes of it
     assert (args.recipe, args.size, args.dataset, args.data_dir, args.download, args.epochs, args.subset,
-            args.workers, args.out, args.resume, args.log, args.nproc, args.sync_batchnorm, args.lr) == (
+            args.num_workers, args.out, args.resume, args.log, args.processes, args.sync_batchnorm, args.lr) == (
         "hw2p2", "preview", "faces", "data/hw 2", True, 3, None, 4, "runs/x", False, "csv", 2, True, 0.01)
     assert run_command("s10") == ["era-utils", "run", "s10"]  # the full recipe, nothing left to say
 

@@ -237,8 +237,8 @@ def test_run_in_two_processes_learns_and_says_so(tmp_path, capsys, monkeypatch):
     run_in_processes("s10", 2, size="preview", subset=3000, test_subset=1000, epochs=2, device="cpu", out=out,
                      log="csv")
     printed = capsys.readouterr().out  # the child's output, passed on through sys.stdout
-    assert printed.startswith(f"$ era-utils run s10 --preview --nproc 2 --subset 3000 --test-subset 1000 --epochs 2 "
-                              f"--device cpu --out {out} --log csv\n")
+    assert printed.startswith(f"$ era-utils run s10 --preview --epochs 2 --subset 3000 --test-subset 1000 "
+                              f"--device cpu --out {out} --log csv --nproc 2\n")  # the options in --help's order
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["batch_size"] == 64 and metrics["batch_size_per_process"] == 32
     assert metrics["final_test_acc"] > 60  # chance is 10%
@@ -339,7 +339,7 @@ def test_several_processes_that_cannot_work_are_refused_before_starting(argv, en
 
 
 def test_one_gpu_per_process(monkeypatch):
-    from era_utils.steps import _check_devices_for
+    from era_utils.plan import _check_devices_for
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match="2 processes take one GPU each, but torch sees 1 here: use --nproc 1"):

@@ -381,10 +381,10 @@ def test_resume_messages_name_the_kit_and_accept_settings_newer_than_the_checkpo
     from era_utils.checkpoint import check_settings, kit_version
 
     plan = steps.plan_run("hw2p2", size="quick", verbose=False)
-    now = plan.settings()
+    now = plan.checkpoint_settings()
     older = {k: v for k, v in now.items() if k not in ("loss", "margin", "margin_scale", "center_weight", "cam_method")}
     check_settings({"extra": {"settings": older}, "kit": "era_utils 0.1.0 (71b77f9)"}, now, "c.pt")  # resumes
-    arcface = steps.plan_run("hw2p2", size="quick", loss="arcface", verbose=False).settings()
+    arcface = steps.plan_run("hw2p2", size="quick", loss="arcface", verbose=False).checkpoint_settings()
     with pytest.raises(ValueError, match=r"loss: '\(not set\)' in the checkpoint, 'arcface' now.*written by era_utils "
                                          r"0.1.0 \(71b77f9\), and this is era_utils"):
         check_settings({"extra": {"settings": older}, "kit": "era_utils 0.1.0 (71b77f9)"}, arcface, "c.pt")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from era_utils import plan as plan_module
 from era_utils import steps
 from era_utils.data import FASHION_MNIST_SYSTEM_DIR
 from era_utils.face_loader import FaceLoader
@@ -114,12 +115,12 @@ def test_hw2p2_is_read_on_the_device_on_a_gpu_and_by_workers_on_a_cpu():
     cpu = fast_path("cpu")
     cuda = replace(cpu, device=torch.device("cuda"), channels_last=True, cudnn_benchmark=True)  # no GPU needed
     for dataset in ("faces", "fashion_mnist"):
-        assert steps._choose_loader("auto", cuda, HW2P2_AUGMENT, dataset)[0] == "gpu"
-        loader, why = steps._choose_loader("auto", cpu, HW2P2_AUGMENT, dataset)
+        assert plan_module._choose_loader("auto", cuda, HW2P2_AUGMENT, dataset)[0] == "gpu"
+        loader, why = plan_module._choose_loader("auto", cpu, HW2P2_AUGMENT, dataset)
         assert loader == "workers" and "faster" in why and "face_loader_speed" in why
-    assert "decoded" in steps._choose_loader("auto", cuda, HW2P2_AUGMENT, "faces")[1]
-    assert steps._choose_loader("auto", cuda, get_recipe("s10").augment, "cifar10")[0] == "gpu"
-    assert steps._choose_loader("auto", replace(cuda, enabled=False, loader="workers"), HW2P2_AUGMENT,
+    assert "decoded" in plan_module._choose_loader("auto", cuda, HW2P2_AUGMENT, "faces")[1]
+    assert plan_module._choose_loader("auto", cuda, get_recipe("s10").augment, "cifar10")[0] == "gpu"
+    assert plan_module._choose_loader("auto", replace(cuda, enabled=False, loader="workers"), HW2P2_AUGMENT,
                                 "faces") == ("workers", "the classic path: per image on CPU workers")
     plan = steps.plan_run("hw2p2", dataset="fashion_mnist", device="cpu", loader="gpu")  # asked: any device
     assert plan.loader == "gpu" and "loader: gpu (as asked" in plan.log_lines(steps.load_data(plan))

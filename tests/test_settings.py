@@ -1,0 +1,101 @@
+"""Each run setting is declared once (era_utils.settings): the command's options, run_command, the checks of
+Python values, the notebooks' parameters and the resume check are read from that declaration."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from era_utils import settings as run_settings
+from era_utils.cli import build_parser
+from era_utils.plan import plan_run
+from era_utils.settings import FilePath, RunSettings, Switch, declared, from_args, run_command
+
+ROOT = Path(__file__).resolve().parents[1]
+# A value of each kind a setting's check takes, for the round trip below
+SAMPLE = {"dataset": "fashion_mnist", "data_dir": "data/fm", "download": True, "epochs": 3, "batch_size": 32,
+          "lr": 0.02, "loss": "center", "tta": "flip", "subset": 600, "test_subset": 200, "loader": "workers",
+          "fast": False, "amp": "off", "num_workers": 0, "device": "cpu", "seed": 7, "out": "runs/x", "resume": True,
+          "verbose": False, "dev_pairs": "dev.txt", "test_pairs": "test.txt", "pairs_root": "pairs", "log": "csv",
+          "processes": 2, "sync_batchnorm": True}
+NOTEBOOK_ONLY = {"RECIPE", "SIZE", "USE_DRIVE", "KAGGLE_COMPETITIONS", "COMPARE"}  # not run settings
+
+
+def _run_parser():
+    return build_parser()._subparsers._group_actions[0].choices["run"]
+
+
+def test_every_option_of_era_utils_run_is_a_declared_setting_or_says_how_big_the_run_is():
+    flags = {spec.flag: name for name, spec in declared() if spec.flag}
+    options = {opt: action.dest for action in _run_parser()._actions for opt in action.option_strings}
+    command_only = {"-h", "--help", "--preview", "--quick", "--seeds", "--debug"}
+    assert set(options) - command_only == set(flags)
+    assert all(options[flag] == name for flag, name in flags.items())  # parsed into the setting's own name
+
+
+def test_a_command_line_from_run_command_parses_back_into_the_same_settings():
+    """Every setting with an option, at a value other than its default, survives the round trip."""
+    with_flag = {name for name, spec in declared() if spec.flag}
+    assert set(SAMPLE) == with_flag, "give the new setting a sample value in SAMPLE"
+    argv = run_command("hw2p2", size="preview", **SAMPLE)
+    args = build_parser().parse_args(argv[1:])
+    assert from_args(args) == RunSettings(**SAMPLE) and args.size == "preview"
+    assert RunSettings(**SAMPLE).changed() == SAMPLE  # each sample differs from its default: none left out
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("epochs", 0, r"epochs \(--epochs, EPOCHS in a notebook\) must be a whole number 1 or more, got 0"),
+    ("batch_size", 2.5, r"batch_size \(--batch-size\) must be a whole number 1 or more, got 2.5"),
+    ("lr", float("nan"), r"lr \(--lr\) must be a positive number, got nan"),
+    ("download", "yes", r"download \(--download, DOWNLOAD in a notebook\) must be True or False, got 'yes'"),
+    ("out", 3, r"out \(--out, OUT in a notebook\) must be a path"),
+    ("checkpoints", 1, r"checkpoints \(Python only\) must be True or False"),
+    ("loss", "triplet", r"loss must be one of \('cross_entropy', 'arcface', 'cosface', 'center'\), got 'triplet'"),
+])
+def test_a_bad_value_from_python_names_the_setting_its_option_and_what_it_takes(name, value, message):
+    with pytest.raises(ValueError, match=message):
+        plan_run("s10", size="quick", **{name: value})
+
+
+def test_an_unknown_setting_is_refused_with_the_list_of_settings():
+    with pytest.raises(TypeError, match="plan_run has no setting 'epoch'; the settings are: dataset, data_dir"):
+        plan_run("s10", epoch=3)
+    with pytest.raises(TypeError, match="not both"):
+        plan_run("s10", settings=RunSettings(), epochs=3)
+
+
+def test_the_notebooks_parameters_are_the_declared_settings_passed_by_their_names():
+    notebook_names = {spec.notebook: name for name, spec in declared() if spec.notebook}
+    for script in sorted((ROOT / "notebooks").glob("*.py")):
+        text = script.read_text()
+        cell = re.search(r'# %% tags=\["parameters"\]\n(.*?)\n# %%', text, re.S).group(1)
+        params = {node.targets[0].id for node in ast.parse(cell).body if isinstance(node, ast.Assign)
+                  and node.targets[0].id.isupper()}
+        unknown = params - set(notebook_names) - NOTEBOOK_ONLY
+        assert not unknown, f"{script.name}: parameters {unknown} are no declared setting's notebook name"
+        calls = [node for node in ast.walk(ast.parse(text)) if isinstance(node, ast.Call)
+                 and getattr(node.func, "id", "") in ("plan_run", "run_in_processes")]
+        passed = {kw.arg: kw.value.id for call in calls for kw in call.keywords if isinstance(kw.value, ast.Name)}
+        for param in params - NOTEBOOK_ONLY - {"NPROC"}:  # NPROC: run_in_processes' second argument
+            assert passed.get(notebook_names[param]) == param, f"{script.name}: {param} is not passed as " \
+                                                               f"{notebook_names[param]}="
+
+
+def test_the_resume_check_holds_each_setting_declared_for_it_as_the_plan_resolved_it():
+    plan = plan_run("s10", size="preview", amp="off", num_workers=3, loader="workers", device="cpu")
+    held = plan.checkpoint_settings()
+    for name, spec in declared():
+        if spec.resume:
+            assert spec.resume in held, name
+    assert (held["precision"], held["num_workers"], held["subset"]) == ("off", 3, plan.sizing.subset)
+    assert plan_run("s10", size="preview", num_workers=3).checkpoint_settings()["num_workers"] is None  # gpu loader
+
+
+def test_the_plan_says_its_run_as_a_command_with_no_folder_of_this_machine(tmp_path):
+    plan = plan_run("s10", size="preview", amp="off", out=tmp_path / "run", verbose=False)
+    assert dict(plan.describe())["as a command"] == "`era-utils run s10 --preview --amp off --out OUT --quiet`"
+    assert all(isinstance(spec.kind, FilePath) for name, spec in declared() if name in ("out", "data_dir"))
+    assert all(isinstance(spec.kind, Switch) for name, spec in declared() if name in ("resume", "fast", "verbose"))
+    assert run_settings.where("num_workers") == "num_workers (--workers, NUM_WORKERS in a notebook)"
