@@ -168,6 +168,10 @@ class RunSettings:
                                         recipe=True)
     lr: Optional[float] = setting(None, Number(0), "override the recipe's (peak) learning rate; turns the LR range "
                                   "test off", flag="--lr", recipe=True)
+    label_smoothing: Optional[float] = setting(
+        None, Number(0, 1, low_open=False), "override the recipe's label smoothing of the cross-entropy (0 to below "
+        "1; hw2p2 0.2, the others 0): the target spreads that much of its weight over the other classes",
+        flag="--label-smoothing", recipe=True)
     loss: Optional[str] = setting(
         None, Choice(LOSSES), "training loss (default: the recipe's, cross_entropy): arcface or cosface (a margin "
         "head on L2-normalised embeddings, s 64 and m 0.5 / 0.35 as in the papers), or center (cross-entropy + center "

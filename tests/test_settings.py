@@ -16,7 +16,7 @@ from era_utils.settings import FilePath, RunSettings, Switch, declared, from_arg
 ROOT = Path(__file__).resolve().parents[1]
 # A value of each kind a setting's check takes, for the round trip below
 SAMPLE = {"dataset": "fashion_mnist", "data_dir": "data/fm", "download": True, "epochs": 3, "batch_size": 32,
-          "lr": 0.02, "loss": "center", "tta": "flip", "subset": 600, "test_subset": 200, "loader": "workers",
+          "lr": 0.02, "label_smoothing": 0.1, "loss": "center", "tta": "flip", "subset": 600, "test_subset": 200, "loader": "workers",
           "fast": False, "amp": "off", "num_workers": 0, "device": "cpu", "seed": 7, "out": "runs/x", "resume": True,
           "verbose": False, "dev_pairs": "dev.txt", "test_pairs": "test.txt", "pairs_root": "pairs", "log": "csv",
           "processes": 2, "sync_batchnorm": True}
@@ -99,3 +99,16 @@ def test_the_plan_says_its_run_as_a_command_with_no_folder_of_this_machine(tmp_p
     assert all(isinstance(spec.kind, FilePath) for name, spec in declared() if name in ("out", "data_dir"))
     assert all(isinstance(spec.kind, Switch) for name, spec in declared() if name in ("resume", "fast", "verbose"))
     assert run_settings.where("num_workers") == "num_workers (--workers, NUM_WORKERS in a notebook)"
+
+
+def test_label_smoothing_from_the_command_line_reaches_the_loss():
+    """The setting added to prove the declaration: one line in era_utils.settings, nothing else in the kit."""
+    args = build_parser().parse_args(["run", "s10", "--quick", "--label-smoothing", "0.1"])
+    plan = plan_run("s10", size="quick", settings=from_args(args))
+    assert plan.recipe.criterion().label_smoothing == 0.1 and "label smoothing 0.1" in dict(plan.describe())["loss"]
+    assert plan.checkpoint_settings()["label_smoothing"] == 0.1  # a resume with another is refused
+    assert plan_run("hw2p2", size="quick").recipe.criterion().label_smoothing == 0.2  # the recipe's, when not given
+    with pytest.raises(ValueError, match=r"label_smoothing \(--label-smoothing\) must be a number from 0 to below 1"):
+        plan_run("s10", label_smoothing=1.0)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "s10", "--label-smoothing", "-0.1"])
