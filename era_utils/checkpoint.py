@@ -16,6 +16,8 @@ import functools
 import os
 import pickle
 import random
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from tqdm.auto import tqdm
+
 from era_utils.files import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "Checkpointing",
     "unwrap_model",
     "save_checkpoint",
     "read_checkpoint",
@@ -297,3 +302,51 @@ def load_checkpoint(
     restore_checkpoint(ckpt, model, optimizer, scheduler=scheduler, scaler=scaler,
                        loader=loader, restore_rng=restore_rng)
     return ckpt
+
+
+@dataclass
+class Checkpointing:
+    """Where `fit` keeps its checkpoint and when: written atomically after an epoch once `interval` seconds have
+    passed since the last write (0: every epoch; the first and the last epoch always, so a run killed early loses
+    at most one epoch). With `resume` and the file there, training carries on from it (the scheduler built the
+    same way) and repeats an unbroken run on the same seed. `settings` (plain values: batch size, seed, data,
+    ...) are kept in it; resuming with other settings is refused, each difference named."""
+
+    path: str | os.PathLike
+    interval: float = 0.0
+    resume: bool = False
+    settings: dict[str, Any] | None = None
+    saved: int = field(default=0, init=False)  # epochs the file holds
+    _last_write: float = field(default=0.0, init=False, repr=False)
+
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, loader: Any,
+                epochs: int, verbose: bool) -> tuple[dict[str, Any], int]:
+        """(the history dict, epochs done) of the checkpoint this run resumes from, its state loaded into the
+        objects given; ({}, 0) for a run that starts from the beginning."""
+        self._last_write = time.perf_counter()
+        if not (self.resume and Path(self.path).is_file()):
+            if self.resume and verbose:
+                tqdm.write(f"No checkpoint at {self.path} yet: starting from epoch 1.")
+            return {}, 0
+        ckpt = read_checkpoint(self.path)
+        check_settings(ckpt, self.settings, self.path)
+        if (ckpt.get("scheduler") is None) != (scheduler is None):
+            have = "has" if ckpt.get("scheduler") is not None else "has no"
+            raise ValueError(
+                f"The checkpoint {self.path} {have} scheduler state but fit was called "
+                f"{'without' if scheduler is None else 'with'} a scheduler: resume with the same "
+                "set-up as the run that wrote it."
+            )
+        restore_checkpoint(ckpt, model, optimizer, scheduler=scheduler, scaler=scaler, loader=loader)
+        self.saved = int(ckpt["epoch"])
+        if verbose:
+            tqdm.write(f"Resumed from {self.path}: {self.saved} of {epochs} epochs done.")
+        return ckpt.get("history") or {}, self.saved
+
+    def after_epoch(self, done: int, due: bool, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    scaler: Any, history: Any, loader: Any) -> None:
+        """Write the checkpoint after `done` epochs if it is `due` (the first or last epoch) or the interval passed."""
+        if due or time.perf_counter() - self._last_write >= self.interval:
+            save_checkpoint(self.path, model, optimizer, scheduler=scheduler, scaler=scaler, epoch=done,
+                            history=history, loader=loader, extra={"settings": self.settings} if self.settings else None)
+            self._last_write, self.saved = time.perf_counter(), done

@@ -10,8 +10,8 @@ Built for speed on a GPU without changing what is computed:
 - any loader yielding (images, labels): a DataLoader (copied with non_blocking=True) or the
   GPU-resident loader (tensors already on the device, the copies are no-ops).
 Every scheduler is stepped once per batch, after optimizer.step(). Checkpoints (written
-atomically by `era_utils.checkpoint`) let `fit(..., checkpoint_path=..., resume=True)` carry on
-after a crash. The optimizer and schedule come from the recipe (`Recipe.configure_optimizers`).
+atomically by `era_utils.checkpoint`) let `fit(..., checkpoint=Checkpointing(path, resume=True))` carry
+on after a crash. The optimizer and schedule come from the recipe (`Recipe.configure_optimizers`).
 """
 from __future__ import annotations
 
@@ -41,11 +41,11 @@ from era_utils.batches import (
     unpack_inference_batch,
 )
 from era_utils.callbacks import Callback, FitInfo, call_hooks, step_hooks_due
-from era_utils.checkpoint import check_settings, read_checkpoint, restore_checkpoint, save_checkpoint
+from era_utils.checkpoint import Checkpointing
 from era_utils.distributed import all_reduce_, is_main, wrap_model, world_size
 from era_utils.face_losses import l2_normalise, uses_embeddings
 from era_utils.files import write_json
-from era_utils.speed import autocast, resolve_amp, resolve_compile
+from era_utils.speed import FastPath, autocast, fast_path, resolve_amp
 from era_utils.utils import eval_mode, get_device, keep_modes, model_device
 
 __all__ = [
@@ -302,7 +302,7 @@ class TrainingInterrupted(KeyboardInterrupt):
         elif checkpoint_path is not None:
             then = "no checkpoint was written yet (the first is after epoch 1): --resume starts the run over"
         else:
-            then = "no checkpoint is kept in this run (checkpoint_path=None)"
+            then = "no checkpoint is kept in this run (checkpoint=None)"
         super().__init__(f"interrupted at {where}; {then}")
         self.epoch, self.step, self.saved = epoch, step, saved
 
@@ -478,6 +478,75 @@ def _summary(epoch: int, epochs: int, history: History, seconds: float) -> str:
     return line + f"  lr {lr}  {seconds:.1f}s"
 
 
+@dataclass
+class _Epochs:
+    """What every epoch of one `fit` uses, decided before the first: the models (the one trained may be
+    DDP/compiled), the loaders, optimizer, loss, schedule and precision."""
+
+    model: nn.Module
+    train_model: nn.Module
+    train_loader: Iterable
+    test_loader: Iterable | None
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    scheduler: Any
+    scaler: Any
+    amp_dtype: torch.dtype | None
+    path: FastPath
+    callbacks: list[Callback]
+    verbose: bool
+
+    def run(self, epoch: int, epochs: int, history: History) -> None:
+        """Train epoch `epoch` and test after it, recording both in `history`."""
+        t0 = time.perf_counter()
+        loss, acc, lrs = train_one_epoch(
+            self.train_model, self.train_loader, self.optimizer, self.criterion, self.path.device,
+            scheduler=self.scheduler, scaler=self.scaler, amp_dtype=self.amp_dtype,
+            channels_last=self.path.channels_last, epoch=epoch, verbose=self.verbose, callbacks=self.callbacks,
+            step_offset=len(history.lrs))
+        history.train_times.append(time.perf_counter() - t0)  # ends on a device read: all work done
+        history.train_loss.append(loss)
+        history.train_acc.append(acc)
+        history.lrs.extend(lrs)
+        if self.test_loader is not None:
+            test_loss, test_acc = evaluate(self.model, self.test_loader, self.criterion, self.path.device,
+                                           amp_dtype=self.amp_dtype, channels_last=self.path.channels_last,
+                                           verbose=self.verbose)
+            history.test_loss.append(test_loss)
+            history.test_acc.append(test_acc)
+            if not math.isfinite(test_loss) and math.isfinite(loss):
+                warnings.warn(f"epoch {epoch + 1}: the test loss is {test_loss} while the training loss is "
+                              f"{loss:.4f}: the test images or labels hold something the training set does "
+                              "not (NaN pixels, another normalisation?)", UserWarning, stacklevel=3)
+        history.epoch_times.append(time.perf_counter() - t0)
+        if self.verbose:
+            tqdm.write(_summary(epoch, epochs, history, history.epoch_times[-1]))
+
+
+def _training_model(model: nn.Module, path: FastPath, verbose: bool) -> nn.Module:
+    """The model the training pass runs: DistributedDataParallel in a process group (the model itself in one
+    process), compiled when the path says so (evaluation runs the plain model: a compiled eval graph would cost
+    more compile time than it saves on a test set; checkpoints hold the plain model too)."""
+    ddp_model = wrap_model(model, path.device, path.sync_batchnorm)
+    if not path.compile:
+        return ddp_model
+    if verbose:
+        tqdm.write("torch.compile: the first epoch includes compiling the model (tens of seconds).")
+    return torch.compile(ddp_model, mode=path.compile if isinstance(path.compile, str) else None)
+
+
+def _one_shot_loader_spent(err: EmptyLoaderError, epoch: int, start: int, epochs: int, loader: Iterable) -> None:
+    """A loader empty after giving batches before is a spent one-shot iterator: say so (the epochs done are
+    kept); an empty first epoch is the loader's own fault and raises."""
+    if epoch == start or iter(loader) is not loader:
+        raise err
+    warnings.warn(
+        f"train_loader gave no batches in epoch {epoch + 1} after giving them before: it is a one-shot iterator (a "
+        f"generator, or iter(loader)), spent after one pass. Training stopped with {epoch} of {epochs} epochs done "
+        "(their history is returned); pass the loader itself (a DataLoader, a GPULoader or a list) so every epoch "
+        "can go over it again.", UserWarning, stacklevel=3)
+
+
 def fit(
     model: nn.Module,
     train_loader: Iterable,
@@ -487,147 +556,70 @@ def fit(
     *,
     criterion: nn.Module | None = None,
     scheduler: Any = None,
-    device: str | torch.device | None = None,
-    amp: str = "auto",
-    channels_last: bool | str = "auto",
-    compile: bool | str = "auto",
-    checkpoint_path: str | os.PathLike | None = None,
-    checkpoint_interval: float = 0.0,
-    resume: bool = False,
-    settings: dict[str, Any] | None = None,
+    path: FastPath | None = None,
+    checkpoint: Checkpointing | None = None,
     callbacks: Sequence[Callback] = (),
-    sync_batchnorm: bool = False,
     verbose: bool = True,
-    sync_every: int = DEFAULT_SYNC_EVERY,
 ) -> History:
     """Train for `epochs` epochs, evaluating on `test_loader` (None: no test metrics) after each.
 
+    - `path`: how the run uses the hardware, decided once by `era_utils.speed.fast_path` (device, autocast,
+      channels_last, torch.compile of the training pass, SyncBatchNorm); default: the best device's fast path.
+      Give a compiled run's training loader drop_last=True (GPULoader) so a short last batch does not compile
+      a second graph.
     - `scheduler`: stepped per batch after optimizer.step() (build One Cycle with
       steps_per_epoch=len(train_loader)); ReduceLROnPlateau is refused.
-    - `amp`: "auto" (bf16/fp16 on CUDA, off elsewhere) | "bf16" | "fp16" | "off".
-    - `channels_last`: "auto" = on for CUDA; converts the model and the inputs.
-    - `compile`: "auto" = torch.compile on CUDA (when Triton is installed), True, False, or a
-      torch.compile mode ("max-autotune"). Only the training pass is compiled: evaluation runs
-      the same weights eagerly (a compiled eval graph would cost more compile time than it saves
-      on a test set), and checkpoints hold the plain model. Give the training loader
-      drop_last=True (GPULoader) so a short last batch does not trigger a second compilation.
-    - `checkpoint_path`: written atomically after an epoch (model, optimizer, scheduler, scaler,
-      History, RNG states) once `checkpoint_interval` seconds have passed since the last write
-      (0: after every epoch; the first and the last epoch are always written, so a run killed early
-      loses at most one epoch). With `resume=True` and an
-      existing file, training continues from it (the scheduler must be passed again, built the
-      same way); a resumed run repeats an unbroken one on the same seed.
-    - `settings`: what the run was started with (plain values: batch size, seed, data, ...), kept
-      in the checkpoint; resuming with other settings is refused, each difference named.
+    - `checkpoint`: `era_utils.checkpoint.Checkpointing(path, interval, resume, settings)`: where the
+      checkpoint is kept, how often, and whether the run carries on from it.
     - `callbacks`: `era_utils.callbacks.Callback`s (loggers among them), called at fit start, every
       N steps, each epoch's end and fit end; one that raises stops the run (CallbackError).
     - In a torch.distributed process group (torchrun; `era_utils.distributed`), the model trains
-      as DistributedDataParallel (`sync_batchnorm`: its BatchNorm layers as SyncBatchNorm), each rank
-      on the shard of data its loaders give it; losses and accuracies are summed over the ranks, so
-      the History is the global one; only rank 0 writes the checkpoint and calls `callbacks`.
-    - `history.epoch_times` is each epoch's wall time, `history.train_times` its training pass.
-    Prints progress bars and one summary line per epoch unless verbose=False. The model's
-    train/eval flags are put back at the end.
+      as DistributedDataParallel, each rank on the shard of data its loaders give it; losses and accuracies
+      are summed over the ranks, so the History is the global one; only rank 0 writes the checkpoint and
+      calls `callbacks`.
+    Returns the History (`epoch_times`: each epoch's wall time, `train_times`: its training pass). Prints
+    progress bars and one summary line per epoch unless verbose=False; the model's train/eval flags are put
+    back at the end.
     """
-    if not (isinstance(epochs, int) and epochs > 0):
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}.")
-    device = get_device(device)
-    _check_optimizer_holds(model, optimizer)
-    _check_float32(model)
-    _check_scheduler(scheduler, optimizer, epochs, train_loader)
-    criterion = nn.CrossEntropyLoss() if criterion is None else criterion
-    amp_dtype, scaler = resolve_amp(device, amp)
-    use_compile = resolve_compile(device, compile)
-    if channels_last == "auto":
-        use_cl = device.type == "cuda"
-    elif isinstance(channels_last, bool):
-        use_cl = channels_last
-    else:
-        raise ValueError(f"channels_last must be True, False or 'auto', got {channels_last!r}.")
-
-    model.to(device)
-    if use_cl:
-        model.to(memory_format=torch.channels_last)
-
-    history, start = History(), 0
-    if checkpoint_path is not None and resume and Path(checkpoint_path).is_file():
-        ckpt = read_checkpoint(checkpoint_path)
-        check_settings(ckpt, settings, checkpoint_path)
-        if (ckpt.get("scheduler") is None) != (scheduler is None):
-            have = "has" if ckpt.get("scheduler") is not None else "has no"
-            raise ValueError(
-                f"The checkpoint {checkpoint_path} {have} scheduler state but fit was called "
-                f"{'without' if scheduler is None else 'with'} a scheduler: resume with the same "
-                "set-up as the run that wrote it."
-            )
-        restore_checkpoint(ckpt, model, optimizer, scheduler=scheduler, scaler=scaler,
-                           loader=train_loader)
-        history = History.from_dict(ckpt.get("history") or {})
-        start = int(ckpt["epoch"])
-        if verbose:
-            tqdm.write(f"Resumed from {checkpoint_path}: {start} of {epochs} epochs done.")
-    elif resume and verbose and checkpoint_path is not None:
-        tqdm.write(f"No checkpoint at {checkpoint_path} yet: starting from epoch 1.")
-
-    ddp_model = wrap_model(model, device, sync_batchnorm)  # the model itself in one process
-    if use_compile:
-        train_model = torch.compile(ddp_model, mode=use_compile if isinstance(use_compile, str) else None)
-        if verbose and start < epochs:
-            tqdm.write("torch.compile: the first epoch includes compiling the model (tens of seconds).")
-    else:
-        train_model = ddp_model
-
+    path = path if path is not None else fast_path(get_device())
+    _check_fit(model, optimizer, scheduler, epochs, train_loader)
+    amp_dtype, scaler = resolve_amp(path.device, path.amp)
+    model.to(path.device, memory_format=torch.channels_last if path.channels_last else torch.preserve_format)
+    done, start = checkpoint.restore(model, optimizer, scheduler, scaler, train_loader, epochs, verbose) \
+        if checkpoint is not None else ({}, 0)
+    history = History.from_dict(done)
     callbacks = list(callbacks) if is_main() else []  # loggers write once, from rank 0
+    epochs_of = _Epochs(model, _training_model(model, path, verbose and start < epochs), train_loader, test_loader,
+                        optimizer, nn.CrossEntropyLoss() if criterion is None else criterion, scheduler, scaler,
+                        amp_dtype, path, callbacks, verbose)
     call_hooks(callbacks, "on_fit_start", FitInfo(model, optimizer, epochs, start, loader_length(train_loader),
-                                                  device))
-    last_write, saved, epoch = time.perf_counter(), start, start  # saved: the epochs the checkpoint holds
+                                                  path.device))
+    epoch = start
     try:
         with keep_modes(model):
             for epoch in range(start, epochs):
-                t0 = time.perf_counter()
                 try:
-                    loss, acc, lrs = train_one_epoch(
-                        train_model, train_loader, optimizer, criterion, device, scheduler=scheduler,
-                        scaler=scaler, amp_dtype=amp_dtype, channels_last=use_cl, epoch=epoch,
-                        verbose=verbose, sync_every=sync_every, callbacks=callbacks,
-                        step_offset=len(history.lrs),
-                    )
-                except EmptyLoaderError:
-                    if epoch == start or iter(train_loader) is not train_loader:
-                        raise
-                    warnings.warn(
-                        f"train_loader gave no batches in epoch {epoch + 1} after giving them before: it is a "
-                        "one-shot iterator (a generator, or iter(loader)), spent after one pass. Training stopped "
-                        f"with {len(history.train_loss)} of {epochs} epochs done (their history is returned); pass "
-                        "the loader itself (a DataLoader, a GPULoader or a list) so every epoch can go over it again.",
-                        UserWarning, stacklevel=2)
+                    epochs_of.run(epoch, epochs, history)
+                except EmptyLoaderError as err:
+                    _one_shot_loader_spent(err, epoch, start, epochs, train_loader)
                     break
-                history.train_times.append(time.perf_counter() - t0)  # ends on a device read: all work done
-                history.train_loss.append(loss)
-                history.train_acc.append(acc)
-                history.lrs.extend(lrs)
-                if test_loader is not None:
-                    test_loss, test_acc = evaluate(model, test_loader, criterion, device,
-                                                   amp_dtype=amp_dtype, channels_last=use_cl,
-                                                   verbose=verbose)
-                    history.test_loss.append(test_loss)
-                    history.test_acc.append(test_acc)
-                    if not math.isfinite(test_loss) and math.isfinite(loss):
-                        warnings.warn(f"epoch {epoch + 1}: the test loss is {test_loss} while the training loss is "
-                                      f"{loss:.4f}: the test images or labels hold something the training set does "
-                                      "not (NaN pixels, another normalisation?)", UserWarning, stacklevel=2)
-                seconds = time.perf_counter() - t0
-                history.epoch_times.append(seconds)
-                if verbose:
-                    tqdm.write(_summary(epoch, epochs, history, seconds))
-                if checkpoint_path is not None and is_main() and (
-                        epoch in (start, epochs - 1) or time.perf_counter() - last_write >= checkpoint_interval):
-                    save_checkpoint(checkpoint_path, model, optimizer, scheduler=scheduler,
-                                    scaler=scaler, epoch=epoch + 1, history=history,
-                                    loader=train_loader, extra={"settings": settings} if settings else None)
-                    last_write, saved = time.perf_counter(), epoch + 1
+                if checkpoint is not None and is_main():
+                    checkpoint.after_epoch(epoch + 1, epoch in (start, epochs - 1), model, optimizer, scheduler,
+                                           scaler, history, train_loader)
                 call_hooks(callbacks, "on_epoch_end", epoch + 1, history)
     except KeyboardInterrupt as err:  # Ctrl-C, or a notebook's "interrupt the kernel"
-        raise TrainingInterrupted(epoch + 1, getattr(err, "step", None), epochs, checkpoint_path, saved) from err
+        raise TrainingInterrupted(epoch + 1, getattr(err, "step", None), epochs,
+                                  checkpoint.path if checkpoint else None, checkpoint.saved if checkpoint else 0) from err
     call_hooks(callbacks, "on_fit_end", history)
     return history
+
+
+def _check_fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, epochs: int,
+               train_loader: Iterable) -> None:
+    """What fit refuses before it starts: no epochs, an optimizer of another model, a model not in float32,
+    a schedule built for another length or for another optimizer."""
+    if not (isinstance(epochs, int) and epochs > 0):
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}.")
+    _check_optimizer_holds(model, optimizer)
+    _check_float32(model)
+    _check_scheduler(scheduler, optimizer, epochs, train_loader)

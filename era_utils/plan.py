@@ -209,7 +209,8 @@ def plan_run(recipe: Union[str, Recipe], *, size: str = "full", settings: Option
                          "SyncBatchNorm has no CPU kernel): use it with --nproc N on GPUs, or leave it out"
                          + (f" (this run: {processes} process, {device})" if processes == 1 else f" (this run: {device})"))
     path = fast_path(device, enabled=asked.fast, amp=asked.amp)
-    path = path if asked.compile is None else replace(path, compile=asked.compile)
+    path = replace(path, sync_batchnorm=asked.sync_batchnorm, compile=path.compile if asked.compile is None
+                   else asked.compile)
     if asked.loader == "gpu" and not asked.fast:
         raise ValueError("loader 'gpu' does not fit this run: the classic path augments per image on CPU workers; "
                          "use loader 'workers' (or 'auto')")

@@ -118,6 +118,7 @@ class FastPath:
     drop_last: bool | str  # the training loader's short last batch: "auto" = dropped on CUDA (one compiled shape)
     cudnn_benchmark: bool  # let cuDNN time its kernels once per shape (fixed shapes: worth it)
     loader: str  # "gpu" (augmentation on the device) or "workers" (per image on CPU workers)
+    sync_batchnorm: bool = False  # several processes on GPUs: BatchNorm's statistics over all of them
 
     @property
     def amp_dtype(self) -> torch.dtype | None:

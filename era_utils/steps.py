@@ -29,6 +29,7 @@ from torch import nn
 from era_utils import distributed
 from era_utils.analysis import Predictions, predict
 from era_utils.callbacks import Callback
+from era_utils.checkpoint import Checkpointing
 from era_utils.choices import RUN_DATASETS
 from era_utils.data import (
     HW2P2_MEAN,
@@ -48,7 +49,7 @@ from era_utils.loaders import (Loader, dataset_loader, eval_loader, load_splits,
 from era_utils.loggers import make_loggers
 from era_utils.lr_finder import LRFinderResult, find_lr
 from era_utils.models import create_model
-from era_utils.plan import NO_FACES, RunPlan, claim_out, plan_run
+from era_utils.plan import NO_FACES, RunPlan, claim_out
 from era_utils.recipes import dataset_title
 from era_utils.transforms import hw2p2_test_transform, hw2p2_train_transform
 from era_utils.utils import set_seed
@@ -296,13 +297,10 @@ def train(plan: RunPlan, model: nn.Module, train_loader: Any, test_loader: Any,
     _check_fresh(optimizer, scheduler)
     if callbacks is None:  # loggers write once, from rank 0
         callbacks = make_loggers(plan.asked.log, plan.out, config=plan.checkpoint_settings()) if distributed.is_main() else []
-    return fit(model, train_loader, test_loader, optimizer, plan.recipe.epochs,
-               criterion=plan.recipe.criterion(model), scheduler=scheduler, device=plan.device,
-               amp=plan.fast.amp, channels_last=plan.fast.channels_last, compile=plan.fast.compile,
-               checkpoint_path=plan.checkpoint_path if plan.asked.checkpoints else None,
-               checkpoint_interval=CHECKPOINT_INTERVAL_S,
-               resume=plan.asked.resume, settings=plan.checkpoint_settings(), callbacks=callbacks, sync_batchnorm=plan.asked.sync_batchnorm,
-               verbose=plan.verbose)
+    checkpoint = Checkpointing(plan.checkpoint_path, interval=CHECKPOINT_INTERVAL_S, resume=plan.asked.resume,
+                               settings=plan.checkpoint_settings()) if plan.asked.checkpoints else None
+    return fit(model, train_loader, test_loader, optimizer, plan.recipe.epochs, criterion=plan.recipe.criterion(model),
+               scheduler=scheduler, path=plan.fast, checkpoint=checkpoint, callbacks=callbacks, verbose=plan.verbose)
 
 
 def _check_fresh(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:

@@ -11,12 +11,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from era_utils import steps
+from era_utils import plan as plan_module
 from era_utils.analysis import confusion_matrix
 from era_utils.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from era_utils.cli import main
 from era_utils.data import FASHION_MNIST_SYSTEM_DIR
 from era_utils.engine import fit
+from era_utils.speed import fast_path
 from era_utils.gpu_loader import GPULoader
 from era_utils.gradcam import gradcam
 from era_utils.kaggle import write_verification_csv
@@ -75,7 +76,7 @@ def test_out_that_cannot_be_written_is_a_message(tmp_path, capsys, monkeypatch):
     def read_only(*args, **kwargs):  # what a read-only folder gives (root ignores chmod, so simulated)
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(steps.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(plan_module.tempfile, "TemporaryFile", read_only)
     assert main(_run(tmp_path)) == 2
     err = _error(capsys)
     assert "cannot write in the output folder" in err and "(Permission denied)" in err
@@ -110,15 +111,16 @@ def test_fit_refuses_an_optimizer_of_another_model():
     model, other = nn.Linear(4, 3), nn.Linear(4, 3)
     loader = DataLoader(TensorDataset(torch.randn(8, 4), torch.randint(0, 3, (8,))), batch_size=4)
     with pytest.raises(ValueError, match="holds none of this Linear's parameters"):
-        fit(model, loader, None, torch.optim.SGD(other.parameters(), lr=0.1), 1, device="cpu", verbose=False)
+        fit(model, loader, None, torch.optim.SGD(other.parameters(), lr=0.1), 1, verbose=False,
+            path=fast_path("cpu", amp="off"))
 
 
 def test_a_one_shot_iterator_keeps_the_finished_epochs():
     model = nn.Linear(4, 3)
     batches = iter([(torch.randn(4, 4), torch.randint(0, 3, (4,))) for _ in range(2)])
     with pytest.warns(UserWarning, match="one-shot iterator.*1 of 3 epochs done"):
-        history = fit(model, batches, None, torch.optim.SGD(model.parameters(), lr=0.1), 3, device="cpu",
-                      verbose=False)
+        history = fit(model, batches, None, torch.optim.SGD(model.parameters(), lr=0.1), 3,
+                      verbose=False, path=fast_path("cpu", amp="off"))
     assert len(history.train_loss) == 1  # the epoch that ran is kept
 
 
@@ -127,7 +129,8 @@ def test_nan_only_in_the_test_loss_is_warned_about():
     train = [(torch.randn(4, 4), torch.randint(0, 3, (4,)))]
     test = [(torch.full((4, 4), float("nan")), torch.randint(0, 3, (4,)))]
     with pytest.warns(UserWarning, match="the test loss is nan while the training loss is"):
-        fit(model, train, test, torch.optim.SGD(model.parameters(), lr=0.1), 1, device="cpu", verbose=False)
+        fit(model, train, test, torch.optim.SGD(model.parameters(), lr=0.1), 1, verbose=False,
+            path=fast_path("cpu", amp="off"))
 
 
 @pytest.mark.parametrize("value", [2.7, 0, True, "10"])

@@ -11,9 +11,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from era_utils.callbacks import Callback, CallbackError
 from era_utils.cli import main
+from era_utils.checkpoint import Checkpointing
 from era_utils.data import FASHION_MNIST_SYSTEM_DIR
 from era_utils.engine import fit
 from era_utils.loggers import CSV_COLUMNS, CSVLogger, TensorBoardLogger, make_loggers
+from era_utils.speed import fast_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,8 +27,9 @@ def _fit(epochs=3, callbacks=(), checkpoint=None, resume=False, test=True):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))  # a different LR every step
     return fit(model, DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1)),
-               DataLoader(data, batch_size=16) if test else None, opt, epochs, scheduler=sched, device="cpu",
-               checkpoint_path=checkpoint, resume=resume, callbacks=callbacks, verbose=False)
+               DataLoader(data, batch_size=16) if test else None, opt, epochs, scheduler=sched, callbacks=callbacks,
+               verbose=False, path=fast_path("cpu", amp="off"),
+               checkpoint=Checkpointing(checkpoint, resume=resume) if checkpoint else None)
 
 
 class Recorder(Callback):

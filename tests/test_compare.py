@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from era_utils import cli, steps
+from era_utils import cli
+from era_utils import plan as plan_module
 from era_utils.compare import compare_runs, comparison_table, plot_comparison, write_comparison
 from era_utils.recipes import get_recipe
 from era_utils.runner import run_recipe, run_seeds
@@ -22,8 +23,8 @@ def two_runs(tmp_path_factory):
     recipe = get_recipe("hw2p2").override(model="face_baseline", epochs=1, batch_size=16, lr=0.01)
     common = dict(dataset="fashion_mnist", data_dir=str(root), device="cpu", amp="off", num_workers=0, verbose=False,
                   verification_pairs=40)
-    run_seeds(steps.plan_run(recipe, tta="flip", out=tmp / "ce", **common), 2, command="era-utils run hw2p2 --seeds 2")
-    run_recipe(steps.plan_run(recipe, loss="cosface", out=tmp / "cosface", **common), command="era-utils run hw2p2")
+    run_seeds(plan_module.plan_run(recipe, tta="flip", out=tmp / "ce", **common), 2, command="era-utils run hw2p2 --seeds 2")
+    run_recipe(plan_module.plan_run(recipe, loss="cosface", out=tmp / "cosface", **common), command="era-utils run hw2p2")
     return tmp
 
 

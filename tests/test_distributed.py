@@ -51,14 +51,17 @@ def _loaders(loader: str, rank: int = 0, ranks: int = 1):
 
 
 def _train(loader, test, out, callbacks=(), epochs=EPOCHS, resume=False, checkpoint=None):
+    from era_utils.checkpoint import Checkpointing
     from era_utils.engine import fit
+    from era_utils.speed import fast_path
 
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     # By default a file per rank, to see which ranks write one; resuming, every rank reads rank 0's.
     checkpoint = checkpoint or f"ckpt_rank{dist.get_rank() if dist.is_initialized() else 'single'}.pt"
-    history = fit(model, loader, test, opt, epochs, device="cpu", verbose=False, callbacks=callbacks, amp="off",
-                  checkpoint_path=out / checkpoint, resume=resume)
+    history = fit(model, loader, test, opt, epochs, verbose=False, callbacks=callbacks,
+                  path=fast_path("cpu", amp="off"),
+                  checkpoint=Checkpointing(out / checkpoint, resume=resume))
     return model, history
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,11 +13,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fake_data import DiesInEpoch
 
-from era_utils import engine, speed
-from era_utils.checkpoint import load_checkpoint, save_checkpoint
+from era_utils import checkpoint, engine, speed
+from era_utils.checkpoint import Checkpointing, load_checkpoint, save_checkpoint
 from era_utils.engine import History, evaluate, fit, train_one_epoch
 from era_utils.schedules import make_criterion, make_optimizer, one_cycle
-from era_utils.speed import resolve_amp, resolve_compile
+from era_utils.speed import fast_path, resolve_amp, resolve_compile
 from era_utils.gpu_loader import GPULoader
 from era_utils.transforms import NO_AUGMENT, S10_AUGMENT
 
@@ -58,7 +59,7 @@ def test_tiny_model_overfits_one_batch():
     model = tiny_model(num_classes=4, dropout=0.0)
     opt = make_optimizer("adam", model.parameters(), lr=1e-2)
     loader = batches(*[(x, y)] * 10)  # the same batch 10 times per epoch
-    history = fit(model, loader, None, opt, epochs=8, device="cpu", verbose=False)
+    history = fit(model, loader, None, opt, epochs=8, verbose=False, path=fast_path("cpu", amp="off"))
     assert history.train_loss[-1] < 0.05
     assert history.train_acc[-1] == 100.0
     assert history.test_loss == [] and history.test_acc == [] and history.best_test_acc is None
@@ -74,7 +75,7 @@ def test_fit_reports_test_metrics_and_per_step_lrs():
     opt = make_optimizer("sgd", model.parameters(), lr=0.05, nesterov=True, weight_decay=5e-4)
     sched = one_cycle(opt, max_lr=0.05, epochs=3, steps_per_epoch=len(train), peak_epoch=1)
     history = fit(model, train, DataLoader(data, batch_size=16), opt, 3, scheduler=sched,
-                  criterion=make_criterion(0.1), device="cpu", verbose=False)
+                  criterion=make_criterion(0.1), verbose=False, path=fast_path("cpu", amp="off"))
     assert history.epochs == 3 and len(history.test_acc) == 3
     assert len(history.lrs) == 3 * len(train)
     assert history.lrs[len(train) - 1] == 0.05  # peak at the last batch of epoch 1
@@ -86,8 +87,8 @@ def test_fit_with_bf16_autocast_on_cpu_runs():
     data = tiny_data(n=16)
     model = tiny_model()
     opt = make_optimizer("adam", model.parameters(), lr=1e-3)
-    history = fit(model, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8), opt, 1,
-                  device="cpu", amp="bf16", verbose=False)
+    history = fit(model, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8), opt, 1, verbose=False,
+                  path=fast_path("cpu", amp="bf16"))
     assert torch.isfinite(torch.tensor(history.train_loss + history.test_loss)).all()
 
 
@@ -96,7 +97,7 @@ def test_verbose_prints_one_summary_line_per_epoch(capsys):
     data = tiny_data(n=16)
     model = tiny_model()
     opt = make_optimizer("adam", model.parameters(), lr=1e-3)
-    fit(model, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8), opt, 2, device="cpu")
+    fit(model, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8), opt, 2, path=fast_path("cpu", amp="off"))
     out = capsys.readouterr().out
     assert "epoch   1/2" in out and "epoch   2/2" in out and "test loss" in out
 
@@ -231,13 +232,13 @@ def test_fit_refuses_mismatched_or_plateau_schedulers():
     opt = make_optimizer("adam", model.parameters(), lr=1e-3)
     sched = one_cycle(opt, 1e-2, epochs=3, steps_per_epoch=1, peak_epoch=2)
     with pytest.raises(ValueError, match=r"built for 3 steps.*3 epochs x 2 batches"):
-        fit(model, data, None, opt, 3, scheduler=sched, device="cpu", verbose=False)
+        fit(model, data, None, opt, 3, scheduler=sched, verbose=False, path=fast_path("cpu", amp="off"))
     opt2 = make_optimizer("adam", model.parameters(), lr=1e-3)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt2)
     with pytest.raises(TypeError, match="ReduceLROnPlateau"):
-        fit(model, data, None, opt2, 1, scheduler=plateau, device="cpu", verbose=False)
+        fit(model, data, None, opt2, 1, scheduler=plateau, verbose=False, path=fast_path("cpu", amp="off"))
     with pytest.raises(ValueError, match="epochs"):
-        fit(model, data, None, opt2, 0, device="cpu", verbose=False)
+        fit(model, data, None, opt2, 0, verbose=False, path=fast_path("cpu", amp="off"))
 
 
 # ----------------------------------------------------------------------------- AMP, optimisers
@@ -289,8 +290,8 @@ def test_fit_compiles_only_the_training_pass(monkeypatch):
     data = tiny_data(n=32)
     model = tiny_model()
     opt = make_optimizer("adam", model.parameters(), lr=1e-3)
-    history = fit(model, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8), opt, 2,
-                  device="cpu", compile=True, verbose=False)
+    history = fit(model, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8), opt, 2, verbose=False,
+                  path=replace(fast_path("cpu", amp="off"), compile=True))
     assert len(wrappers) == 1 and wrappers[0].calls == [True] * 8  # 2 epochs x 4 training steps
     assert len(history.test_acc) == 2  # evaluated, eagerly: the wrapper saw no eval-mode call
 
@@ -299,8 +300,8 @@ def test_fit_times_the_training_pass_apart():
     data = tiny_data(n=32)
     model = tiny_model()
     opt = make_optimizer("adam", model.parameters(), lr=1e-3)
-    history = fit(model, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8), opt, 3,
-                  device="cpu", verbose=False)
+    history = fit(model, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8), opt, 3, verbose=False,
+                  path=fast_path("cpu", amp="off"))
     assert len(history.train_times) == len(history.epoch_times) == 3
     assert all(0 < t <= e for t, e in zip(history.train_times, history.epoch_times))
 
@@ -308,12 +309,13 @@ def test_fit_times_the_training_pass_apart():
 @pytest.mark.parametrize("interval, written", [(0.0, [1, 2, 3]), (1e9, [1, 3])])
 def test_checkpoint_interval_spaces_writes_but_keeps_the_first_and_last(monkeypatch, tmp_path, interval, written):
     epochs_saved = []
-    monkeypatch.setattr(engine, "save_checkpoint", lambda path, *a, epoch, **k: epochs_saved.append(epoch))
+    monkeypatch.setattr(checkpoint, "save_checkpoint", lambda path, *a, epoch, **k: epochs_saved.append(epoch))
     data = tiny_data(n=16)
     model = tiny_model()
     opt = make_optimizer("adam", model.parameters(), lr=1e-3)
-    fit(model, DataLoader(data, batch_size=8), None, opt, 3, device="cpu", verbose=False,
-        checkpoint_path=tmp_path / "c.pt", checkpoint_interval=interval)
+    fit(model, DataLoader(data, batch_size=8), None, opt, 3, verbose=False,
+        path=fast_path("cpu", amp="off"),
+        checkpoint=Checkpointing(tmp_path / "c.pt", interval=interval))
     assert epochs_saved == written
 
 
@@ -371,8 +373,9 @@ def _run(tmp_path, ckpt_name: str, seed: int, loader_seed: int | None, resume: b
     model = tiny_model()
     opt = make_optimizer("sgd", model.parameters(), lr=0.05, nesterov=True, weight_decay=5e-4)
     sched = one_cycle(opt, max_lr=0.05, epochs=4, steps_per_epoch=len(train), peak_epoch=1)
-    history = fit(model, train, test, opt, 4, scheduler=sched, device="cpu",
-                  checkpoint_path=tmp_path / ckpt_name, resume=resume, verbose=False)
+    history = fit(model, train, test, opt, 4, scheduler=sched, verbose=False,
+                  path=fast_path("cpu", amp="off"),
+                  checkpoint=Checkpointing(tmp_path / ckpt_name, resume=resume))
     return history, model
 
 
@@ -411,8 +414,9 @@ def _classic_run(tmp_path, ckpt_name: str, init_seed: int, resume: bool, dies_in
     model = tiny_model(in_features=3 * 32 * 32)
     opt = make_optimizer("sgd", model.parameters(), lr=0.05, nesterov=True, weight_decay=5e-4)
     sched = one_cycle(opt, max_lr=0.05, epochs=4, steps_per_epoch=len(train), peak_epoch=1)
-    history = fit(model, train, test, opt, 4, scheduler=sched, device="cpu", amp="off",
-                  checkpoint_path=tmp_path / ckpt_name, resume=resume, verbose=False)
+    history = fit(model, train, test, opt, 4, scheduler=sched, verbose=False,
+                  path=fast_path("cpu", amp="off"),
+                  checkpoint=Checkpointing(tmp_path / ckpt_name, resume=resume))
     return history, model
 
 
@@ -436,16 +440,18 @@ def test_resume_without_the_scheduler_is_refused(tmp_path):
     model = tiny_model()
     opt = make_optimizer("sgd", model.parameters(), lr=0.05)
     with pytest.raises(ValueError, match="scheduler"):
-        fit(model, DataLoader(tiny_data(), batch_size=8), None, opt, 4, device="cpu",
-            checkpoint_path=tmp_path / "c.pt", resume=True, verbose=False)
+        fit(model, DataLoader(tiny_data(), batch_size=8), None, opt, 4, verbose=False,
+            path=fast_path("cpu", amp="off"),
+            checkpoint=Checkpointing(tmp_path / "c.pt", resume=True))
 
 
 def test_resume_with_other_settings_is_refused_naming_each(tmp_path):
     def run(settings, resume):
         model = tiny_model()
         opt = make_optimizer("sgd", model.parameters(), lr=0.05)
-        return fit(model, DataLoader(tiny_data(), batch_size=8), None, opt, 2, device="cpu", verbose=False,
-                   checkpoint_path=tmp_path / "s.pt", resume=resume, settings=settings)
+        return fit(model, DataLoader(tiny_data(), batch_size=8), None, opt, 2, verbose=False,
+                   path=fast_path("cpu", amp="off"),
+                   checkpoint=Checkpointing(tmp_path / "s.pt", resume=resume, settings=settings))
 
     run({"batch_size": 8, "seed": 1}, resume=False)
     with pytest.raises(ValueError, match=r"seed: 1 in the checkpoint, 2 now.*another folder") as err:
@@ -460,7 +466,7 @@ def test_schedule_longer_than_training_warns():
     opt = make_optimizer("adam", model.parameters(), lr=1e-3)
     sched = one_cycle(opt, 1e-2, epochs=4, steps_per_epoch=len(data), peak_epoch=1)
     with pytest.warns(UserWarning, match="stop before the schedule ends"):
-        fit(model, data, None, opt, 2, scheduler=sched, device="cpu", verbose=False)
+        fit(model, data, None, opt, 2, scheduler=sched, verbose=False, path=fast_path("cpu", amp="off"))
 
 
 def test_checkpoint_unwraps_compiled_model_and_loads_weights(tmp_path):
@@ -496,7 +502,7 @@ def test_each_pass_iterates_the_loader_once():
     train, test = Counting(data), Counting(data)
     model = tiny_model()
     opt = make_optimizer("adam", model.parameters(), lr=1e-3)
-    fit(model, train, test, opt, 2, device="cpu", verbose=True)
+    fit(model, train, test, opt, 2, verbose=True, path=fast_path("cpu", amp="off"))
     assert (train.iters, test.iters) == (2, 2)
 
 
@@ -517,8 +523,8 @@ def test_real_compile_builds_one_graph_for_a_whole_run():
     torch._dynamo.reset()
     counters = torch._dynamo.utils.counters
     counters.clear()
-    history = fit(model, train, test, opt, 2, scheduler=one_cycle(opt, 1e-2, 2, len(train), peak_epoch=1),
-                  device="cpu", amp="bf16", channels_last=True, compile=True, verbose=False)
+    history = fit(model, train, test, opt, 2, scheduler=one_cycle(opt, 1e-2, 2, len(train), peak_epoch=1), verbose=False,
+                  path=replace(fast_path("cpu", amp="bf16"), channels_last=True, compile=True))
     assert counters["stats"]["unique_graphs"] == 1
     assert len(history.test_acc) == 2 and all(t > 0 for t in history.train_times)
     torch._dynamo.reset()

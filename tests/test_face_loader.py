@@ -13,7 +13,9 @@ from fake_data import DiesInEpoch, face_image, write_face_folders
 
 from era_utils import distributed, face_augment
 from era_utils.data import FaceFolder
+from era_utils.checkpoint import Checkpointing
 from era_utils.engine import fit
+from era_utils.speed import fast_path
 from era_utils.face_loader import FaceLoader, FileReader, jpeg_header, on_device
 from era_utils.loaders import augment_examples, can_fetch_inputs, dataset_loader, inputs_at
 from era_utils.schedules import make_optimizer, one_cycle
@@ -115,8 +117,9 @@ def _run(tmp_path, name: str, init_seed: int, faces_root, dies_in_epoch: int | N
                           nn.Dropout(0.2), nn.Linear(16, 3))
     opt = make_optimizer("sgd", model.parameters(), lr=0.05, nesterov=True, weight_decay=5e-4)
     sched = one_cycle(opt, max_lr=0.05, epochs=4, steps_per_epoch=len(train), peak_epoch=1)
-    history = fit(model, train, test, opt, 4, scheduler=sched, device="cpu", amp="off",
-                  checkpoint_path=tmp_path / name, resume=resume, verbose=False)
+    history = fit(model, train, test, opt, 4, scheduler=sched, verbose=False,
+                  path=fast_path("cpu", amp="off"),
+                  checkpoint=Checkpointing(tmp_path / name, resume=resume))
     return history, model
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from era_utils import plan as plan_module
 from era_utils import steps
 from era_utils.face_losses import (CenterHead, CenterLoss, MarginHead, MarginLoss, attach_head, make_loss,
                                    uses_embeddings)
@@ -119,11 +120,11 @@ def test_bad_losses_are_refused_with_the_fix():
     with pytest.raises(ValueError, match="criterion\\(model\\)"):
         get_recipe("hw2p2").override(loss="center").criterion()
     with pytest.raises(ValueError, match="--lr"):
-        steps.plan_run("s10", size="quick", loss="arcface")
+        plan_module.plan_run("s10", size="quick", loss="arcface")
     with pytest.raises(ValueError, match="only hw2p2"):
-        steps.plan_run("s7", size="quick", tta="flip")
+        plan_module.plan_run("s7", size="quick", tta="flip")
     with pytest.raises(ValueError, match="tta must be one of"):
-        steps.plan_run("hw2p2", size="quick", tta="five-crop")
+        plan_module.plan_run("hw2p2", size="quick", tta="five-crop")
 
 
 def test_the_command_offers_each_loss():
@@ -142,7 +143,7 @@ def _run(tmp_path, root, loss: str, out: str, *, resume: bool = False, dies_in_e
     from fake_data import DiesInEpoch
 
     recipe = get_recipe("hw2p2").override(model="face_baseline", epochs=3, batch_size=16, lr=0.01)
-    plan = steps.plan_run(recipe, loss=loss, tta="flip", dataset="fashion_mnist", data_dir=str(root), device="cpu",
+    plan = plan_module.plan_run(recipe, loss=loss, tta="flip", dataset="fashion_mnist", data_dir=str(root), device="cpu",
                           amp="off", num_workers=0, out=tmp_path / out, resume=resume, verbose=False,
                           verification_pairs=40)
     steps.start(plan)
@@ -204,7 +205,7 @@ def test_csvs_keep_their_format_with_a_margin_loss(tmp_path):
 
     root = write_fashion_mnist(tmp_path / "data", n_train=200, n_test=100)
     recipe = get_recipe("hw2p2").override(model="face_baseline", epochs=1, batch_size=16, lr=0.01)
-    plan = steps.plan_run(recipe, loss="arcface", tta="flip", dataset="fashion_mnist", data_dir=str(root),
+    plan = plan_module.plan_run(recipe, loss="arcface", tta="flip", dataset="fashion_mnist", data_dir=str(root),
                           device="cpu", amp="off", num_workers=0, out=tmp_path / "run", verbose=False,
                           verification_pairs=40)
     metrics = run_recipe(plan)

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from era_utils import cli, files, folder_lock, steps
+from era_utils import plan as plan_module
 from era_utils.data import FASHION_MNIST_SYSTEM_DIR
 from era_utils.folder_lock import FolderInUseError
 
@@ -26,7 +27,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_first(tmp_path,
     try:
         assert holder.stdout.readline() == "held\n"
         with pytest.raises(FolderInUseError, match=rf"in use by another run: process {holder.pid} on .*era-utils run s10"):
-            steps.start(steps.plan_run("s10", size="quick", out=out, verbose=False))
+            steps.start(plan_module.plan_run("s10", size="quick", out=out, verbose=False))
         assert cli.main(["run", "s10", "--quick", "--out", str(out)]) == 2
         assert "--out" in capsys.readouterr().err
     finally:
@@ -46,7 +47,7 @@ def test_only_the_kits_own_leftovers_are_removed(tmp_path):
     (out / ".notes.tmp").write_text("the user's")
     (out / ".draft.ipynb.abc.tmp").write_text("an editor's")
     (out / ".metrics.json.k3j2_x.era_utils.tmp").write_text('{"half": ')
-    plan = steps.plan_run("s10", size="quick", out=out, verbose=False)
+    plan = plan_module.plan_run("s10", size="quick", out=out, verbose=False)
     steps.start(plan)
     folder_lock.release(out)
     assert sorted(p.name for p in out.iterdir()) == [".draft.ipynb.abc.tmp", ".era_utils.lock", ".notes.tmp"]
@@ -79,7 +80,7 @@ def test_a_full_disk_says_where_and_keeps_what_was_written(tmp_path, monkeypatch
 
 
 def _s10_quick(out, resume=False):
-    return steps.plan_run("s10", size="quick", epochs=2, out=out, resume=resume, verbose=False, amp="off")
+    return plan_module.plan_run("s10", size="quick", epochs=2, out=out, resume=resume, verbose=False, amp="off")
 
 
 def _killed_in_epoch(monkeypatch, epoch: int):
@@ -217,7 +218,7 @@ def test_a_second_train_on_a_used_optimizer_is_refused(tmp_path):
     for name in ("hw2p2", "s10"):  # cosine restarts, and One Cycle (which failed in torch the second time)
         recipe = get_recipe(name).override(model="face_baseline" if name == "hw2p2" else "custom_resnet", epochs=1,
                                            batch_size=16, lr=0.01)
-        plan = steps.plan_run(recipe, dataset="fashion_mnist", data_dir=str(root), device="cpu", amp="off",
+        plan = plan_module.plan_run(recipe, dataset="fashion_mnist", data_dir=str(root), device="cpu", amp="off",
                               num_workers=0, out=tmp_path / name, verbose=False, checkpoints=False)
         steps.start(plan)
         data = steps.load_data(plan)
@@ -270,7 +271,7 @@ def test_pairs_files_are_checked_in_the_plan_before_any_work(faces_with_pairs, t
         dev.write_text(dev.read_text() + "dev/id_000/gone.jpg " + lines[0].split()[1] + " 1\n")
     recipe = get_recipe_for_faces()
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        steps.plan_run(recipe, dataset="faces", data_dir=str(faces.root), device="cpu", out=tmp_path / "run", **kw)
+        plan_module.plan_run(recipe, dataset="faces", data_dir=str(faces.root), device="cpu", out=tmp_path / "run", **kw)
     assert not (tmp_path / "run").exists()  # refused before anything was made
 
 
@@ -380,11 +381,11 @@ def test_killing_the_launcher_takes_its_processes_down(tmp_path):
 def test_resume_messages_name_the_kit_and_accept_settings_newer_than_the_checkpoint(tmp_path):
     from era_utils.checkpoint import check_settings, kit_version
 
-    plan = steps.plan_run("hw2p2", size="quick", verbose=False)
+    plan = plan_module.plan_run("hw2p2", size="quick", verbose=False)
     now = plan.checkpoint_settings()
     older = {k: v for k, v in now.items() if k not in ("loss", "margin", "margin_scale", "center_weight", "cam_method")}
     check_settings({"extra": {"settings": older}, "kit": "era_utils 0.1.0 (71b77f9)"}, now, "c.pt")  # resumes
-    arcface = steps.plan_run("hw2p2", size="quick", loss="arcface", verbose=False).checkpoint_settings()
+    arcface = plan_module.plan_run("hw2p2", size="quick", loss="arcface", verbose=False).checkpoint_settings()
     with pytest.raises(ValueError, match=r"loss: '\(not set\)' in the checkpoint, 'arcface' now.*written by era_utils "
                                          r"0.1.0 \(71b77f9\), and this is era_utils"):
         check_settings({"extra": {"settings": older}, "kit": "era_utils 0.1.0 (71b77f9)"}, arcface, "c.pt")
@@ -417,9 +418,9 @@ def test_bad_numbers_name_their_option(argv, message, capsys):
 
 def test_bad_numbers_from_python_name_the_setting_and_its_option():
     with pytest.raises(ValueError, match=r"num_workers \(--workers, NUM_WORKERS in a notebook\) must be a whole number"):
-        steps.plan_run("s10", size="quick", num_workers=-1)
+        plan_module.plan_run("s10", size="quick", num_workers=-1)
     with pytest.raises(ValueError, match=r"seed \(--seed\) must be a whole number from 0 to"):
-        steps.plan_run("s10", size="quick", seed=-1)
+        plan_module.plan_run("s10", size="quick", seed=-1)
 
 
 def test_a_float64_model_is_refused_with_the_fix():
@@ -427,11 +428,13 @@ def test_a_float64_model_is_refused_with_the_fix():
     from torch.utils.data import DataLoader, TensorDataset
 
     from era_utils.engine import fit
+    from era_utils.speed import fast_path
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)).double()
     data = DataLoader(TensorDataset(torch.randn(8, 1, 2, 2), torch.randint(0, 2, (8,))), batch_size=4)
     with pytest.raises(ValueError, match=r"parameters are float64.*model.float\(\)"):
-        fit(model, data, None, torch.optim.SGD(model.parameters(), lr=0.1), 1, device="cpu", verbose=False)
+        fit(model, data, None, torch.optim.SGD(model.parameters(), lr=0.1), 1, verbose=False,
+            path=fast_path("cpu", amp="off"))
 
 
 def test_captions_and_numbers_come_from_the_run(tmp_path, monkeypatch):
@@ -447,7 +450,7 @@ def test_captions_and_numbers_come_from_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(plots, "plot_history", lambda *a, **k: notes.append(k.get("augmented")) or real(*a, **k))
     root = write_fashion_mnist(tmp_path / "data", n_train=120, n_test=60)
     recipe = get_recipe("hw2p2").override(model="face_baseline", epochs=1, batch_size=16, lr=0.01)
-    metrics = runner.run_recipe(steps.plan_run(recipe, dataset="fashion_mnist", data_dir=str(root), device="cpu",
+    metrics = runner.run_recipe(plan_module.plan_run(recipe, dataset="fashion_mnist", data_dir=str(root), device="cpu",
                                                amp="off", num_workers=0, out=tmp_path / "run", verbose=False,
                                                verification_pairs=20))
     assert notes == [recipe.augment.describe()] and "rotation" in notes[0] and "CutOut" not in notes[0]
@@ -483,10 +486,10 @@ def test_a_run_on_a_stand_in_says_so_in_its_title_and_checks():
 def test_the_plan_table_says_what_trains():
     """HW2P2's stand-in trains on the 7 classes kept, not all 8,000 images drawn; One Cycle cycles SGD's
     momentum (Adam's beta1), so the recipe's 0.9 is not what the optimizer shows."""
-    hw2p2 = dict(steps.plan_run("hw2p2", size="preview", verbose=False).describe())
+    hw2p2 = dict(plan_module.plan_run("hw2p2", size="preview", verbose=False).describe())
     assert "Trouser, Shirt, Bag held out for verification" in hw2p2["training images"]
     assert "the other 7 classes' 5,600" in hw2p2["training images"]
-    s7 = dict(steps.plan_run("s7", size="preview", verbose=False).describe())["optimizer"]
+    s7 = dict(plan_module.plan_run("s7", size="preview", verbose=False).describe())["optimizer"]
     assert "momentum cycled by One Cycle from 0.95 to 0.85" in s7 and "momentum 0.9" not in s7
-    assert "beta1 cycled" in dict(steps.plan_run("s10", size="preview", verbose=False).describe())["optimizer"]
+    assert "beta1 cycled" in dict(plan_module.plan_run("s10", size="preview", verbose=False).describe())["optimizer"]
     assert "momentum 0.9" in hw2p2["optimizer"]  # cosine restarts leave SGD's momentum as the recipe sets it

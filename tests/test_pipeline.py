@@ -85,24 +85,24 @@ def test_the_run_command_reads_top_to_bottom_in_one_screen():
 
 
 def test_plan_sizes_and_overrides():
-    plan = steps.plan_run("s10", size="quick")
+    plan = plan_module.plan_run("s10", size="quick")
     recipe = get_recipe("s10")
     assert plan.dataset == "fashion_mnist" and plan.device.type == "cpu" and plan.subset == recipe.quick.subset
     assert plan.recipe.epochs == recipe.quick.epochs and plan.recipe.batch_size == dict(recipe.quick.changes)["batch_size"]
     assert plan.out.name == "s10" and "era_utils_quick" in str(plan.out) and plan.quick
     for name in ("s7", "s7_lite", "s10", "hw2p2"):  # every recipe has a preview on Fashion-MNIST
-        preview = steps.plan_run(name, size="preview")
+        preview = plan_module.plan_run(name, size="preview")
         sizing = get_recipe(name).preview
         assert preview.dataset == "fashion_mnist" and preview.subset == sizing.subset
         assert preview.recipe.epochs == sizing.epochs >= 3 and preview.out == Path("runs") / name
     with pytest.raises(ValueError, match="size must be one of"):
-        steps.plan_run("s10", size="huge")
-    given = steps.plan_run("s10", size="quick", subset=64, epochs=2, batch_size=8)
+        plan_module.plan_run("s10", size="huge")
+    given = plan_module.plan_run("s10", size="quick", subset=64, epochs=2, batch_size=8)
     assert (given.subset, given.recipe.epochs, given.recipe.batch_size) == (64, 2, 8)  # explicit wins
-    fixed = steps.plan_run("s10", lr=0.01)
+    fixed = plan_module.plan_run("s10", lr=0.01)
     assert fixed.recipe.lr == 0.01 and not fixed.recipe.use_lr_finder
-    assert steps.plan_run("s10").loader == "gpu" and steps.plan_run("s10", fast=False).loader == "workers"
-    assert steps.plan_run("hw2p2", dataset="fashion_mnist", device="cpu").loader == "workers"  # faster on a CPU
+    assert plan_module.plan_run("s10").loader == "gpu" and plan_module.plan_run("s10", fast=False).loader == "workers"
+    assert plan_module.plan_run("hw2p2", dataset="fashion_mnist", device="cpu").loader == "workers"  # faster on a CPU
 
 
 def test_hw2p2_is_read_on_the_device_on_a_gpu_and_by_workers_on_a_cpu():
@@ -122,7 +122,7 @@ def test_hw2p2_is_read_on_the_device_on_a_gpu_and_by_workers_on_a_cpu():
     assert plan_module._choose_loader("auto", cuda, get_recipe("s10").augment, "cifar10")[0] == "gpu"
     assert plan_module._choose_loader("auto", replace(cuda, enabled=False, loader="workers"), HW2P2_AUGMENT,
                                 "faces") == ("workers", "the classic path: per image on CPU workers")
-    plan = steps.plan_run("hw2p2", dataset="fashion_mnist", device="cpu", loader="gpu")  # asked: any device
+    plan = plan_module.plan_run("hw2p2", dataset="fashion_mnist", device="cpu", loader="gpu")  # asked: any device
     assert plan.loader == "gpu" and "loader: gpu (as asked" in plan.log_lines(steps.load_data(plan))
 
 
@@ -135,12 +135,12 @@ def test_hw2p2_is_read_on_the_device_on_a_gpu_and_by_workers_on_a_cpu():
 ])
 def test_plan_refuses_what_cannot_run(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        steps.plan_run(**kwargs)
+        plan_module.plan_run(**kwargs)
 
 
 def test_faces_without_a_folder_say_where_to_get_them():
     with pytest.raises(FileNotFoundError, match="--data-dir"):
-        steps.load_data(steps.plan_run("hw2p2"))
+        steps.load_data(plan_module.plan_run("hw2p2"))
 
 
 def test_recipe_builds_each_schedule_it_names():
@@ -176,7 +176,7 @@ def test_a_run_passes_over_the_test_set_once_after_training(tmp_path, monkeypatc
         return original(self)
 
     monkeypatch.setattr(GPULoader, "__iter__", counting)
-    plan = steps.plan_run("s7_lite", dataset="fashion_mnist", subset=256, test_subset=128, epochs=2,
+    plan = plan_module.plan_run("s7_lite", dataset="fashion_mnist", subset=256, test_subset=128, epochs=2,
                           batch_size=64, device="cpu", out=tmp_path / "run", verbose=False)
     metrics = run_recipe(plan)
     assert passes.count("test") == 2 + 1, passes  # two epochs' evaluations, then predict once
@@ -202,7 +202,7 @@ def test_face_folders_run_through_the_same_steps(tmp_path, loader):
     test_lines = list(dict.fromkeys((a, b) for a, b, _ in make_pairs(faces, "test", n=6, seed=1)))[:4]
     test = write_pairs(tmp_path / "faces" / "test_pairs.txt", test_lines, labelled=False)
     recipe = get_recipe("hw2p2").override(model="face_baseline", epochs=1, batch_size=4, lr=0.01)
-    plan = steps.plan_run(recipe, dataset="faces", data_dir=str(faces.root), dev_pairs=str(dev), test_pairs=str(test),
+    plan = plan_module.plan_run(recipe, dataset="faces", data_dir=str(faces.root), dev_pairs=str(dev), test_pairs=str(test),
                           device="cpu", num_workers=0, out=tmp_path / "run", verbose=False, loader=loader)
     assert plan.loader == loader and plan.loader_why.startswith("as asked")
     data = steps.load_data(plan)
@@ -221,10 +221,10 @@ def test_face_folders_run_through_the_same_steps(tmp_path, loader):
 
 
 def test_a_long_cpu_run_is_warned_about_before_it_starts(recwarn, tmp_path):
-    steps.start(steps.plan_run("s10", size="preview", device="cpu", out=tmp_path / "preview"))
+    steps.start(plan_module.plan_run("s10", size="preview", device="cpu", out=tmp_path / "preview"))
     assert not [w for w in recwarn if "take hours" in str(w.message)]
     with pytest.warns(UserWarning, match=r"take hours.*GPU.*--preview"):
-        steps.start(steps.plan_run("s10", device="cpu", out=tmp_path / "full"))
+        steps.start(plan_module.plan_run("s10", device="cpu", out=tmp_path / "full"))
 
 
 def test_stand_in_verification_holds_classes_out_of_training(tmp_path):
@@ -233,7 +233,7 @@ def test_stand_in_verification_holds_classes_out_of_training(tmp_path):
 
     root = write_fashion_mnist(tmp_path, n_train=200, n_test=100)
     recipe = get_recipe("hw2p2").override(model="face_baseline", epochs=1, batch_size=16)
-    plan = steps.plan_run(recipe, dataset="fashion_mnist", data_dir=str(root), device="cpu", num_workers=0,
+    plan = plan_module.plan_run(recipe, dataset="fashion_mnist", data_dir=str(root), device="cpu", num_workers=0,
                           out=tmp_path / "run", verbose=False, verification_pairs=40)
     data = steps.load_data(plan)
     held = set(recipe.held_out_classes)

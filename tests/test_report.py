@@ -218,12 +218,12 @@ def test_the_notebooks_target_line_says_whose_target_it_is():
 def test_recheck_checks_a_finished_run_again_from_its_own_files(tmp_path, capsys):
     """results/s7_full_fmnist was checked by an earlier kit (no 'trained and tested on CIFAR-10' line, run_state.json
     listed): era-utils recheck gives it this kit's checklist from its files, numbers untouched, and says so."""
-    from era_utils import steps
+    from era_utils import plan as plan_module
     from era_utils.cli import main
     from era_utils.runner import run_recipe
 
     out = tmp_path / "run"
-    plan = steps.plan_run("s7", dataset="fashion_mnist", subset=128, test_subset=64, epochs=1, batch_size=32,
+    plan = plan_module.plan_run("s7", dataset="fashion_mnist", subset=128, test_subset=64, epochs=1, batch_size=32,
                           device="cpu", out=out, verbose=False)
     now = run_recipe(plan)
     (out / "checkpoint.pt").unlink()  # results/ keeps no weights

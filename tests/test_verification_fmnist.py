@@ -45,6 +45,7 @@ def test_fashion_mnist_embeddings_verify_same_class(tmp_path: Path):
     from era_utils.data import read_pairs
     from era_utils.analysis import predict
     from era_utils.engine import fit
+    from era_utils.speed import fast_path
     from era_utils.models import create_model
     from era_utils.schedules import make_optimizer
 
@@ -62,7 +63,7 @@ def test_fashion_mnist_embeddings_verify_same_class(tmp_path: Path):
     before = V.verification_metrics(labels, V.cosine_scores(untrained[ia], untrained[ib]))
 
     optimizer = make_optimizer("adam", model.parameters(), lr=3e-3)
-    history = fit(model, train_loader, None, optimizer, EPOCHS, device="cpu", verbose=False)
+    history = fit(model, train_loader, None, optimizer, EPOCHS, path=fast_path("cpu", amp="off"), verbose=False)
     assert history.train_loss[-1] < history.train_loss[0]
 
     preds = predict(model, test_loader, device="cpu", embeddings=True)  # one pass: predictions and embeddings
