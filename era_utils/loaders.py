@@ -143,15 +143,21 @@ class ArrayDataset(Dataset):
 
     def __init__(self, images: np.ndarray, labels: Sequence[int] | np.ndarray, transform: Any,
                  seed: int | None = None) -> None:
+        """`transform` None: set one with `use_transform` before reading items."""
         images = check_images(images)
         if isinstance(images, torch.Tensor):
             images = images.cpu().numpy()
         labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
         if labels.shape != (len(images),):
             raise ValueError(f"labels must be shaped ({len(images)},) to match the images, got {labels.shape}")
-        _check_transform_fits(transform, images)
         self.images = images  # (N, H, W, C) uint8
         self.labels = labels  # (N,) int64
+        self.use_transform(transform, seed)
+
+    def use_transform(self, transform: Any, seed: int | None = None) -> None:
+        """Run every image through `transform` from now on (`seed`: its albumentations draws seeded)."""
+        if transform is not None:
+            _check_transform_fits(transform, self.images)
         self.transform = transform
         # albumentations pipelines take image=...; anything else (torchvision v2) is called plainly.
         self._albumentations = hasattr(transform, "set_random_seed")
@@ -279,17 +285,17 @@ def worker_loader(arrays: Any, augment: Spec | Any, mean: Sequence[float], std: 
         images, labels = arrays
     else:
         raise TypeError("arrays must have .images and .labels (an ImageArrays) or be an (images, labels) pair")
-    images = check_images(images)
-    mean_t, std_t = check_mean_std(mean, std, images.shape[-1])
+    dataset = ArrayDataset(images, labels, None)  # the images and labels checked here, once
+    mean_t, std_t = check_mean_std(mean, std, dataset.images.shape[-1])  # passed on as checked
     if isinstance(augment, AugmentSpec):
-        transform = albumentations_transform(augment, mean_t, std_t, size=tuple(images.shape[1:3]))
+        transform = albumentations_transform(augment, mean_t, std_t, size=tuple(dataset.images.shape[1:3]))
     elif isinstance(augment, FaceAugmentSpec):
         transform = hw2p2_train_transform(mean_t, std_t, size=None, spec=augment)
     else:
         transform = augment
-    return dataset_loader(ArrayDataset(images, labels, transform, seed=seed), batch_size, shuffle=shuffle,
-                          num_workers=num_workers, seed=seed, drop_last=drop_last, pin_memory=pin_memory,
-                          shard=shard)
+    dataset.use_transform(transform, seed)
+    return dataset_loader(dataset, batch_size, shuffle=shuffle, num_workers=num_workers, seed=seed,
+                          drop_last=drop_last, pin_memory=pin_memory, shard=shard)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from era_utils.lr_finder import LRFinderResult, find_lr
 from era_utils.models import create_model
 from era_utils.plan import NO_FACES, RunPlan, claim_out
 from era_utils.recipes import dataset_title
-from era_utils.transforms import hw2p2_test_transform, hw2p2_train_transform
+from era_utils.transforms import check_mean_std, hw2p2_test_transform, hw2p2_train_transform
 from era_utils.utils import set_seed
 from era_utils.verification import (
     VerificationMetrics,
@@ -129,6 +129,9 @@ class Data:
     std: tuple[float, ...]
     kaggle_test: Optional[FaceFolder] = None
     held_out: Optional[ImageArrays] = None  # stand-in verification: test images of classes never trained on
+
+    def __post_init__(self) -> None:
+        self.mean, self.std = check_mean_std(self.mean, self.std)  # here, once: the loaders take them as checked
 
     @property
     def classes(self) -> list[str]:

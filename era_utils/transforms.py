@@ -42,6 +42,7 @@ __all__ = [
     "seed_transform",
     "reseed_augmentation",
     "epoch_item",
+    "CheckedStats",
     "check_images",
     "check_mean_std",
 ]
@@ -222,11 +223,18 @@ def check_images(images: Any, name: str = "images") -> np.ndarray | torch.Tensor
     return images
 
 
+class CheckedStats(tuple):
+    """A per-channel mean or std that `check_mean_std` accepted: the layers it is passed on to (the loaders,
+    the transforms they build) take it as it is instead of checking it again."""
+
+
 def check_mean_std(mean: Sequence[float], std: Sequence[float], channels: int | None = None
-                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Return (mean, std) as float tuples in [0, 1] units; check lengths against `channels`."""
-    mean_t = tuple(float(m) for m in np.atleast_1d(np.asarray(mean, dtype=np.float64)))
-    std_t = tuple(float(s) for s in np.atleast_1d(np.asarray(std, dtype=np.float64)))
+                   ) -> tuple[CheckedStats, CheckedStats]:
+    """Return (mean, std) as float tuples in [0, 1] units; check lengths against `channels`. Values this
+    function returned before are only compared with `channels`."""
+    checked = isinstance(mean, CheckedStats) and isinstance(std, CheckedStats)
+    mean_t = mean if checked else tuple(float(m) for m in np.atleast_1d(np.asarray(mean, dtype=np.float64)))
+    std_t = std if checked else tuple(float(s) for s in np.atleast_1d(np.asarray(std, dtype=np.float64)))
     if len(mean_t) != len(std_t):
         raise ValueError(f"mean has {len(mean_t)} values but std has {len(std_t)}; give one per channel")
     if channels is not None and len(mean_t) != channels:
@@ -234,6 +242,11 @@ def check_mean_std(mean: Sequence[float], std: Sequence[float], channels: int | 
             f"mean/std have {len(mean_t)} values but the images have {channels} channel(s); "
             "give one value per channel (Fashion-MNIST: 1, CIFAR-10: 3)"
         )
+    return (mean_t, std_t) if checked else _checked_values(mean_t, std_t)
+
+
+def _checked_values(mean_t: tuple[float, ...], std_t: tuple[float, ...]) -> tuple[CheckedStats, CheckedStats]:
+    """The value checks of `check_mean_std`, made once per mean/std."""
     if not all(np.isfinite(mean_t + std_t)):
         raise ValueError(f"mean and std must be finite numbers, got mean={mean_t} std={std_t} (NaN: statistics "
                          "of an empty image set?)")
@@ -244,7 +257,7 @@ def check_mean_std(mean: Sequence[float], std: Sequence[float], channels: int | 
             f"mean/std must be in [0, 1] units (e.g. CIFAR-10 mean 0.49), got mean={mean_t} std={std_t}; "
             "divide pixel-unit statistics by 255"
         )
-    return mean_t, std_t
+    return CheckedStats(mean_t), CheckedStats(std_t)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -247,3 +247,30 @@ def test_stand_in_verification_holds_classes_out_of_training(tmp_path):
     result = steps.verify(plan, data, model)
     assert result.metrics.n_pairs == 40 and "never trained on" in result.pairs
     assert len(set(result.test_ids)) == 40
+
+
+@pytest.mark.parametrize("loader", ["gpu", "workers"])
+def test_each_input_is_checked_once_on_the_way_to_the_loaders(loader, monkeypatch):
+    """The data step checks the mean/std, each loader its own images; the layers below take them as checked."""
+    from era_utils import face_loader, gpu_loader, loaders, transforms
+
+    checked = {"mean/std": 0, "images": []}
+    value_checks, image_check = transforms._checked_values, transforms.check_images
+
+    def count_values(*args):
+        checked["mean/std"] += 1
+        return value_checks(*args)
+
+    def count_images(images, name="images"):
+        checked["images"].append(id(images))
+        return image_check(images, name)
+
+    monkeypatch.setattr(transforms, "_checked_values", count_values)
+    for module in (transforms, loaders, gpu_loader, face_loader):
+        if hasattr(module, "check_images"):
+            monkeypatch.setattr(module, "check_images", count_images)
+    plan = plan_module.plan_run("s10", size="quick", loader=loader, verbose=False)
+    data = steps.load_data(plan)
+    steps.build_loaders(plan, data)
+    assert checked["mean/std"] == 1  # in Data, the data step
+    assert len(checked["images"]) == len(set(checked["images"])) == 2  # the training and the test images, once each
