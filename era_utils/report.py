@@ -343,6 +343,15 @@ def _recipe_from_settings(name: str, settings: dict[str, Any]) -> Recipe:
     return base.override(**changes)
 
 
+def _command(m: dict) -> str:
+    """The report's command row: as typed, else (a run made from Python) the same run as a command line."""
+    if m.get("command"):
+        return f"`{m['command']}`"
+    if m.get("as_command"):
+        return f"`{m['as_command']}` (the same run; this one was started from Python)"
+    return "`era_utils.runner.run_recipe` (no command line)"
+
+
 def check_again(folder: str | os.PathLike) -> dict:
     """Check a finished run against its assignment again, with this kit's checks, from the run's own files
     (metrics.json, history.json, the files there): for a run an earlier kit reported. Rewrites metrics.json's
@@ -441,7 +450,7 @@ def render_report(metrics: dict) -> str:
               *([f"| processes | {m['world_size']}, DistributedDataParallel: batch {m['batch_size_per_process']} each, "
                  f"metrics over all of them |"] if m.get("world_size", 1) > 1 else []),
               f"| time | training {_minutes(m['train_seconds'])}, whole run {_minutes(seconds)}{_parts(m)} |",
-              f"| command | `{m['command'] or 'era_utils.runner.run_recipe (no command line)'}` |",
+              f"| command | {_command(m)} |",
               f"| versions | era_utils {m['era_utils']}, torch {m['torch']}, python {m['python']} |",
               f"| commit | {m['commit']} |", f"| date | {m['date']} |",
               *([f"| checked again | by {m['checked_again']['by']} on {m['checked_again']['date']}, from the run's own "

@@ -31,9 +31,10 @@ from era_utils.kaggle import write_classification_csv, write_verification_csv
 from era_utils.loaders import augment_examples
 from era_utils.loggers import make_loggers
 from era_utils.lr_finder import LRFinderResult
-from era_utils.report import assignment_checks, git_commit, render_report, render_seeds_report
-from era_utils.speed import precision_name
 from era_utils.plan import RunPlan
+from era_utils.report import assignment_checks, git_commit, render_report, render_seeds_report
+from era_utils.settings import run_command
+from era_utils.speed import precision_name
 from era_utils.steps import (Data, Verification, build_loaders, build_model,
                              kaggle_predictions, load_data, optimizer_and_schedule, range_test, start, train,
                              verify)
@@ -320,7 +321,8 @@ class _Run:
             "python": sys.version.split()[0],
             "commit": git_commit(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "command": self.command,
+            "command": self.command,  # as typed; from Python, the same run as a command line below
+            "as_command": self.plan.as_command(),
             "recipe_settings": asdict(recipe),
         }
 
@@ -344,10 +346,9 @@ def _roc_curves(result: Verification) -> dict:
 
 def full_length_command(name: str) -> str:
     """The command that runs a recipe in full, on its assignment's data (on a GPU)."""
-    if name == "hw2p2":
-        return ("era-utils run hw2p2 --dataset faces --data-dir DATA --dev-pairs DEV_PAIRS "
-                "--test-pairs TEST_PAIRS --out results/hw2p2_full")
-    return f"era-utils run {name} --download --out results/{name}_full"
+    data = (dict(dataset="faces", data_dir="DATA", dev_pairs="DEV_PAIRS", test_pairs="TEST_PAIRS") if name == "hw2p2"
+            else dict(download=True))  # the folders as placeholders, as README writes them
+    return " ".join(run_command(name, **data, out=f"results/{name}_full"))
 
 
 def _seed_verification(metrics: dict) -> dict:

@@ -148,7 +148,7 @@ def test_seeds_give_each_run_and_the_spread(tmp_path):
     from fake_data import write_fashion_mnist
 
     from era_utils.runner import run_seeds
-    from era_utils.steps import plan_run
+    from era_utils.plan import plan_run
 
     root = write_fashion_mnist(tmp_path / "fm", n_train=120, n_test=40)
     plan = plan_run("s7_lite", dataset="fashion_mnist", data_dir=str(root), epochs=1, batch_size=32,

@@ -112,3 +112,16 @@ def test_label_smoothing_from_the_command_line_reaches_the_loss():
         plan_run("s10", label_smoothing=1.0)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "s10", "--label-smoothing", "-0.1"])
+
+
+def test_a_run_started_from_python_reports_the_same_run_as_a_command_line(tmp_path):
+    from era_utils import report
+    from era_utils.runner import full_length_command
+
+    plan = plan_run("s10", size="quick", epochs=2, out=tmp_path / "run", verbose=False)
+    assert plan.as_command() == "era-utils run s10 --quick --epochs 2 --out OUT --quiet"
+    assert report._command({"command": None, "as_command": plan.as_command()}) == (
+        "`era-utils run s10 --quick --epochs 2 --out OUT --quiet` (the same run; this one was started from Python)")
+    assert full_length_command("hw2p2") == ("era-utils run hw2p2 --dataset faces --data-dir DATA --out "
+                                            "results/hw2p2_full --dev-pairs DEV_PAIRS --test-pairs TEST_PAIRS")
+    assert full_length_command("s10") == "era-utils run s10 --download --out results/s10_full"
