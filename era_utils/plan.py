@@ -89,7 +89,8 @@ class RunPlan:
                        + (f"{round(self.subset * kept):,}" if self.subset else f"{kept:.0%}"))
         rows = [("dataset", self.dataset + (f" from {self.asked.data_dir}" if self.asked.data_dir else "")),
                 ("training images", images), ("device", f"{self.device} ({self.fast.describe()})"),
-                ("loader", self.loader_text), ("output folder", str(self.out) + (" (resuming)" if self.asked.resume else ""))]
+                ("loader", self.loader_text),
+                ("output folder", str(self.out) + (" (resuming)" if self.asked.resume else ""))]
         if self.processes > 1:
             rows.append(("processes", f"{self.processes} (DistributedDataParallel), batch {self.batch_per_process} each"
                          + (", SyncBatchNorm" if self.asked.sync_batchnorm else "")))

@@ -36,6 +36,10 @@ class Kind:
     def parse(self, text: str) -> Any:
         return text
 
+    def text(self, value: Any) -> str:
+        """`value` as the command line writes it."""
+        return str(value)
+
     def check(self, value: Any, where: str) -> None:
         return None
 
@@ -60,7 +64,8 @@ class Whole(Kind):
         return value
 
     def check(self, value: Any, where: str) -> None:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < self.low or (self.high is not None and value > self.high):
+        whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if not whole or value < self.low or (self.high is not None and value > self.high):
             bound = f"from {self.low} to {self.high}" if self.high is not None else f"{self.low} or more"
             raise ValueError(f"{where} must be a whole number {bound}, got {value!r}")
 
@@ -124,6 +129,26 @@ class Switch(Kind):
     def check(self, value: Any, where: str) -> None:
         if not isinstance(value, bool):
             raise ValueError(f"{where} must be True or False, got {value!r}")
+
+
+class Compile(Kind):
+    """torch.compile of the training pass: True, False or one of torch.compile's modes ("on"/"off" on the
+    command line)."""
+
+    MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+    def parse(self, text: str) -> Union[bool, str]:
+        if text not in ("on", "off", *self.MODES):
+            raise argparse.ArgumentTypeError(f"expected on, off or a torch.compile mode ({', '.join(self.MODES)}), "
+                                             f"got {text!r}")
+        return {"on": True, "off": False}.get(text, text)
+
+    def text(self, value: Any) -> str:
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else str(value)
+
+    def check(self, value: Any, where: str) -> None:
+        if not (isinstance(value, bool) or value in self.MODES):
+            raise ValueError(f"{where} must be True, False or a torch.compile mode {self.MODES}, got {value!r}")
 
 
 # ----------------------------------------------------------------------------- the declaration
@@ -198,10 +223,13 @@ class RunSettings:
         "natively, fp32 on other CPUs): auto (bf16/fp16 on CUDA, fp32 elsewhere), bf16, fp16, off", flag="--amp",
         resume="precision")
     compile: Optional[Union[bool, str]] = setting(
-        None, Kind(), "torch.compile of the training pass: True, False or a mode (default: on CUDA with Triton)")
+        None, Compile(), "torch.compile of the training pass: on, off or a torch.compile mode (reduce-overhead: CUDA "
+        "graphs; max-autotune); default: on for CUDA with Triton, off elsewhere", flag="--compile",
+        metavar="on|off|MODE")
     num_workers: Optional[int] = setting(
         None, Whole(0), "CPU worker processes: the workers loader's, or those reading HW2P2's face files for the gpu "
-        "loader (default 2; 0 with --quick)", flag="--workers", notebook="NUM_WORKERS", resume="num_workers")
+        "loader (default 2; 0 with --quick)", flag="--workers", notebook="NUM_WORKERS", resume="num_workers",
+        metavar="N")
     device: Optional[str] = setting(None, Kind(), "cuda, cuda:1, mps or cpu (default: the best available)",
                                     flag="--device", notebook="DEVICE")
     seed: Optional[int] = setting(None, Whole(0, 2**32 - 1, high_words=f"a seed from 0 to {2**32 - 1}"),
@@ -230,7 +258,8 @@ class RunSettings:
     processes: Optional[int] = setting(
         None, Whole(1), "train in N processes with DistributedDataParallel, one per GPU (--device cpu: N processes "
         "sharing the CPU), started by torch's launcher (torchrun); the recipe's batch is split over them. Kaggle's two "
-        "T4s: --nproc 2. Default 1; started by torchrun, torchrun's count", flag="--nproc", notebook="NPROC")
+        "T4s: --nproc 2. Default 1; started by torchrun, torchrun's count", flag="--nproc", notebook="NPROC",
+        metavar="N")
     sync_batchnorm: bool = setting(False, Switch(), "with --nproc on GPUs: BatchNorm statistics over every process's "
                                    "images (SyncBatchNorm)", flag="--sync-batchnorm")
 
@@ -255,7 +284,8 @@ class RunSettings:
 
     def recipe_changes(self) -> dict[str, Any]:
         """The recipe's fields this run overrides (`lr` also turns the LR range test off)."""
-        changes = {name: getattr(self, name) for name, spec in declared() if spec.recipe and getattr(self, name) is not None}
+        changes = {name: getattr(self, name) for name, spec in declared()
+                   if spec.recipe and getattr(self, name) is not None}
         return changes | ({"use_lr_finder": False} if self.lr is not None else {})
 
 
@@ -284,9 +314,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                                 help=spec.help)
             continue
         default = next(f.default for f in fields(RunSettings) if f.name == name)
+        metavar = None if spec.kind.choices else spec.metavar or spec.flag.lstrip("-").upper().replace("-", "_")
         parser.add_argument(spec.flag, dest=name, type=spec.kind.parse, choices=spec.kind.choices, default=default,
-                            metavar=None if spec.kind.choices else spec.metavar or spec.flag.lstrip("-").upper().replace("-", "_"),
-                            help=spec.help)
+                            metavar=metavar, help=spec.help)
 
 
 def from_args(args: argparse.Namespace, **overrides: Any) -> RunSettings:
@@ -312,7 +342,7 @@ def run_command(recipe: str, *, size: str = "full", **settings: Any) -> list[str
     argv = ["era-utils", "run", recipe] + ([] if size == "full" else [f"--{size}"])
     for name, value in RunSettings(**settings).changed().items():
         flag = specs[name].flag
-        argv += [flag] if isinstance(specs[name].kind, Switch) else [flag, str(value)]
+        argv += [flag] if isinstance(specs[name].kind, Switch) else [flag, specs[name].kind.text(value)]
     return argv
 
 

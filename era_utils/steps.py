@@ -299,7 +299,8 @@ def train(plan: RunPlan, model: nn.Module, train_loader: Any, test_loader: Any,
     loggers (`log`, e.g. "csv,tensorboard"), writing in the plan's folder."""
     _check_fresh(optimizer, scheduler)
     if callbacks is None:  # loggers write once, from rank 0
-        callbacks = make_loggers(plan.asked.log, plan.out, config=plan.checkpoint_settings()) if distributed.is_main() else []
+        callbacks = (make_loggers(plan.asked.log, plan.out, config=plan.checkpoint_settings())
+                     if distributed.is_main() else [])
     checkpoint = Checkpointing(plan.checkpoint_path, interval=CHECKPOINT_INTERVAL_S, resume=plan.asked.resume,
                                settings=plan.checkpoint_settings()) if plan.asked.checkpoints else None
     return fit(model, train_loader, test_loader, optimizer, plan.recipe.epochs, criterion=plan.recipe.criterion(model),

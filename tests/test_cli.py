@@ -187,8 +187,8 @@ def test_run_command_is_the_command_line_of_plan_run_settings():
 
 
 def test_run_command_refuses_what_era_utils_run_cannot_take():
-    with pytest.raises(TypeError, match="no option for 'compile'; it takes: dataset, data_dir"):
-        run_command("s10", compile=True)
+    with pytest.raises(TypeError, match="no option for 'checkpoints'; it takes: dataset, data_dir"):
+        run_command("s10", checkpoints=False)  # speed measurements' setting, from Python only
     with pytest.raises(ValueError, match="size must be 'full', 'preview' or 'quick', got 'huge'"):
         run_command("s10", size="huge")
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # A value of each kind a setting's check takes, for the round trip below
 SAMPLE = {"dataset": "fashion_mnist", "data_dir": "data/fm", "download": True, "epochs": 3, "batch_size": 32,
           "lr": 0.02, "label_smoothing": 0.1, "loss": "center", "tta": "flip", "subset": 600, "test_subset": 200, "loader": "workers",
-          "fast": False, "amp": "off", "num_workers": 0, "device": "cpu", "seed": 7, "out": "runs/x", "resume": True,
+          "fast": False, "amp": "off", "compile": "max-autotune", "num_workers": 0, "device": "cpu", "seed": 7, "out": "runs/x", "resume": True,
           "verbose": False, "dev_pairs": "dev.txt", "test_pairs": "test.txt", "pairs_root": "pairs", "log": "csv",
           "processes": 2, "sync_batchnorm": True}
 NOTEBOOK_ONLY = {"RECIPE", "SIZE", "USE_DRIVE", "KAGGLE_COMPETITIONS", "COMPARE"}  # not run settings
@@ -125,3 +125,17 @@ def test_a_run_started_from_python_reports_the_same_run_as_a_command_line(tmp_pa
     assert full_length_command("hw2p2") == ("era-utils run hw2p2 --dataset faces --data-dir DATA --out "
                                             "results/hw2p2_full --dev-pairs DEV_PAIRS --test-pairs TEST_PAIRS")
     assert full_length_command("s10") == "era-utils run s10 --download --out results/s10_full"
+
+
+@pytest.mark.parametrize("text, value", [("on", True), ("off", False), ("reduce-overhead", "reduce-overhead")])
+def test_compile_from_the_command_line_reaches_the_fast_path(text, value):
+    args = build_parser().parse_args(["run", "s10", "--compile", text])
+    assert plan_run("s10", settings=from_args(args)).fast.compile == value
+    assert run_command("s10", compile=value)[-2:] == ["--compile", text]
+
+
+def test_a_compile_mode_torch_does_not_have_is_refused_on_both_roads():
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "s10", "--compile", "fast"])
+    with pytest.raises(ValueError, match=r"compile \(--compile\) must be True, False or a torch.compile mode"):
+        plan_run("s10", compile="fast")
