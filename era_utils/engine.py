@@ -81,6 +81,7 @@ class History:
     lrs: list[float] = field(default_factory=list)  # LR of param group 0 used at each optimizer step
     epoch_times: list[float] = field(default_factory=list)  # s, wall time of train + evaluate
     train_times: list[float] = field(default_factory=list)  # s, the training pass alone (ends on a device read)
+    skipped_steps: list[float] = field(default_factory=list)  # fp16 only: steps GradScaler skipped (inf/NaN grads)
 
     @property
     def epochs(self) -> int:
@@ -113,6 +114,30 @@ class History:
 
 
 # ----------------------------------------------------------------------------- device-side sums
+
+
+class _CountingScaler:
+    """A GradScaler (fp16) that also counts the optimizer steps it skips (gradients with inf/NaN, after which
+    it halves its scale), on the device: no sync per step. Everything else is the scaler's own."""
+
+    def __init__(self, scaler: Any, device: torch.device) -> None:
+        self.scaler = scaler
+        self.skipped = torch.zeros((), dtype=torch.long, device=device)
+
+    def update(self) -> None:
+        scale = getattr(self.scaler, "_scale", None)  # torch keeps the scale in this tensor, updated in place
+        before = scale.clone() if scale is not None else None
+        self.scaler.update()
+        if before is not None:
+            self.skipped += (self.scaler._scale < before).long()  # a skip, and only a skip, lowers the scale
+
+    def take(self) -> int:
+        """The steps skipped since the last call (a device read: call it where the epoch syncs anyway)."""
+        count, self.skipped = int(self.skipped.item()), torch.zeros_like(self.skipped)
+        return count
+
+    def __getattr__(self, name: str) -> Any:  # scale, step, state_dict, load_state_dict, ...
+        return getattr(self.scaler, name)
 
 
 class _Running:
@@ -505,6 +530,8 @@ class _Epochs:
             channels_last=self.path.channels_last, epoch=epoch, verbose=self.verbose, callbacks=self.callbacks,
             step_offset=len(history.lrs))
         history.train_times.append(time.perf_counter() - t0)  # ends on a device read: all work done
+        if self.scaler is not None:
+            history.skipped_steps.append(self.scaler.take())
         history.train_loss.append(loss)
         history.train_acc.append(acc)
         history.lrs.extend(lrs)
@@ -584,6 +611,7 @@ def fit(
     path = path if path is not None else fast_path(get_device())
     _check_fit(model, optimizer, scheduler, epochs, train_loader)
     amp_dtype, scaler = resolve_amp(path.device, path.amp)
+    scaler = _CountingScaler(scaler, path.device) if scaler is not None else None
     model.to(path.device, memory_format=torch.channels_last if path.channels_last else torch.preserve_format)
     done, start = checkpoint.restore(model, optimizer, scheduler, scaler, train_loader, epochs, verbose) \
         if checkpoint is not None else ({}, 0)

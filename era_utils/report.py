@@ -343,6 +343,12 @@ def _recipe_from_settings(name: str, settings: dict[str, Any]) -> Recipe:
     return base.override(**changes)
 
 
+def _skipped(m: dict) -> str:
+    """fp16's skipped optimizer steps, as the device row says them (nothing for other precisions)."""
+    skipped = m.get("fp16_skipped_steps")
+    return "" if skipped is None else f" ({skipped} optimizer step(s) skipped by GradScaler: inf/NaN gradients)"
+
+
 def _command(m: dict) -> str:
     """The report's command row: as typed, else (a run made from Python) the same run as a command line."""
     if m.get("command"):
@@ -446,7 +452,7 @@ def render_report(metrics: dict) -> str:
               f"| recipe | `{m['recipe']}` ({size}): {_epochs(m['epochs'])}, batch {m['batch_size']}, "
               f"model `{m['model']}` ({m['params']:,} parameters) |",
               f"| data | {m['dataset_title']}: {m['train_images']:,} training, {m['test_images']:,} test images |",
-              f"| device | {m['device_name']}; {m['precision']}, loader `{m['loader']}` |",
+              f"| device | {m['device_name']}; {m['precision']}{_skipped(m)}, loader `{m['loader']}` |",
               *([f"| processes | {m['world_size']}, DistributedDataParallel: batch {m['batch_size_per_process']} each, "
                  f"metrics over all of them |"] if m.get("world_size", 1) > 1 else []),
               f"| time | training {_minutes(m['train_seconds'])}, whole run {_minutes(seconds)}{_parts(m)} |",

@@ -306,8 +306,10 @@ class _Run:
             "fast": plan.fast.enabled,
             "amp": plan.fast.amp,
             "precision": precision_name(plan.fast.amp_dtype),
+            # fp16: optimizer steps GradScaler skipped (inf/NaN gradients); None for other precisions
+            "fp16_skipped_steps": int(sum(history.skipped_steps)) if history.skipped_steps else None,
             "channels_last": plan.fast.channels_last,
-            "compile": bool(plan.fast.compile),
+            "compile": plan.fast.compile if isinstance(plan.fast.compile, str) else bool(plan.fast.compile),
             "device": str(plan.device),
             "device_name": device_name(plan.device),
             "train_seconds": round(self.train_seconds, 1),  # fit's wall time: training, evaluation, checkpoints

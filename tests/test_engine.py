@@ -546,3 +546,33 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch, flags, na
     assert speed.fast_path("cpu").amp == ("bf16" if native else "off")  # what every CPU run trains in
     assert speed.fast_path("cpu", enabled=False).amp == "off"  # the classic path: fp32
     assert speed.fast_path("cpu", amp="off").amp == "off"  # asked for: kept
+
+
+def test_fp16_skipped_steps_are_counted_per_epoch(monkeypatch):
+    """T4's path: GradScaler skips a step whose gradients overflowed; fit counts those steps in the History
+    (no GPU here: a CPU GradScaler in fp32 scales and skips the same way)."""
+    amp = getattr(torch.amp, "GradScaler", None)
+    if amp is None:
+        pytest.skip("torch.amp.GradScaler (torch >= 2.3) runs on the CPU")
+    monkeypatch.setattr(engine, "resolve_amp", lambda device, mode: (None, amp("cpu", init_scale=2.0**16)))
+    data = tiny_data(n=32)
+    model = tiny_model()
+    opt = make_optimizer("sgd", model.parameters(), lr=1e-3)
+
+    class Overflows(nn.Module):  # the first step of each epoch overflows: 1e35 * 2**16 is inf in fp32
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, logits, labels):
+            loss = nn.functional.cross_entropy(logits, labels)
+            self.calls += 1
+            return loss * 1e35 if self.calls % 4 == 1 else loss
+
+    history = fit(model, DataLoader(data, batch_size=8), None, opt, 2, criterion=Overflows(), verbose=False,
+                  path=fast_path("cpu", amp="off"))
+    assert history.skipped_steps == [1.0, 1.0]  # one of 4 steps per epoch
+    monkeypatch.undo()  # no scaler (bf16, fp32): nothing to count, no list of zeros
+    plain = fit(model, DataLoader(data, batch_size=8), None, make_optimizer("sgd", model.parameters(), lr=1e-3), 1,
+                verbose=False, path=fast_path("cpu", amp="off"))
+    assert plain.skipped_steps == []
