@@ -773,4 +773,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if "| failed: " in main() else 0)  # a failed row fails the command (a script sees it)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -312,6 +313,7 @@ class _Run:
             "compile": plan.fast.compile if isinstance(plan.fast.compile, str) else bool(plan.fast.compile),
             "device": str(plan.device),
             "device_name": device_name(plan.device),
+            "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "train_seconds": round(self.train_seconds, 1),  # fit's wall time: training, evaluation, checkpoints
             "train_pass_seconds": round(sum(history.train_times), 1),  # the training passes alone
             "wall_seconds": round(wall, 1),

@@ -11,6 +11,9 @@ open. This script is the one way from the first to the second:
     python scripts/build_notebooks.py --execute --size quick   # CI's smoke run instead (a check, not for committing)
     python scripts/build_notebooks.py --check     # exit 1 if a committed .ipynb's cells differ from
                                                   # its script (outputs are not compared)
+    python scripts/build_notebooks.py NAME --execute --size full --param DATASET='"fashion_mnist"' --into OUT
+                                                  # parameters injected after the parameters cell, as
+                                                  # papermill does; the executed copy written to OUT
 
 Cells keep stable ids ("cell-00", ...), so a rebuilt notebook differs from the committed one only
 where its script or its outputs changed.
@@ -114,6 +117,24 @@ def coalesce_streams(cell: nbformat.NotebookNode) -> None:
     cell.outputs = kept
 
 
+def inject_parameters(nb: nbformat.NotebookNode, params: list[str]) -> None:
+    """Put `NAME=VALUE` assignments (VALUE a Python literal) in a cell tagged injected-parameters right after
+    the cell tagged parameters, as papermill does; a NAME the parameters cell does not set is refused."""
+    index = next((i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])), None)
+    if index is None:
+        raise SystemExit("the notebook has no cell tagged parameters to inject after")
+    lines = []
+    for param in params:
+        name, equals, value = param.partition("=")
+        if not equals or f"\n{name} =" not in "\n" + nb.cells[index].source:
+            raise SystemExit(f"--param {param!r}: expected NAME=VALUE with a NAME the parameters cell sets")
+        lines.append(f"{name} = {value}")
+    cell = nbformat.v4.new_code_cell("# Parameters injected by scripts/build_notebooks.py --param\n" + "\n".join(lines))
+    cell.metadata["tags"] = ["injected-parameters"]
+    cell["id"] = "injected-parameters"
+    nb.cells.insert(index + 1, cell)
+
+
 def execute(nb: nbformat.NotebookNode, timeout: int, size: str = "preview") -> float:
     """Run `nb` at `size` in a fresh temporary folder, as a new Colab runtime would (nothing left
     from an earlier build; cells tagged skip-execution are skipped); return seconds."""
@@ -131,6 +152,10 @@ def execute(nb: nbformat.NotebookNode, timeout: int, size: str = "preview") -> f
     return time.perf_counter() - start
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     names = [s.stem for s in scripts()]
@@ -142,7 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="write nothing; fail if a committed notebook's cells differ from its script")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell when executing")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="with --execute: set a parameter (VALUE a Python literal, e.g. DATASET='\"fashion_mnist\"')")
+    parser.add_argument("--into", metavar="DIR", help="write the notebooks into DIR instead of notebooks/ (a run "
+                        "with --param is not what is committed)")
     args = parser.parse_args(argv)
+    if args.param and not (args.execute and args.into):
+        parser.error("--param changes what the notebook runs: give it with --execute and --into DIR")
     unknown = sorted(set(args.names) - set(names))
     if unknown:
         parser.error(f"unknown notebook(s) {unknown}; choose from {names}")
@@ -154,12 +185,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if problems else 0
     for script in chosen:
         nb = from_script(script)
-        path = script.with_suffix(".ipynb")
+        path = Path(args.into) / f"{script.stem}.ipynb" if args.into else script.with_suffix(".ipynb")
+        if args.param:
+            inject_parameters(nb, args.param)
         if args.execute:
             seconds = execute(nb, args.timeout, args.size)
-            print(f"{path.relative_to(ROOT)}: executed at size {args.size} in {seconds:.0f} s")
+            print(f"{_shown(path)}: executed at size {args.size} in {seconds:.0f} s")
+        path.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, path)
-        print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size / 1024:.0f} KiB)")
+        print(f"wrote {_shown(path)} ({path.stat().st_size / 1024:.0f} KiB)")
     return 0
 
 
