@@ -320,8 +320,6 @@ def _processes(asked: Optional[int], batch_size: int) -> int:
     if distributed.launched() and asked != launched:
         raise ValueError(f"{asked} processes asked for (--nproc), but torchrun started {launched}: give the same "
                          "number to both, or leave --nproc out under torchrun")
-    if not (isinstance(asked, int) and asked >= 1):
-        raise ValueError(f"processes must be a whole number of at least 1, got {asked!r}")
     if batch_size % asked:
         raise ValueError(f"batch size {batch_size} does not split evenly over {asked} processes (each takes an equal "
                          f"share of every step): give --batch-size a multiple of {asked}")

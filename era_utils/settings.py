@@ -144,7 +144,7 @@ class Compile(Kind):
         return {"on": True, "off": False}.get(text, text)
 
     def text(self, value: Any) -> str:
-        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else str(value)
+        return ("on" if value else "off") if isinstance(value, bool) else str(value)
 
     def check(self, value: Any, where: str) -> None:
         if not (isinstance(value, bool) or value in self.MODES):
@@ -243,14 +243,14 @@ class RunSettings:
     verification_pairs: Optional[int] = setting(None, Whole(1), "HW2P2's stand-in: pairs drawn from the test images "
                                                 "(default the size's, else 4000)")
     dev_pairs: Optional[Union[str, os.PathLike]] = setting(
-        None, FilePath("DEV_PAIRS"), "faces: the labelled verification pairs file (a b label per line)", flag="--dev-pairs",
-        notebook="DEV_PAIRS")
+        None, FilePath("DEV_PAIRS"), "faces: the labelled verification pairs file (a b label per line)",
+        flag="--dev-pairs", notebook="DEV_PAIRS")
     test_pairs: Optional[Union[str, os.PathLike]] = setting(
-        None, FilePath("TEST_PAIRS"), "faces: the unlabelled verification pairs file (a b per line)", flag="--test-pairs",
-        notebook="TEST_PAIRS")
+        None, FilePath("TEST_PAIRS"), "faces: the unlabelled verification pairs file (a b per line)",
+        flag="--test-pairs", notebook="TEST_PAIRS")
     pairs_root: Optional[Union[str, os.PathLike]] = setting(
-        None, FilePath("PAIRS_ROOT"), "faces: the folder the pairs files' paths are relative to", flag="--pairs-root",
-        notebook="PAIRS_ROOT")
+        None, FilePath("PAIRS_ROOT"), "faces: the folder the pairs files' paths are relative to",
+        flag="--pairs-root", notebook="PAIRS_ROOT")
     log: Optional[str] = setting(
         None, Kind(), "also log to csv (OUT/log.csv), tensorboard (OUT/tensorboard/) and/or wandb (a W&B run; "
         "WANDB_MODE=offline keeps it in OUT/wandb/), comma-separated: e.g. --log csv,tensorboard", flag="--log",
