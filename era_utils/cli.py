@@ -96,11 +96,7 @@ def _recheck(folders: Sequence[str]) -> int:
     from era_utils.report import check_again
 
     for folder in folders:
-        try:
-            m = check_again(folder)
-        except USER_ERRORS as err:
-            print(f"era-utils: error: {err}", file=sys.stderr)
-            return 2
+        m = check_again(folder)
         statuses = [c["status"] for c in m["checks"]]
         print(f"{folder}: {statuses.count('pass')} pass, {statuses.count('fail')} fail, "
               f"{len(statuses) - statuses.count('pass') - statuses.count('fail')} not checked; report.md rewritten")
@@ -110,11 +106,7 @@ def _recheck(folders: Sequence[str]) -> int:
 def _check_images(folder: str) -> int:
     from era_utils.data import find_bad_images
 
-    try:
-        bad = find_bad_images(folder)
-    except USER_ERRORS as err:
-        print(f"era-utils: error: {err}", file=sys.stderr)
-        return 2
+    bad = find_bad_images(folder)
     for path, why in bad:
         print(f"{path}: {why}")
     print(f"{len(bad)} image(s) under {folder} cannot be read" + (": delete or replace them" if bad else ""))
@@ -124,17 +116,14 @@ def _check_images(folder: str) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from era_utils.compare import compare_runs, comparison_table, write_comparison
 
-    try:
-        rows = compare_runs(args.runs)
-    except USER_ERRORS as err:
-        print(f"era-utils: error: {err}", file=sys.stderr)
-        return 2
+    rows = compare_runs(args.runs)
     print(comparison_table(rows, links_from=args.links_from))
     if args.out:
         runs = ["RUN_DIR" if machine_path(run) else run for run in args.runs]  # no machine's folders recorded
         argv = ["compare", *runs, "--out", args.out] + (["--title", args.title] if args.title != "Runs side by side"
                                                         else [])
-        print(f"comparison.md, comparison.json and comparison.png in {write_comparison(rows, args.out, shareable_command(argv), args.title)}")
+        folder = write_comparison(rows, args.out, shareable_command(argv), args.title)
+        print(f"comparison.md, comparison.json and comparison.png in {folder}")
     return 0
 
 
@@ -142,15 +131,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "list":
-        _list()
-        return 0
-    if args.command == "compare":
-        return _compare(args)
-    if args.command == "check-images":
-        return _check_images(args.folder)
-    if args.command == "recheck":
-        return _recheck(args.runs)
+    tools = {"list": _list, "compare": lambda: _compare(args), "check-images": lambda: _check_images(args.folder),
+             "recheck": lambda: _recheck(args.runs)}
+    if args.command in tools:
+        try:
+            return tools[args.command]() or 0
+        except USER_ERRORS as err:  # a folder that is not a run, an unreadable one: a message, not a trace
+            print(f"era-utils: error: {err}", file=sys.stderr)
+            return 2
 
     from era_utils import distributed
     from era_utils.runner import run_recipe, run_seeds
