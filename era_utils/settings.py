@@ -270,12 +270,12 @@ class RunSettings:
                 spec.kind.check(value, where(name))
 
     @classmethod
-    def given(cls, settings: dict[str, Any], who: str = "plan_run") -> "RunSettings":
+    def given(cls, settings: dict[str, Any]) -> "RunSettings":
         """RunSettings from keyword settings, an unknown name refused with the list of known ones."""
         names = [name for name, _ in declared()]
         unknown = [name for name in settings if name not in names]
         if unknown:
-            raise TypeError(f"{who} has no setting {unknown[0]!r}; the settings are: {', '.join(names)}")
+            raise TypeError(f"plan_run has no setting {unknown[0]!r}; the settings are: {', '.join(names)}")
         return cls(**settings)
 
     def changed(self) -> dict[str, Any]:
