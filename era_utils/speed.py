@@ -34,7 +34,8 @@ def cpu_has_native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
     """Does this CPU compute bf16 in hardware (x86 avx512_bf16 or AMX-BF16, ARM's BF16 extension)?
 
     Read from the CPU's flags, never assumed: without them bf16 is emulated, and an Intel Xeon
-    trained custom_resnet 2.6x slower under bf16 autocast than in fp32. Not Linux: False.
+    trained custom_resnet 2.6x slower under bf16 autocast than in fp32. Not Linux: False. An x86 CPU whose
+    kernels are capped below AVX-512 (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA) emulates bf16 too: False.
     """
     try:
         text = Path(cpuinfo).read_text()
@@ -44,7 +45,16 @@ def cpu_has_native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
     for line in text.splitlines():
         if line.startswith(("flags", "Features")):  # x86 "flags", ARM "Features"
             flags.update(line.split(":", 1)[-1].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        return not _x86_kernels_capped_below_avx512()
+    return "bf16" in flags
+
+
+def _x86_kernels_capped_below_avx512() -> bool:
+    """Do the environment's limits keep torch's x86 kernels (ATen's dispatch, oneDNN's) below AVX-512?"""
+    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    return aten in ("default", "avx2") or (onednn not in ("", "ALL") and not onednn.startswith(("AVX512", "AVX10")))
 
 
 def grad_scaler(device_type: str, enabled: bool = True) -> Any:

@@ -12,6 +12,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
+# The variables that cap the CPU kernels torch uses below what the CPU has (ATen's dispatch, oneDNN's).
+CPU_ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
 
 def get_device(device: str | torch.device | None = None) -> torch.device:
     """Return `device` as a torch.device; None or "auto" picks cuda, then mps, then cpu. A device
@@ -70,7 +73,7 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
 
 def device_name(device: str | torch.device | None = None) -> str:
     """A readable name for results and benchmarks: the GPU's name, SMs and memory, or the CPU
-    model with the cores this process may use."""
+    model with the cores this process may use (and the instruction set limits it runs under)."""
     device = get_device(device)
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -86,7 +89,9 @@ def device_name(device: str | torch.device | None = None) -> str:
     except OSError:  # not Linux: keep platform's answer
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model} ({cores} cores available, cpu)"
+    # A CPU told to use fewer instructions than it has (standing in for one without AVX-512) says so.
+    capped = "".join(f"; {name}={os.environ[name]}" for name in CPU_ISA_CAPS if os.environ.get(name))
+    return f"{model} ({cores} cores available, cpu{capped})"
 
 
 @contextlib.contextmanager

@@ -6,13 +6,20 @@
 # results/preview_seeds:
 #   era-utils compare runs/preview_seeds/* --out results/preview_seeds
 # RECIPES and PRECISIONS choose a part, e.g. RECIPES=s10 PRECISIONS="auto off" (the default).
+# ISA=avx2 runs them with AVX-512 turned off in torch's kernels (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2):
+# on a CPU that has AVX-512, a stand-in for one that has not (each run's device name says so); folders end in _avx2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NO_ALBUMENTATIONS_UPDATE=1 MPLBACKEND=Agg
 RUNS=${RUNS:-runs/preview_seeds}
+capped=""
+if [ -n "${ISA:-}" ]; then
+  export ATEN_CPU_CAPABILITY=$ISA ONEDNN_MAX_CPU_ISA=${ISA^^}
+  capped=_$ISA
+fi
 for recipe in ${RECIPES:-s10}; do
   for amp in ${PRECISIONS:-auto off}; do
-    name=$recipe$([ "$amp" = off ] && echo _fp32 || true)  # the table names the precision of each
+    name=$recipe$([ "$amp" = off ] && echo _fp32 || true)$capped  # the table names the precision of each
     rm -rf "$RUNS/$name"
     args=(--preview --seeds 5 --out "$RUNS/$name" --quiet)
     [ "$amp" = off ] && args+=(--amp off)

@@ -542,6 +542,12 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch, flags, na
     cpuinfo.write_text(f"processor\t: 0\n{flags}\n")
     assert speed.cpu_has_native_bf16(cpuinfo) is native
     assert speed.cpu_has_native_bf16(tmp_path / "missing") is False  # not Linux: never assumed
+    for limit, value in (("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2")):
+        with monkeypatch.context() as capped:  # AVX-512 turned off, standing in for a CPU without it: emulated
+            capped.setenv(limit, value)
+            assert speed.cpu_has_native_bf16(cpuinfo) is (native and flags.startswith("Features"))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")  # a cap above bf16's instructions changes nothing
+    assert speed.cpu_has_native_bf16(cpuinfo) is native
     monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: native)
     assert speed.fast_path("cpu").amp == ("bf16" if native else "off")  # what every CPU run trains in
     assert speed.fast_path("cpu", enabled=False).amp == "off"  # the classic path: fp32

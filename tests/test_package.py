@@ -31,6 +31,19 @@ def test_get_device_auto_and_explicit():
         assert auto.type == expected
 
 
+def test_a_cpu_named_in_results_says_when_its_kernels_are_capped(monkeypatch):
+    """A run with AVX-512 turned off (standing in for a CPU without it) must not read as this CPU's own."""
+    from era_utils.utils import device_name
+
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    plain = device_name("cpu")
+    assert plain.endswith("cores available, cpu)") and "=" not in plain
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert device_name("cpu") == plain[:-1] + "; ATEN_CPU_CAPABILITY=avx2; ONEDNN_MAX_CPU_ISA=AVX2)"
+
+
 def test_set_seed_makes_python_numpy_and_torch_repeat():
     def draw():
         return random.random(), float(np.random.rand()), float(torch.rand(1))
