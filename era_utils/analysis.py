@@ -259,7 +259,9 @@ def predict(
 
 class PredictionCollector:
     """What `predict` keeps of each batch of a pass, called as the pass's `on_batch(step, logits, labels,
-    embedding)`, and the Predictions made of it."""
+    embedding)`, and the Predictions made of it. `fit(last_test_pass=...)` takes one too, so the last epoch's
+    test pass can be the analysis' (`steps.test_predictions`). Batches stay on the device until `predictions`:
+    no host sync per batch."""
 
     def __init__(self, embeddings: bool = False) -> None:
         self.embeddings = embeddings
@@ -277,17 +279,22 @@ class PredictionCollector:
         losses = torch.where(labels >= 0, losses, torch.full_like(losses, float("nan")))
         for name, value in (("labels", labels), ("preds", preds), ("confidence", confidence),
                             ("losses", losses)):
-            self.chunks[name].append(value.cpu())
+            self.chunks[name].append(value)
         if logits.shape[1] <= MAX_KEPT_CLASSES:
-            self.chunks["probs"].append(probs.cpu())
+            self.chunks["probs"].append(probs)
         if self.embeddings and embedding is not None:
-            self.chunks["embeddings"].append(embedding.float().cpu())
+            self.chunks["embeddings"].append(embedding.float())
+
+    @property
+    def filled(self) -> bool:
+        """Has a pass gone through it?"""
+        return bool(self.chunks["labels"])
 
     def predictions(self, loader: Iterable, mean: Sequence[float] | None = None,
                     std: Sequence[float] | None = None) -> "Predictions":
         """The pass's Predictions; `loader` is the one it went over (galleries fetch their images from it)."""
         # clone(): tensors made in inference mode cannot enter autograd later (GradCAM).
-        out = {k: torch.cat(v).clone() if v else None for k, v in {**self.chunks, "inputs": self.inputs}.items()}
+        out = {k: torch.cat(v).cpu().clone() if v else None for k, v in {**self.chunks, "inputs": self.inputs}.items()}
         m, s = loader_stats(loader, mean, std)
         return Predictions(
             labels=out["labels"], preds=out["preds"], confidence=out["confidence"], losses=out["losses"],

@@ -63,6 +63,9 @@ __all__ = [
 # the GPU queue to drain; once per 50 steps costs ~1-2% on a small model, once per step ~10-30%.
 DEFAULT_SYNC_EVERY = 50
 
+# What sees each batch of a pass: on_batch(step, logits (B, K), labels (B,), embedding (B, D) or None).
+OnBatch = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor | None], None]
+
 
 # ----------------------------------------------------------------------------- History
 
@@ -82,6 +85,11 @@ class History:
     epoch_times: list[float] = field(default_factory=list)  # s, wall time of train + evaluate
     train_times: list[float] = field(default_factory=list)  # s, the training pass alone (ends on a device read)
     skipped_steps: list[float] = field(default_factory=list)  # fp16 only: steps GradScaler skipped (inf/NaN grads)
+
+    def __post_init__(self) -> None:
+        # Not a measurement, so not a field (neither saved nor compared): the last epoch's test pass as
+        # `steps.train` kept it (analysis.Predictions), which the analysis reads instead of a pass of its own.
+        self.last_test_pass: Any = None
 
     @property
     def epochs(self) -> int:
@@ -390,7 +398,7 @@ def _forward(model: nn.Module, images: torch.Tensor, embeddings: bool) -> tuple[
 def inference_pass(
     model: nn.Module,
     loader: Iterable,
-    on_batch: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor | None], None],
+    on_batch: OnBatch,
     device: str | torch.device | None = None,
     *,
     amp_dtype: torch.dtype | None = None,
@@ -444,10 +452,12 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     verbose: bool = False,
+    also: OnBatch | None = None,
 ) -> tuple[float, float]:
     """(mean loss, accuracy %) over `loader`, under model.eval() and torch.inference_mode().
 
     Every submodule's train/eval flag is put back afterwards. criterion=None: cross-entropy.
+    `also(step, logits, labels, embedding)` sees every batch too (an `analysis.PredictionCollector`).
     """
     device = model_device(model) if device is None else torch.device(device)
     criterion = nn.CrossEntropyLoss() if criterion is None else criterion
@@ -458,6 +468,8 @@ def evaluate(
         with autocast(device, amp_dtype):
             loss = loss_or_label_error(criterion, logits, labels, logits.shape[1], where, embedding)
         run.update(loss, logits, labels)
+        if also is not None:
+            also(step, logits, labels, embedding)
 
     inference_pass(model, loader, add, device, amp_dtype=amp_dtype, channels_last=channels_last,
                    embeddings=uses_embeddings(criterion), desc="evaluation", verbose=verbose)
@@ -520,6 +532,7 @@ class _Epochs:
     path: FastPath
     callbacks: list[Callback]
     verbose: bool
+    last_test_pass: OnBatch | None = None
 
     def run(self, epoch: int, epochs: int, history: History) -> None:
         """Train epoch `epoch` and test after it, recording both in `history`."""
@@ -538,7 +551,8 @@ class _Epochs:
         if self.test_loader is not None:
             test_loss, test_acc = evaluate(self.model, self.test_loader, self.criterion, self.path.device,
                                            amp_dtype=self.amp_dtype, channels_last=self.path.channels_last,
-                                           verbose=self.verbose)
+                                           verbose=self.verbose,
+                                           also=self.last_test_pass if epoch == epochs - 1 else None)
             history.test_loss.append(test_loss)
             history.test_acc.append(test_acc)
             if not math.isfinite(test_loss) and math.isfinite(loss):
@@ -587,6 +601,7 @@ def fit(
     checkpoint: Checkpointing | None = None,
     callbacks: Sequence[Callback] = (),
     verbose: bool = True,
+    last_test_pass: OnBatch | None = None,
 ) -> History:
     """Train for `epochs` epochs, evaluating on `test_loader` (None: no test metrics) after each.
 
@@ -604,6 +619,8 @@ def fit(
       as DistributedDataParallel, each rank on the shard of data its loaders give it; losses and accuracies
       are summed over the ranks, so the History is the global one; only rank 0 writes the checkpoint and
       calls `callbacks`.
+    - `last_test_pass(step, logits, labels, embedding)` sees every batch of the last epoch's test pass (an
+      `analysis.PredictionCollector`: the analysis reads that pass instead of making one more).
     Returns the History (`epoch_times`: each epoch's wall time, `train_times`: its training pass). Prints
     progress bars and one summary line per epoch unless verbose=False; the model's train/eval flags are put
     back at the end.
@@ -619,7 +636,7 @@ def fit(
     callbacks = list(callbacks) if is_main() else []  # loggers write once, from rank 0
     epochs_of = _Epochs(model, _training_model(model, path, verbose and start < epochs), train_loader, test_loader,
                         optimizer, nn.CrossEntropyLoss() if criterion is None else criterion, scheduler, scaler,
-                        amp_dtype, path, callbacks, verbose)
+                        amp_dtype, path, callbacks, verbose, last_test_pass)
     call_hooks(callbacks, "on_fit_start", FitInfo(model, optimizer, epochs, start, loader_length(train_loader),
                                                   path.device))
     epoch = start

@@ -22,7 +22,7 @@ import torch
 from matplotlib.figure import Figure
 
 from era_utils import __version__, distributed, folder_lock, plots
-from era_utils.analysis import Predictions, confusion_matrix, most_confused, per_class_accuracy, predict
+from era_utils.analysis import Predictions, confusion_matrix, most_confused, per_class_accuracy
 from era_utils.callbacks import Callback, call_hooks
 from era_utils.checkpoint import read_checkpoint
 from era_utils.engine import History
@@ -37,8 +37,8 @@ from era_utils.report import assignment_checks, git_commit, render_report, rende
 from era_utils.settings import run_command
 from era_utils.speed import precision_name
 from era_utils.steps import (Data, Verification, build_loaders, build_model,
-                             kaggle_predictions, load_data, optimizer_and_schedule, range_test, start, train,
-                             verify)
+                             kaggle_predictions, load_data, optimizer_and_schedule, range_test, start,
+                             test_predictions, train, verify)
 from era_utils.summary import summary
 from era_utils.utils import device_name
 
@@ -95,8 +95,8 @@ def _releases_its_folder(run: Callable[..., Any]) -> Callable[..., Any]:
 @_releases_its_folder
 def run_recipe(plan: RunPlan, command: Optional[str] = None) -> Optional[dict]:
     """Run the plan's assignment end to end; its figures, history.json, metrics.json and report.md go
-    to plan.out. The steps are those a notebook runs, one cell each; the test set is passed over once
-    after training (`predict`), and every analysis reads that one pass. Returns the metrics (None on
+    to plan.out. The steps are those a notebook runs, one cell each; every analysis reads one pass over
+    the test set: the last epoch's, which `train` kept (`test_predictions`). Returns the metrics (None on
     the processes other than rank 0, which only train)."""
     run = _Run(plan, RunFolder(plan.out), command, time.perf_counter())
     folder, recipe, say = run.folder, plan.recipe, (print if plan.verbose else _silent)
@@ -134,7 +134,7 @@ def run_recipe(plan: RunPlan, command: Optional[str] = None) -> Optional[dict]:
                                                    augmented=_augmentation(recipe)))
     folder.figure("lr_schedule.png", plots.plot_lr(history, steps_per_epoch=len(train_loader)))
 
-    preds = run.preds = predict(model, whole_test, amp=plan.fast.amp)  # the one pass every analysis reads
+    preds = run.preds = test_predictions(plan, model, whole_test, history)  # the pass every analysis reads
     wrong = preds.misclassified(10)
     folder.figure("misclassified.png", plots.plot_misclassified(wrong, data.classes))
     folder.figure("top_losses.png", plots.plot_top_losses(preds.top_losses(10), data.classes))
@@ -293,7 +293,7 @@ class _Run:
             "final_test_acc": history.test_acc[-1] if history.test_acc else None,
             "best_test_acc": history.best_test_acc,
             "final_train_acc": history.train_acc[-1] if history.train_acc else None,
-            "predicted_test_acc": self.preds.accuracy,  # the one pass after training: equals final_test_acc
+            "predicted_test_acc": self.preds.accuracy,  # the pass the analysis read: equals final_test_acc
             "target_accuracy": recipe.target_accuracy,
             "per_class_accuracy": dict(zip(data.classes, [round(float(a), 2) for a in per_class])),
             "most_confused": [list(map(str, t)) for t in most_confused(self.cm, data.classes, k=5)],

@@ -96,13 +96,12 @@ NPROC = None  # None: this notebook trains; N: the whole run in N new processes,
 # %%
 # %matplotlib inline
 from era_utils import plots, summary
-from era_utils.analysis import predict
 from era_utils.cli import run_in_processes
 from era_utils.kaggle import download_competition, write_classification_csv, write_verification_csv
 from era_utils.loaders import augment_examples
 from era_utils.plan import plan_run
 from era_utils.steps import (build_loaders, build_model, kaggle_predictions, load_data, optimizer_and_schedule, start,
-                             train, verify)
+                             test_predictions, train, verify)
 
 # %% [markdown]
 # Optional, in Colab: keep `OUT` (the checkpoint, history and CSVs) on Google Drive. A Colab runtime
@@ -253,10 +252,10 @@ plots.plot_history(history, title=f"HW2P2 classification on {data.title}: loss a
 plots.plot_lr(history, steps_per_epoch=len(train_loader))
 
 # %% [markdown]
-# One pass over the dev (test) split: every prediction, its confidence and loss.
+# The last epoch's pass over the dev (test) split, which `train` kept: every prediction, its confidence and loss.
 
 # %%
-preds = predict(model, test_loader, amp=plan.fast.amp)  # in the precision it trained in
+preds = test_predictions(plan, model, test_loader, history)  # the last epoch's test pass, kept by train
 f"test accuracy {preds.accuracy:.2f}%"
 
 # %% [markdown]

@@ -80,11 +80,11 @@ LOG = "csv,tensorboard"  # loggers: csv (OUT/log.csv), tensorboard (OUT/tensorbo
 # %%
 # %matplotlib inline
 from era_utils import plots, summary
-from era_utils.analysis import confusion_matrix, most_confused, per_class_accuracy, predict
+from era_utils.analysis import confusion_matrix, most_confused, per_class_accuracy
 from era_utils.loaders import augment_examples
 from era_utils.plan import plan_run
 from era_utils.steps import (build_loaders, build_model, load_data, optimizer_and_schedule, range_test,
-                             start, train)
+                             start, test_predictions, train)
 
 # %% [markdown]
 # ## The run
@@ -198,10 +198,10 @@ plots.plot_lr(history, steps_per_epoch=len(train_loader))
 
 # %% [markdown]
 # ## What the model gets wrong
-# One pass over the test set; every figure below reads it.
+# The last epoch's test pass, which `train` kept: every figure below reads it (no second pass).
 
 # %%
-preds = predict(model, test_loader, amp=plan.fast.amp)  # in the precision it trained in
+preds = test_predictions(plan, model, test_loader, history)  # the last epoch's test pass, kept by train
 f"test accuracy {preds.accuracy:.2f}%"
 
 # %% [markdown]

@@ -213,7 +213,8 @@ def test_each_cell_calls_steps_and_builds_nothing_by_hand(notebook):
         assert hand_made not in code, f"{name}: {hand_made} by hand; a step of era_utils.steps does it"
     for step in ("plan_run(RECIPE, size=SIZE", "start(plan)", "load_data(plan)", "build_loaders(plan, data)",
                  "build_model(plan, data)", "optimizer_and_schedule(plan, model, train_loader",
-                 "train(plan, model, train_loader, test_loader, optimizer, scheduler)", "predict(model, test_loader"):
+                 "train(plan, model, train_loader, test_loader, optimizer, scheduler)",
+                 "test_predictions(plan, model, test_loader, history)"):
         assert step in code, f"{name}: no cell calls {step}"
 
 

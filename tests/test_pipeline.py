@@ -1,5 +1,5 @@
 """The one pipeline: `era-utils run` is the chain of era_utils.steps, the recipe is the only builder of
-optimizers and schedules, the test set is passed over once after training, modules import each
+optimizers and schedules, the analysis reads the last epoch's test pass (no pass of its own), modules import each
 other's public names only and every public name has one home, and HW2P2's face folders go through
 the same steps."""
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -162,12 +163,11 @@ def test_recipe_builds_each_schedule_it_names():
     assert get_recipe("s7").override(schedule="constant").configure_optimizers(model, 10)[1] is None
 
 
-# ----------------------------------------------------------------------------- one pass after training
+# ----------------------------------------------------------------------------- one pass over the test set
 
 
-@needs_fmnist
-def test_a_run_passes_over_the_test_set_once_after_training(tmp_path, monkeypatch):
-    """fit evaluates once per epoch; after it, predict is the only pass, whatever the run draws."""
+def _count_test_passes(monkeypatch) -> list[str]:
+    """The passes over GPULoaders from now on: "test" (unshuffled) or "train"."""
     passes: list[str] = []
     original = GPULoader.__iter__
 
@@ -176,13 +176,55 @@ def test_a_run_passes_over_the_test_set_once_after_training(tmp_path, monkeypatc
         return original(self)
 
     monkeypatch.setattr(GPULoader, "__iter__", counting)
+    return passes
+
+
+@needs_fmnist
+def test_a_run_passes_over_the_test_set_once_per_epoch_and_no_more(tmp_path, monkeypatch):
+    """fit evaluates once per epoch and the analysis reads the last of those passes (no pass of its own);
+    a resumed run with no epoch left to train makes the one pass its analysis needs."""
+    passes = _count_test_passes(monkeypatch)
     plan = plan_module.plan_run("s7_lite", dataset="fashion_mnist", subset=256, test_subset=128, epochs=2,
-                          batch_size=64, device="cpu", out=tmp_path / "run", verbose=False)
+                                batch_size=64, device="cpu", out=tmp_path / "run", verbose=False)
     metrics = run_recipe(plan)
-    assert passes.count("test") == 2 + 1, passes  # two epochs' evaluations, then predict once
+    assert passes.count("test") == 2, passes  # the two epochs' evaluations, nothing after them
     assert metrics["predicted_test_acc"] == pytest.approx(metrics["final_test_acc"], abs=1e-4)
     assert (tmp_path / "run" / "gradcam.png").exists() == bool(json.loads(
         (tmp_path / "run" / "metrics.json").read_text())["final_test_acc"] < 100)
+
+    passes.clear()
+    again = run_recipe(plan_module.plan_run("s7_lite", dataset="fashion_mnist", subset=256, test_subset=128,
+                                            epochs=2, batch_size=64, device="cpu", out=tmp_path / "run",
+                                            verbose=False, resume=True))
+    assert passes.count("test") == 1, passes  # nothing trained, so nothing kept: a pass of its own
+    assert again["predicted_test_acc"] == pytest.approx(metrics["final_test_acc"], abs=1e-4)
+
+
+@needs_fmnist
+def test_the_kept_test_pass_is_the_pass_predict_would_make(tmp_path):
+    """train keeps the last epoch's test pass; test_predictions hands it on for that loader (the same
+    labels, predictions and losses as a second pass) and makes a pass of its own for any other loader."""
+    from era_utils.analysis import predict
+
+    plan = plan_module.plan_run("s10", dataset="fashion_mnist", subset=256, test_subset=96, epochs=1,
+                                batch_size=32, device="cpu", out=tmp_path / "run", verbose=False)
+    steps.start(plan)
+    data = steps.load_data(plan)
+    train_loader, test_loader = steps.build_loaders(plan, data)
+    model = steps.build_model(plan, data)
+    optimizer, scheduler = steps.optimizer_and_schedule(plan, model, train_loader, (1e-3, 1e-4))
+    history = steps.train(plan, model, train_loader, test_loader, optimizer, scheduler)
+    kept = steps.test_predictions(plan, model, test_loader, history)
+    assert kept is history.last_test_pass and len(kept) == 96
+    fresh = predict(model, test_loader, amp=plan.fast.amp)
+    assert torch.equal(kept.labels, fresh.labels) and torch.equal(kept.preds, fresh.preds)
+    assert torch.allclose(kept.losses, fresh.losses, atol=1e-5)
+    assert kept.accuracy == pytest.approx(history.test_acc[-1], abs=1e-4)
+    first, again = kept.misclassified(1)[0], fresh.misclassified(1)[0]  # galleries fetch their images by position
+    assert first.index == again.index and np.array_equal(first.image, again.image)
+
+    other = steps.build_loaders(plan, data)[1]
+    assert steps.test_predictions(plan, model, other, history) is not kept  # another loader: its own pass
 
 
 # ----------------------------------------------------------------------------- HW2P2 faces, headless
