@@ -260,7 +260,7 @@ def predict(
 class PredictionCollector:
     """What `predict` keeps of each batch of a pass, called as the pass's `on_batch(step, logits, labels,
     embedding)`, and the Predictions made of it. `fit(last_test_pass=...)` takes one too, so the last epoch's
-    test pass can be the analysis' (`steps.test_predictions`). Batches stay on the device until `predictions`:
+    test pass can be the analysis' (`steps.final_predictions`). Batches stay on the device until `predictions`:
     no host sync per batch."""
 
     def __init__(self, embeddings: bool = False) -> None:

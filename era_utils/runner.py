@@ -38,7 +38,7 @@ from era_utils.settings import run_command
 from era_utils.speed import precision_name
 from era_utils.steps import (Data, Verification, build_loaders, build_model,
                              kaggle_predictions, load_data, optimizer_and_schedule, range_test, start,
-                             test_predictions, train, verify)
+                             final_predictions, train, verify)
 from era_utils.summary import summary
 from era_utils.utils import device_name
 
@@ -96,7 +96,7 @@ def _releases_its_folder(run: Callable[..., Any]) -> Callable[..., Any]:
 def run_recipe(plan: RunPlan, command: Optional[str] = None) -> Optional[dict]:
     """Run the plan's assignment end to end; its figures, history.json, metrics.json and report.md go
     to plan.out. The steps are those a notebook runs, one cell each; every analysis reads one pass over
-    the test set: the last epoch's, which `train` kept (`test_predictions`). Returns the metrics (None on
+    the test set: the last epoch's, which `train` kept (`final_predictions`). Returns the metrics (None on
     the processes other than rank 0, which only train)."""
     run = _Run(plan, RunFolder(plan.out), command, time.perf_counter())
     folder, recipe, say = run.folder, plan.recipe, (print if plan.verbose else _silent)
@@ -134,7 +134,7 @@ def run_recipe(plan: RunPlan, command: Optional[str] = None) -> Optional[dict]:
                                                    augmented=_augmentation(recipe)))
     folder.figure("lr_schedule.png", plots.plot_lr(history, steps_per_epoch=len(train_loader)))
 
-    preds = run.preds = test_predictions(plan, model, whole_test, history)  # the pass every analysis reads
+    preds = run.preds = final_predictions(plan, model, whole_test, history)  # the pass every analysis reads
     wrong = preds.misclassified(10)
     folder.figure("misclassified.png", plots.plot_misclassified(wrong, data.classes))
     folder.figure("top_losses.png", plots.plot_top_losses(preds.top_losses(10), data.classes))

@@ -8,7 +8,7 @@
     lr_test = range_test(plan, model, train_loader)                   # S10: the LR range test
     optimizer, scheduler = optimizer_and_schedule(plan, model, train_loader, lr_test)
     history = train(plan, model, train_loader, test_loader, optimizer, scheduler)
-    preds = test_predictions(plan, model, test_loader, history)       # the last epoch's test pass, kept
+    preds = final_predictions(plan, model, test_loader, history)      # the last epoch's test pass, kept
     result = verify(plan, data, model)                                # HW2P2: pairs, AUC, EER
 
 `era-utils run` (era_utils.runner) is this chain plus its files; every notebook cell calls one of
@@ -69,12 +69,12 @@ __all__ = [
     "Verification",
     "build_loaders",
     "build_model",
+    "final_predictions",
     "kaggle_predictions",
     "load_data",
     "optimizer_and_schedule",
     "range_test",
     "start",
-    "test_predictions",
     "train",
     "verify",
 ]
@@ -298,7 +298,7 @@ def train(plan: RunPlan, model: nn.Module, train_loader: Any, test_loader: Any,
     checkpoint in the plan's folder (at most once a minute, and after the last epoch) and, with
     the plan's `resume`, carrying on from it. `callbacks` as fit takes them; None: the plan's
     loggers (`log`, e.g. "csv,tensorboard"), writing in the plan's folder. The last epoch's test pass
-    is kept in the History for `test_predictions` (one process, a test loader in order)."""
+    is kept in the History for `final_predictions` (one process, a test loader in order)."""
     _check_fresh(optimizer, scheduler)
     if callbacks is None:  # loggers write once, from rank 0
         callbacks = (make_loggers(plan.asked.log, plan.out, config=plan.checkpoint_settings())
@@ -313,7 +313,7 @@ def train(plan: RunPlan, model: nn.Module, train_loader: Any, test_loader: Any,
     return history
 
 
-def test_predictions(plan: RunPlan, model: nn.Module, test_loader: Any, history: History) -> Predictions:
+def final_predictions(plan: RunPlan, model: nn.Module, test_loader: Any, history: History) -> Predictions:
     """The test set's predictions, which every analysis reads: the last epoch's test pass when `train` kept it
     over this loader (one pass fewer: ~20 s of a 2-core CPU preview in fp32), else a pass of its own in the
     precision the model trained in (a resumed run that had no epoch left, several processes, another loader)."""

@@ -101,7 +101,7 @@ from era_utils.kaggle import download_competition, write_classification_csv, wri
 from era_utils.loaders import augment_examples
 from era_utils.plan import plan_run
 from era_utils.steps import (build_loaders, build_model, kaggle_predictions, load_data, optimizer_and_schedule, start,
-                             test_predictions, train, verify)
+                             final_predictions, train, verify)
 
 # %% [markdown]
 # Optional, in Colab: keep `OUT` (the checkpoint, history and CSVs) on Google Drive. A Colab runtime
@@ -255,7 +255,7 @@ plots.plot_lr(history, steps_per_epoch=len(train_loader))
 # The last epoch's pass over the dev (test) split, which `train` kept: every prediction, its confidence and loss.
 
 # %%
-preds = test_predictions(plan, model, test_loader, history)  # the last epoch's test pass, kept by train
+preds = final_predictions(plan, model, test_loader, history)  # the last epoch's test pass, kept by train
 f"test accuracy {preds.accuracy:.2f}%"
 
 # %% [markdown]

@@ -84,7 +84,7 @@ from era_utils.gradcam import default_target_layer_name, gradcam
 from era_utils.loaders import augment_examples
 from era_utils.plan import plan_run
 from era_utils.steps import (build_loaders, build_model, load_data, optimizer_and_schedule, start,
-                             test_predictions, train)
+                             final_predictions, train)
 
 # %% [markdown]
 # ## The run
@@ -189,7 +189,7 @@ plots.plot_lr(history, steps_per_epoch=len(train_loader))
 # The last epoch's test pass, which `train` kept: every figure below reads it (no second pass).
 
 # %%
-preds = test_predictions(plan, model, test_loader, history)  # the last epoch's test pass, kept by train
+preds = final_predictions(plan, model, test_loader, history)  # the last epoch's test pass, kept by train
 f"test accuracy {preds.accuracy:.2f}%"
 
 # %% [markdown]

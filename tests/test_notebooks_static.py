@@ -214,7 +214,7 @@ def test_each_cell_calls_steps_and_builds_nothing_by_hand(notebook):
     for step in ("plan_run(RECIPE, size=SIZE", "start(plan)", "load_data(plan)", "build_loaders(plan, data)",
                  "build_model(plan, data)", "optimizer_and_schedule(plan, model, train_loader",
                  "train(plan, model, train_loader, test_loader, optimizer, scheduler)",
-                 "test_predictions(plan, model, test_loader, history)"):
+                 "final_predictions(plan, model, test_loader, history)"):
         assert step in code, f"{name}: no cell calls {step}"
 
 

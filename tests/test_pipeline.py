@@ -202,7 +202,7 @@ def test_a_run_passes_over_the_test_set_once_per_epoch_and_no_more(tmp_path, mon
 
 @needs_fmnist
 def test_the_kept_test_pass_is_the_pass_predict_would_make(tmp_path):
-    """train keeps the last epoch's test pass; test_predictions hands it on for that loader (the same
+    """train keeps the last epoch's test pass; final_predictions hands it on for that loader (the same
     labels, predictions and losses as a second pass) and makes a pass of its own for any other loader."""
     from era_utils.analysis import predict
 
@@ -214,7 +214,7 @@ def test_the_kept_test_pass_is_the_pass_predict_would_make(tmp_path):
     model = steps.build_model(plan, data)
     optimizer, scheduler = steps.optimizer_and_schedule(plan, model, train_loader, (1e-3, 1e-4))
     history = steps.train(plan, model, train_loader, test_loader, optimizer, scheduler)
-    kept = steps.test_predictions(plan, model, test_loader, history)
+    kept = steps.final_predictions(plan, model, test_loader, history)
     assert kept is history.last_test_pass and len(kept) == 96
     fresh = predict(model, test_loader, amp=plan.fast.amp)
     assert torch.equal(kept.labels, fresh.labels) and torch.equal(kept.preds, fresh.preds)
@@ -224,7 +224,7 @@ def test_the_kept_test_pass_is_the_pass_predict_would_make(tmp_path):
     assert first.index == again.index and np.array_equal(first.image, again.image)
 
     other = steps.build_loaders(plan, data)[1]
-    assert steps.test_predictions(plan, model, other, history) is not kept  # another loader: its own pass
+    assert steps.final_predictions(plan, model, other, history) is not kept  # another loader: its own pass
 
 
 # ----------------------------------------------------------------------------- HW2P2 faces, headless
