@@ -100,3 +100,18 @@ def test_the_committed_loss_tables_are_the_comparisons_numbers():
             assert f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" in notebook, (r["loss"], key)
         acc = np.array(r["final_test_acc"])
         assert f"{acc.mean():.2f} ± {acc.std(ddof=1):.2f}" in notebook and f"{acc.mean():.2f} ± " in readme
+
+
+@pytest.mark.parametrize("folder", ["preview_seeds", "sizing_seeds"])
+def test_the_committed_seed_tables_are_the_comparisons_rows(folder):
+    """results/README.md's tables of runs over seeds are era-utils compare's rows, copied whole (issue 28)."""
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    if not (results / folder).exists():
+        pytest.skip(f"results/{folder} is not made yet")
+    made = (results / folder / "comparison.md").read_text().splitlines()
+    rows = [line for line in made if line.startswith("| ") and not line.startswith("| run |")]
+    readme = (results / "README.md").read_text().splitlines()
+    assert rows and all(row in readme for row in rows), [row for row in rows if row not in readme]
+    assert all(len(json_row["seeds"]) == 5 for json_row in json.loads((results / folder / "comparison.json").read_text()))
