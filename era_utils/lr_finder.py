@@ -39,13 +39,14 @@ from era_utils.batches import (
     loss_or_label_error,
     unpack_batch,
 )
+from era_utils.choices import LR_RULES
 from era_utils.speed import grad_scaler, resolve_amp
 from era_utils.utils import get_device, keep_modes
 
 __all__ = ["LRFinderResult", "MIN_LR_METHODS", "RULES", "SUGGESTION_METHODS", "find_lr", "smooth_losses",
            "suggest_lr", "suggest_min_lr"]
 
-SUGGESTION_METHODS = ("steepest", "valley", "minimum")  # rules for the max LR
+SUGGESTION_METHODS = LR_RULES  # rules for the max LR (`--lr-rule`)
 MIN_LR_METHODS = ("tenth", "descent")  # rules for One Cycle's starting (min) LR
 # Each rule in words, for figures and reports.
 RULES = {

@@ -199,6 +199,7 @@ def plan_run(recipe: Union[str, Recipe], *, size: str = "full", settings: Option
         raise ValueError(f"recipe {base.name!r} has no {size} size; run it in full or give the sizes yourself")
     chosen = base.sized(size).override(**asked.recipe_changes())
     _check_loss_and_tta(chosen)
+    _check_schedule_options(chosen, asked)
     sized = (lambda name, value: value if value is not None else getattr(sizing, name, None))  # given, else the size's
     dataset = asked.dataset or (sizing.dataset if sizing else None) or chosen.dataset
     _check_data(chosen, dataset, asked)
@@ -274,6 +275,19 @@ def _check_loss_and_tta(recipe: Recipe) -> None:
     if recipe.use_lr_finder and recipe.loss != "cross_entropy":
         raise ValueError(f"recipe {recipe.name!r} picks its LR with a range test on cross-entropy, which does not "
                          f"tell the LR for loss {recipe.loss!r}: give the LR with --lr (lr= in Python)")
+
+
+def _check_schedule_options(recipe: Recipe, asked: RunSettings) -> None:
+    """Refuse an LR rule or a restart length the run would not use (nothing a user passed goes ignored)."""
+    if asked.lr_finder_method is not None and not recipe.use_lr_finder:
+        why = "--lr gives the LR, so no range test runs" if asked.lr is not None else \
+            f"recipe {recipe.name!r} runs no LR range test (s10 does)"
+        raise ValueError(f"--lr-rule (lr_finder_method) picks the max LR from the LR range test, but {why}: "
+                         "leave --lr-rule out")
+    if asked.restart_epochs is not None and recipe.schedule != "cosine_restarts":
+        raise ValueError(f"--restart-epochs (restart_epochs) sets the cycle of cosine annealing with warm restarts, "
+                         f"and recipe {recipe.name!r} has schedule {recipe.schedule!r} (hw2p2's restarts): "
+                         "leave --restart-epochs out")
 
 
 def _choose_loader(asked: str, path: FastPath, augment: Any, dataset: str) -> tuple[str, str]:

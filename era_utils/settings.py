@@ -16,7 +16,7 @@ import shlex
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Sequence, Union
 
-from era_utils.choices import AMP_MODES, LOADERS, LOSSES, RUN_DATASETS, TTA_MODES
+from era_utils.choices import AMP_MODES, LOADERS, LOSSES, LR_RULES, RUN_DATASETS, TTA_MODES
 
 __all__ = ["SIZES", "RunSettings", "Setting", "add_run_options", "declared", "from_args", "path_placeholders",
            "machine_path", "run_command", "shareable_command", "where"]
@@ -193,6 +193,14 @@ class RunSettings:
                                         recipe=True)
     lr: Optional[float] = setting(None, Number(0), "override the recipe's (peak) learning rate; turns the LR range "
                                   "test off", flag="--lr", recipe=True)
+    lr_finder_method: Optional[str] = setting(
+        None, Choice(LR_RULES, " (the LR range test's rules for the max LR)"), "the LR range test's rule for the "
+        "max LR: minimum (a tenth of the LR at the smoothed loss's minimum; s10's), steepest (the steepest descent "
+        "before it) or valley (fastai's); for recipes that run the range test (s10)", flag="--lr-rule",
+        recipe=True)
+    restart_epochs: Optional[int] = setting(
+        None, Whole(1), "cosine annealing with warm restarts: the first cycle's length in epochs (T_0; hw2p2 10, its "
+        "preview 3), each next cycle twice as long", flag="--restart-epochs", recipe=True)
     label_smoothing: Optional[float] = setting(
         None, Number(0, 1, low_open=False), "override the recipe's label smoothing of the cross-entropy (0 to below "
         "1; hw2p2 0.2, the others 0): the target spreads that much of its weight over the other classes",

@@ -16,7 +16,7 @@ from era_utils.settings import FilePath, RunSettings, Switch, declared, from_arg
 ROOT = Path(__file__).resolve().parents[1]
 # A value of each kind a setting's check takes, for the round trip below
 SAMPLE = {"dataset": "fashion_mnist", "data_dir": "data/fm", "download": True, "epochs": 3, "batch_size": 32,
-          "lr": 0.02, "label_smoothing": 0.1, "loss": "center", "tta": "flip", "subset": 600, "test_subset": 200,
+          "lr": 0.02, "lr_finder_method": "valley", "restart_epochs": 4, "label_smoothing": 0.1, "loss": "center", "tta": "flip", "subset": 600, "test_subset": 200,
           "loader": "workers", "fast": False, "amp": "off", "compile": "max-autotune", "num_workers": 0,
           "device": "cpu", "seed": 7, "out": "runs/x", "resume": True, "verbose": False, "dev_pairs": "dev.txt",
           "test_pairs": "test.txt", "pairs_root": "pairs", "log": "csv", "processes": 2, "sync_batchnorm": True}
@@ -112,6 +112,63 @@ def test_label_smoothing_from_the_command_line_reaches_the_loss():
         plan_run("s10", label_smoothing=1.0)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "s10", "--label-smoothing", "-0.1"])
+
+
+def _tiny_loader(batches: int = 12):
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(16 * batches, 8, generator=generator), torch.randint(0, 10, (16 * batches,))
+    return DataLoader(TensorDataset(images, labels), batch_size=16)
+
+
+def test_the_lr_rule_from_the_command_line_picks_the_range_tests_max_lr():
+    import torch
+    from era_utils import steps
+    from era_utils.lr_finder import suggest_lr
+
+    args = build_parser().parse_args(["run", "s10", "--quick", "--lr-rule", "steepest", "--device", "cpu",
+                                      "--quiet"])
+    plan = plan_run("s10", size="quick", settings=from_args(args))
+    assert plan.recipe.lr_finder_method == "steepest" and plan_run("s10").recipe.lr_finder_method == "minimum"
+    assert "the steepest descent of the smoothed loss" in dict(plan.describe())["learning rate"]
+    assert plan.as_command().startswith("era-utils run s10 --quick --lr-rule steepest")
+    torch.manual_seed(0)
+    found = steps.range_test(plan, torch.nn.Linear(8, 10), _tiny_loader())
+    assert found.method == "steepest" and found.suggestion == suggest_lr(found.lrs, found.losses, "steepest")
+    assert found.suggestion != suggest_lr(found.lrs, found.losses, "minimum")  # the rule made a difference
+
+
+@pytest.mark.parametrize("command, message", [
+    (["s7", "--lr-rule", "valley"], r"recipe 's7' runs no LR range test \(s10 does\): leave --lr-rule out"),
+    (["s10", "--lr", "0.01", "--lr-rule", "valley"], r"--lr gives the LR, so no range test runs"),
+    (["s10", "--restart-epochs", "3"], r"recipe 's10' has schedule 'one_cycle' \(hw2p2's restarts\): leave "
+                                       r"--restart-epochs out"),
+])
+def test_a_schedule_option_the_run_would_not_use_is_refused(command, message):
+    args = build_parser().parse_args(["run", *command])
+    with pytest.raises(ValueError, match=message):
+        plan_run(command[0], settings=from_args(args))
+
+
+def test_restart_epochs_from_the_command_line_sets_the_first_cosine_cycle():
+    import torch
+    from era_utils import steps
+
+    args = build_parser().parse_args(["run", "hw2p2", "--quick", "--restart-epochs", "2", "--epochs", "5",
+                                      "--device", "cpu", "--quiet"])
+    plan = plan_run("hw2p2", size="quick", settings=from_args(args))
+    assert plan.recipe.restart_epochs == 2 and plan_run("hw2p2", size="preview").recipe.restart_epochs == 3
+    loader = _tiny_loader(4)
+    optimizer, scheduler = steps.optimizer_and_schedule(plan, torch.nn.Linear(8, 10), loader)
+    lrs = []
+    for _ in range(5 * len(loader)):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    restarts = [step for step in range(1, len(lrs)) if lrs[step] > lrs[step - 1] * 1.5]
+    assert restarts == [2 * len(loader)]  # T_0 = 2 epochs, then a cycle of 4 (T_mult 2) that 5 epochs do not end
 
 
 def test_a_run_started_from_python_reports_the_same_run_as_a_command_line(tmp_path):
