@@ -16,7 +16,8 @@ from era_utils.settings import FilePath, RunSettings, Switch, declared, from_arg
 ROOT = Path(__file__).resolve().parents[1]
 # A value of each kind a setting's check takes, for the round trip below
 SAMPLE = {"dataset": "fashion_mnist", "data_dir": "data/fm", "download": True, "epochs": 3, "batch_size": 32,
-          "lr": 0.02, "lr_finder_method": "valley", "restart_epochs": 4, "label_smoothing": 0.1, "loss": "center", "tta": "flip", "subset": 600, "test_subset": 200,
+          "lr": 0.02, "lr_finder_method": "valley", "restart_epochs": 4, "label_smoothing": 0.1, "loss": "center",
+          "tta": "flip", "subset": 600, "test_subset": 200,
           "loader": "workers", "fast": False, "amp": "off", "compile": "max-autotune", "num_workers": 0,
           "device": "cpu", "seed": 7, "out": "runs/x", "resume": True, "verbose": False, "dev_pairs": "dev.txt",
           "test_pairs": "test.txt", "pairs_root": "pairs", "log": "csv", "processes": 2, "sync_batchnorm": True}
