@@ -345,7 +345,7 @@ def make_loaders(
     drop_last = resolve_drop_last(drop_last, device, len(train.labels), batch_size, shard[1])
     on_gpu = loader == "gpu" or (loader == "auto" and not per_image)
     if on_gpu:
-        # channels_last batches match fit()'s channels_last model on CUDA: no per-step layout copies.
+        # channels_last batches match fit()'s channels_last model (CUDA, AVX2 CPUs): no per-step layout copies.
         train_loader = GPULoader(train.images, train.labels, batch_size, spec=augment, mean=mean, std=std,
                                  device=device, classes=list(train.classes) or None, channels_last=channels_last,
                                  shuffle=True, seed=seed, drop_last=drop_last, shard=shard)

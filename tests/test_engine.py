@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -552,6 +556,35 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch, flags, na
     assert speed.fast_path("cpu").amp == ("bf16" if native else "off")  # what every CPU run trains in
     assert speed.fast_path("cpu", enabled=False).amp == "off"  # the classic path: fp32
     assert speed.fast_path("cpu", amp="off").amp == "off"  # asked for: kept
+
+
+@pytest.mark.parametrize("capability, amp, enabled, channels_last", [
+    ("AVX2", None, True, True),  # a CPU without AVX-512 trains in fp32: channels_last (faster there)
+    ("AVX2", "off", True, True),
+    ("AVX2", "bf16", True, False),  # bf16 asked for on such a CPU: not measured there, NCHW kept
+    ("AVX2", None, False, False),  # the classic path: NCHW
+    ("AVX512", None, True, False),  # AVX-512 kernels gained nothing from it through fit
+    ("AVX512", "off", True, False),
+    ("DEFAULT", None, True, False),  # e.g. an ARM CPU: not measured
+])
+def test_channels_last_on_a_cpu_only_where_its_kernels_are_avx2(monkeypatch, capability, amp, enabled,
+                                                                 channels_last):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: False)
+    assert speed.cpu_kernels_are_avx2() is (capability == "AVX2")
+    path = speed.fast_path("cpu", enabled=enabled, amp=amp)
+    assert path.channels_last is channels_last
+    assert ("channels_last" in path.describe()) is channels_last  # the run's log and report say which
+
+
+def test_stand_in_cpu_reports_avx2_kernels():
+    """Under ATEN_CPU_CAPABILITY=avx2 (the stand-in for a CPU without AVX-512) torch says AVX2, so the rule applies."""
+    if not hasattr(torch.backends.cpu, "get_cpu_capability") or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("torch.backends.cpu.get_cpu_capability (torch >= 2.1) on an x86 CPU")
+    probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "AVX2"
 
 
 def test_fp16_skipped_steps_are_counted_per_epoch(monkeypatch):
