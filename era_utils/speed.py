@@ -163,9 +163,10 @@ def fast_path(device: str | torch.device, enabled: bool = True, amp: str | None 
 
     Fast: data on the device; autocast: bf16/fp16 on CUDA ("auto"), bf16 on a CPU that runs it
     natively (`cpu_has_native_bf16`), fp32 on other CPUs and MPS; channels_last on CUDA and, in fp32,
-    on a CPU whose torch kernels are AVX2 (`cpu_kernels_are_avx2`: an AMD EPYC capped to AVX2 trained the
-    S10 preview's epoch 5-10% faster and tested it 3-7% faster, a real 2-core EPYC without AVX-512 trained
-    custom_resnet at 59 images/s against 54; with AVX-512 kernels it gained nothing through fit, fp32 or
+    on a CPU whose torch kernels are AVX2 (`cpu_kernels_are_avx2`; benchmarks/cpu_layout_avx2.md, an AMD
+    EPYC capped to AVX2: the previews' training steps 0.96-1.05x, within that machine's noise, their test
+    passes 0.99-1.31x; a tester's real 2-core EPYC without AVX-512 trained custom_resnet at 59 images/s
+    against 54; with AVX-512 kernels it gained nothing through the S10 preview's fit, fp32 or
     bf16); on CUDA also torch.compile (with Triton), fused optimizer kernels, the short last batch dropped
     and cuDNN autotuning. Classic: per-image augmentation on CPU workers, fp32 unless `amp` says otherwise,
     eager, torch's default kernels.
