@@ -118,6 +118,11 @@ def _name(row: RunRow, links_from: Optional[Path]) -> str:
     return f"[{row.name}]({Path(os.path.relpath(report.resolve(), Path(links_from).resolve())).as_posix()})"
 
 
+def _precision(row: RunRow) -> str:
+    """How the run computed: its precision, and channels_last where it trained in that layout."""
+    return f"{row.first('precision', '?')}" + (", channels_last" if row.first("channels_last") else "")
+
+
 def comparison_table(rows: Sequence[RunRow], links_from: str | os.PathLike | None = None) -> str:
     """A markdown table of the runs: mean ± standard deviation (min-max) over each run's seeds, what their
     reports checked, and when they ran. `links_from`: each run's name links its report.md from that folder."""
@@ -142,7 +147,7 @@ def comparison_table(rows: Sequence[RunRow], links_from: str | os.PathLike | Non
                           _spread(row.values("verification.without_flip.eer"), 3)]
         seconds = row.values("wall_seconds")
         cells += [f"{np.mean(seconds) / 60:.1f} min" + (" each" if len(seconds) > 1 else "") if seconds else "-",
-                  f"{row.first('device_name', '?')}, {row.first('precision', '?')}", _checklist(row),
+                  f"{row.first('device_name', '?')}, {_precision(row)}", _checklist(row),
                   ", ".join(sorted({str(m.get('commit')) for m in row.metrics})),
                   ", ".join(sorted({str(m.get('date', '?'))[:10] for m in row.metrics}))]
         lines.append("| " + " | ".join(cells) + " |")
@@ -214,6 +219,7 @@ def write_comparison(rows: Sequence[RunRow], out: str | os.PathLike, command: Op
         "eer": row.values("verification.eer"), "auc_without_flip": row.values("verification.without_flip.auc"),
         "eer_without_flip": row.values("verification.without_flip.eer"), "wall_seconds": row.values("wall_seconds"),
         "device_name": row.first("device_name"), "precision": row.first("precision"),
+        "channels_last": row.first("channels_last"),
         "commits": sorted({str(m.get("commit")) for m in row.metrics}), "command": row.first("command"),
         "dates": [m.get("date") for m in row.metrics]} for row in rows])
     return out

@@ -49,6 +49,17 @@ def test_the_table_holds_each_runs_numbers_with_their_spread(two_runs):
     assert f"{mean:.4f} mean" in (two_runs / "ce" / "report.md").read_text()
 
 
+def test_the_device_cell_names_the_precision_and_a_channels_last_layout(two_runs, tmp_path):
+    import shutil
+    nhwc = tmp_path / "cosface_channels_last"
+    shutil.copytree(two_runs / "cosface", nhwc)
+    metrics = json.loads((nhwc / "metrics.json").read_text())
+    assert metrics["channels_last"] is False and metrics["precision"] == "fp32"  # amp off on the CPU: NCHW
+    (nhwc / "metrics.json").write_text(json.dumps({**metrics, "channels_last": True}))  # as on an AVX2 CPU
+    lines = comparison_table(compare_runs([two_runs / "cosface", nhwc])).splitlines()
+    assert ", fp32 |" in lines[2] and ", fp32, channels_last |" in lines[3]
+
+
 def test_the_figure_draws_each_run_from_its_files(two_runs):
     rows = compare_runs([two_runs / "ce", two_runs / "cosface"])
     fig = plot_comparison(rows, title="losses")
