@@ -4,8 +4,8 @@ For each recipe's preview (`era_utils.plan.plan_run(recipe, size="preview")`: it
 and precision, as `era-utils run RECIPE --preview` builds them), the same run is made twice over, once
 per memory layout (NCHW, channels_last) in the order NCHW, channels_last, channels_last, NCHW, so a
 drift of the machine's speed weighs on both alike. Each time: a fresh model, --batches training steps
-of `era_utils.engine.train_one_epoch` (Adam at a fixed LR: the layout does not change the arithmetic's
-cost per step) after one warm-up step, then one `era_utils.engine.evaluate` pass over the preview's
+of `era_utils.engine.train_one_epoch` with the recipe's optimizer, schedule and loss (max LR fixed at
+1e-3 instead of a range test: the layout does not change a step's arithmetic) after one warm-up step, then one `era_utils.engine.evaluate` pass over the preview's
 whole test set. Reports images/s of each, the ratio channels_last / NCHW, the device (with any
 instruction-set limits it runs under, e.g. ATEN_CPU_CAPABILITY=avx2) and the command, as Markdown.
 
@@ -38,7 +38,7 @@ from era_utils.speed import cpu_kernels_are_avx2, precision_name  # noqa: E402
 from era_utils.utils import device_name  # noqa: E402
 
 ORDER = (False, True, True, False)  # channels_last per measurement: ABBA
-LR = 1e-3
+LR = 1e-3  # the schedule's max LR: a fixed one, as the layout does not change a step's arithmetic
 
 
 class _FirstBatches:
@@ -59,14 +59,14 @@ def _measure(plan: RunPlan, data: Any, batches: int) -> tuple[float, float]:
     torch.manual_seed(0)
     train_loader, test_loader = steps.build_loaders(plan, data)
     model = steps.build_model(plan, data)  # in channels_last when the plan says so
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
-    criterion = torch.nn.CrossEntropyLoss()
+    optimizer, scheduler = steps.optimizer_and_schedule(plan, model, train_loader, lrs=(LR, None))
+    criterion = plan.recipe.criterion(model)
     amp_dtype, layout = plan.fast.amp_dtype, plan.fast.channels_last
-    train_one_epoch(model, _FirstBatches(train_loader, 1), optimizer, criterion, plan.device,
+    train_one_epoch(model, _FirstBatches(train_loader, 1), optimizer, criterion, plan.device, scheduler=scheduler,
                     amp_dtype=amp_dtype, channels_last=layout, verbose=False)  # warm-up: first-call costs
     timed = _FirstBatches(train_loader, batches)
     start = time.perf_counter()
-    train_one_epoch(model, timed, optimizer, criterion, plan.device, amp_dtype=amp_dtype,
+    train_one_epoch(model, timed, optimizer, criterion, plan.device, scheduler=scheduler, amp_dtype=amp_dtype,
                     channels_last=layout, verbose=False)
     train_rate = batches * plan.recipe.batch_size / (time.perf_counter() - start)
     start = time.perf_counter()

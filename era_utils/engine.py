@@ -3,7 +3,8 @@ loop that runs a model over a loader for inference (`inference_pass`).
 
 Built for speed on a GPU without changing what is computed:
 - mixed precision (bf16 where the GPU has it, else fp16 with a GradScaler; off on the CPU),
-  channels_last on CUDA and on CPUs with AVX2 kernels in fp32, optional torch.compile (all decided by `era_utils.speed`);
+  channels_last on CUDA and on CPUs with AVX2 kernels in fp32, optional torch.compile (all decided by
+  `era_utils.speed`);
 - no host-device sync per batch: loss sum, correct count, label range and "first NaN step" are
   accumulated as device tensors and read every `sync_every` steps (progress bar, NaN check) and
   once at the end of the epoch;

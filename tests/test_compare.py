@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -50,7 +51,6 @@ def test_the_table_holds_each_runs_numbers_with_their_spread(two_runs):
 
 
 def test_the_device_cell_names_the_precision_and_a_channels_last_layout(two_runs, tmp_path):
-    import shutil
     nhwc = tmp_path / "cosface_channels_last"
     shutil.copytree(two_runs / "cosface", nhwc)
     metrics = json.loads((nhwc / "metrics.json").read_text())
