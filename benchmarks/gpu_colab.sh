@@ -43,6 +43,9 @@ else
   NB_SIZE=full
 fi
 RUNS=$OUT/runs
+# What an earlier call left in OUT (a dry run's default OUT outlives it; a warm machine's may too) goes first:
+# its runs' checkpoints would make the kit refuse to run into their folders, its speed table would grow.
+rm -rf "$RUNS" "$OUT"/train_speed_modes_gpu*
 mkdir -p "$OUT" "$RUNS"
 exec > >(tee "$OUT/log.txt") 2>&1
 step() { echo; echo "=== $* ($(( $(date +%s) - start_s )) s in)"; }

@@ -175,10 +175,9 @@ def fast_path(device: str | torch.device, enabled: bool = True, amp: str | None 
     if amp is None and enabled and device.type == "cpu":
         amp = "bf16" if cpu_has_native_bf16() else "off"
     amp = amp or ("auto" if enabled else "off")
-    resolve_amp(device, amp)  # refuse an unknown or impossible mode now, not in the middle of a run
+    fp32 = resolve_amp(device, amp)[0] is None  # also refuses an unknown or impossible mode now, not mid-run
     cuda = enabled and device.type == "cuda"
-    avx2_fp32 = (enabled and device.type == "cpu" and resolve_amp(device, amp)[0] is None
-                 and cpu_kernels_are_avx2())
+    avx2_fp32 = enabled and device.type == "cpu" and fp32 and cpu_kernels_are_avx2()
     return FastPath(
         device=device,
         enabled=enabled,
