@@ -117,7 +117,8 @@ def _report(args: argparse.Namespace, argv: list[str] | None, device: str, rows:
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- command: `{command}`",
         f"- each measurement: a fresh model, {args.batches} timed training steps (after 1 warm-up step) of the "
-        "preview's loader, then one test pass over its test set; order NCHW, channels_last, channels_last, "
+        f"preview's loader with the recipe's optimizer, schedule and loss at max LR {LR:g}, then one test pass "
+        "over its test set; order NCHW, channels_last, channels_last, "
         "NCHW; the mean of the two of each layout",
         "",
         "| recipe | model | precision | batch | layout | train images/s | test images/s (images) |",
